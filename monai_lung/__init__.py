@@ -1,3 +1,15 @@
 """monai_lung: a MONAI-based two-stage lung nodule detector for chest CT (LUNA16 layout)."""
 
+import importlib
+
 __version__ = "0.1.0"
+
+_SUBPACKAGES = ("io", "transforms", "training", "datalist", "synthetic", "evaluation", "detection", "report", "networks")
+
+
+def __getattr__(name: str):
+    # lazy subpackages: bundle configs write `$import monai_lung` then `monai_lung.io.SimpleITKReader(...)`,
+    # while `monai-lung --help` stays fast because nothing heavy is imported up front
+    if name in _SUBPACKAGES:
+        return importlib.import_module(f"monai_lung.{name}")
+    raise AttributeError(f"module 'monai_lung' has no attribute {name!r}")

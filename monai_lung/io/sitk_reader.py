@@ -110,6 +110,33 @@ def lps_affine(image: sitk.Image) -> np.ndarray:
     return affine
 
 
+def resample_to_spacing(
+    image: sitk.Image, spacing_xyz, linear: bool = True, default_value: float = -1024.0
+) -> sitk.Image:
+    """Resample a 3D ``sitk.Image`` onto a grid of ``spacing_xyz`` (x, y, z) mm, same origin and direction.
+
+    The first voxel centre stays at the origin and the grid stops at the last source voxel centre, so
+    nothing is extrapolated. The pixel type is kept (int16 HU stays int16). Linear interpolation for
+    images, nearest neighbour (``linear=False``) for label maps.
+    """
+    spacing_xyz = tuple(float(s) for s in spacing_xyz)
+    if np.allclose(image.GetSpacing(), spacing_xyz):
+        return image
+    extent = (np.asarray(image.GetSize()) - 1) * np.asarray(image.GetSpacing())
+    size = [int(n) for n in np.floor(extent / np.asarray(spacing_xyz) + 1e-6).astype(int) + 1]
+    return sitk.Resample(
+        image,
+        size,
+        sitk.Transform(),
+        sitk.sitkLinear if linear else sitk.sitkNearestNeighbor,
+        image.GetOrigin(),
+        spacing_xyz,
+        image.GetDirection(),
+        default_value,
+        image.GetPixelID(),
+    )
+
+
 class SimpleITKReader(ImageReader):
     """``LoadImage(reader=SimpleITKReader())``: ITKReader-compatible output without the ``itk`` package.
 
@@ -117,13 +144,29 @@ class SimpleITKReader(ImageReader):
         affine_lps_to_ras: give RAS affines like ``ITKReader`` (default True); False keeps LPS.
         series_name: DICOM series UID to read when a folder holds several (default: the first).
         dtype: optional numpy dtype to cast the voxel array to (None keeps the file's, int16 for LUNA16).
+        spacing: optional (x, y, z) mm to resample to while reading, with SimpleITK (linear). On a
+            512x512x240 CT this takes ~0.5 s and keeps int16, where ``Spacingd`` on the float tensor takes
+            ~7 s and ~3.6 GB on 2 CPU cores. The returned ``affine`` is the resampled grid's, while
+            ``original_affine`` and ``spatial_shape`` stay those of the file, so that
+            ``SaveImage(resample=True)`` writes results back in the scan's own geometry. A later
+            ``Spacingd`` to the same spacing is a no-op.
+        linear: linear interpolation when resampling (False: nearest neighbour, for label files).
     """
 
-    def __init__(self, affine_lps_to_ras: bool = True, series_name: str = "", dtype=None):
+    def __init__(
+        self,
+        affine_lps_to_ras: bool = True,
+        series_name: str = "",
+        dtype=None,
+        spacing: Sequence[float] | None = None,
+        linear: bool = True,
+    ):
         super().__init__()
         self.affine_lps_to_ras = affine_lps_to_ras
         self.series_name = series_name
         self.dtype = dtype
+        self.spacing = None if spacing is None else tuple(float(s) for s in spacing)
+        self.linear = linear
 
     def verify_suffix(self, filename: Sequence[str | os.PathLike] | str | os.PathLike) -> bool:
         for name in ensure_tuple(filename):
@@ -140,6 +183,10 @@ class SimpleITKReader(ImageReader):
         arrays, meta = [], {}
         # a sitk.Image is itself iterable (over pixels), so ensure_tuple must not be used on it
         for image in (img if isinstance(img, (list, tuple)) else [img]):
+            source_affine = lps_affine(image)
+            source_shape = np.asarray(image.GetSize()[: min(image.GetDimension(), 3)])
+            if self.spacing is not None and image.GetDimension() == 3:
+                image = resample_to_spacing(image, self.spacing, linear=self.linear)
             # (z, y, x) view -> (x, y, z), as ITKReader returns it
             array = sitk.GetArrayFromImage(image)
             n_spatial = image.GetDimension()
@@ -152,13 +199,13 @@ class SimpleITKReader(ImageReader):
             arrays.append(np.ascontiguousarray(array))
             affine = lps_affine(image)
             if self.affine_lps_to_ras:
-                affine = orientation_ras_lps(affine)
+                affine, source_affine = orientation_ras_lps(affine), orientation_ras_lps(source_affine)
             header = {
                 "spacing": np.asarray(image.GetSpacing()),
-                MetaKeys.ORIGINAL_AFFINE: affine,
-                MetaKeys.AFFINE: affine.copy(),
+                MetaKeys.ORIGINAL_AFFINE: source_affine,
+                MetaKeys.AFFINE: affine,
                 MetaKeys.SPACE: SpaceKeys.RAS if self.affine_lps_to_ras else SpaceKeys.LPS,
-                MetaKeys.SPATIAL_SHAPE: np.asarray(image.GetSize()[: min(n_spatial, 3)]),
+                MetaKeys.SPATIAL_SHAPE: source_shape,
                 MetaKeys.ORIGINAL_CHANNEL_DIM: float("nan") if image.GetNumberOfComponentsPerPixel() == 1 else -1,
             }
             if not meta:

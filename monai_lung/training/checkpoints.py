@@ -1,0 +1,72 @@
+"""Finding the checkpoint to resume from."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+_NUMBER = re.compile(r"(\d+)\.pt$")
+
+
+def latest_checkpoint(ckpt_dir: str | os.PathLike, prefix: str = "checkpoint") -> str | None:
+    """Path of the newest resumable checkpoint ``<prefix>*<N>.pt`` in ``ckpt_dir`` (highest N), or None.
+
+    ``CheckpointSaver(file_prefix=prefix, save_interval=...)`` writes these with the epoch as N; they hold
+    network, optimizer, LR scheduler and trainer state (``model.pt`` holds the best weights only).
+    """
+    folder = Path(ckpt_dir)
+    if not folder.is_dir():
+        return None
+    found = []
+    for path in folder.glob(f"{prefix}*.pt"):
+        match = _NUMBER.search(path.name)
+        if match:
+            found.append((int(match.group(1)), path))
+    return str(max(found)[1]) if found else None
+
+
+def attach_checkpointing(
+    trainer,
+    ckpt_dir: str | os.PathLike,
+    save_dict: dict,
+    resume: bool = False,
+    map_location=None,
+    save: bool = True,
+    save_interval: int = 1,
+    prefix: str = "checkpoint",
+) -> str | None:
+    """Resumable checkpoints for ``trainer``: save every ``save_interval`` epochs, and resume when asked.
+
+    ``save_dict`` names the objects to save besides the trainer (network, optimizer, LR scheduler); the
+    trainer's own state (epoch, iteration) is added here. This is attached in code rather than listed in
+    ``train#handlers`` because a handler that holds the trainer inside the trainer's own config is a
+    circular reference for MONAI's config parser.
+
+    Args:
+        resume: load the newest ``<prefix>*<epoch>.pt`` in ``ckpt_dir`` when the trainer starts; resuming
+            with no checkpoint there is an error.
+        save: write checkpoints (False on DDP ranks other than 0).
+
+    Returns:
+        The checkpoint path resumed from, or None.
+    """
+    from monai.handlers import CheckpointLoader, CheckpointSaver
+
+    objects = {**save_dict, "trainer": trainer}
+    path = None
+    if resume:
+        path = latest_checkpoint(ckpt_dir, prefix)
+        if path is None:
+            raise FileNotFoundError(f"{ckpt_dir}: resume=True but there is no {prefix}*.pt to resume from")
+        CheckpointLoader(load_path=path, load_dict=objects, map_location=map_location).attach(trainer)
+    if save:
+        CheckpointSaver(
+            save_dir=str(ckpt_dir),
+            save_dict=objects,
+            file_prefix="",  # ignite names the files checkpoint_epoch=N.pt
+            save_interval=save_interval,
+            n_saved=1,
+            epoch_level=True,
+        ).attach(trainer)
+    return path

@@ -1,0 +1,122 @@
+"""Where training patches are cut: balanced per-nodule foreground indices and tissue-biased background indices.
+
+``RandCropByPosNegLabeld`` picks a foreground voxel uniformly over *all* foreground voxels, so a 30 mm
+nodule (~14,000 voxels at 1 mm) would be picked ~1,000 times as often as a 3 mm one (~14 voxels), and
+small nodules are what stage 1 misses. :class:`NoduleSamplingIndicesd` instead lists the same number
+of voxels for every nodule (drawn with replacement inside it), so every nodule is equally likely and the
+crop centre still falls at a random offset inside the nodule. It also lists a bounded background sample,
+half of it on dense tissue inside the body (vessels, the pleura: where false positives come from),
+instead of the ~40 M background indices ``RandCropByPosNegLabeld`` would otherwise build per call.
+
+The indices are flat indices into the spatial (i, j, k) array, the format ``RandCropByPosNegLabeld``'s
+``fg_indices_key`` / ``bg_indices_key`` take. The sample is seeded from the entry, so the transform is
+deterministic and its output can be cached (``PersistentDataset``) with the volume.
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import Hashable, Mapping
+
+import numpy as np
+from monai.config import KeysCollection
+from monai.transforms import MapTransform
+from scipy import ndimage
+
+
+def balanced_indices(
+    label: np.ndarray,
+    image: np.ndarray,
+    per_nodule: int = 64,
+    num_background: int = 4096,
+    tissue_threshold: float = 0.3,
+    body_threshold: float = 0.02,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Flat (i, j, k) indices for foreground and background crop centres.
+
+    Args:
+        label: (i, j, k) 0/1 nodule mask.
+        image: (i, j, k) intensities, already scaled (the lung window maps -1000 HU to 0, 400 HU to 1).
+        per_nodule: indices drawn (with replacement) inside each connected nodule component.
+        num_background: background indices; half where ``image > tissue_threshold`` (dense tissue), half
+            where ``image > body_threshold`` (anything but outside air), both outside the label.
+        seed: random seed (deterministic output for caching).
+
+    Returns:
+        (fg, bg) int64 flat indices; fg is empty for a scan without nodules.
+    """
+    rng = np.random.default_rng(seed)
+    shape = label.shape
+    components, _ = ndimage.label(label > 0)
+    fg = []
+    for c, box in enumerate(ndimage.find_objects(components), start=1):
+        local = np.nonzero(components[box] == c)  # indices inside the component's bounding box
+        pick = rng.integers(0, local[0].size, size=per_nodule)
+        fg.append(np.ravel_multi_index(tuple(ax[pick] + sl.start for ax, sl in zip(local, box)), shape))
+    fg_idx = np.concatenate(fg).astype(np.int64) if fg else np.zeros(0, dtype=np.int64)
+
+    label_flat, values = label.reshape(-1), image.reshape(-1)
+    bg = []
+    for threshold, count in ((tissue_threshold, num_background // 2), (body_threshold, num_background - num_background // 2)):
+        bg.append(_sample_where(rng, lambda idx, t=threshold: (values[idx] > t) & (label_flat[idx] == 0), values.size, count))
+    bg_idx = np.concatenate(bg).astype(np.int64)
+    return fg_idx, bg_idx
+
+
+def _sample_where(rng: np.random.Generator, accept, n_total: int, count: int) -> np.ndarray:
+    """Up to ``count`` distinct flat indices in [0, n_total) for which ``accept(indices)`` holds.
+
+    Rejection sampling first (cheap on a 40 M voxel volume), an exhaustive scan only when the accepted
+    voxels are too rare for it.
+    """
+    if count <= 0 or n_total == 0:
+        return np.zeros(0, dtype=np.int64)
+    for _ in range(4):
+        draw = np.unique(rng.integers(0, n_total, size=count * 16))
+        good = draw[accept(draw)]
+        if good.size >= count:
+            return rng.choice(good, size=count, replace=False)
+    pool = np.flatnonzero(accept(np.arange(n_total)))
+    return rng.choice(pool, size=min(count, pool.size), replace=False) if pool.size else pool.astype(np.int64)
+
+
+class NoduleSamplingIndicesd(MapTransform):
+    """Add ``{label_key}_fg_indices`` / ``{label_key}_bg_indices`` for ``RandCropByPosNegLabeld``.
+
+    ``keys`` is the label key: a (1, i, j, k) 0/1 mask (from :class:`NoduleMaskd`); ``image_key`` the
+    scaled (1, i, j, k) image. See :func:`balanced_indices` for the sampling.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection = "label",
+        image_key: str = "image",
+        per_nodule: int = 64,
+        num_background: int = 4096,
+        tissue_threshold: float = 0.3,
+        body_threshold: float = 0.02,
+        fg_postfix: str = "_fg_indices",
+        bg_postfix: str = "_bg_indices",
+        allow_missing_keys: bool = False,
+    ):
+        super().__init__(keys, allow_missing_keys)
+        self.image_key = image_key
+        self.kwargs = dict(
+            per_nodule=per_nodule,
+            num_background=num_background,
+            tissue_threshold=tissue_threshold,
+            body_threshold=body_threshold,
+        )
+        self.fg_postfix, self.bg_postfix = fg_postfix, bg_postfix
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        image = np.asarray(d[self.image_key][0], dtype=np.float32)
+        for key in self.key_iterator(d):
+            label = np.asarray(d[key][0])
+            seed = zlib.crc32(str(d.get("seriesuid", d[self.image_key].meta.get("filename_or_obj", ""))).encode())
+            fg, bg = balanced_indices(label, image, seed=seed, **self.kwargs)
+            d[f"{key}{self.fg_postfix}"] = fg
+            d[f"{key}{self.bg_postfix}"] = bg
+        return d
