@@ -1,0 +1,60 @@
+"""``monai-lung evaluate``: argument definitions and the command body (wired by :mod:`monai_lung.cli`)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from monai_lung.io import DataError
+
+
+def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``evaluate`` options to ``parser``.
+
+    ``--annotations A.csv [--excluded E.csv] --predictions P.csv (--datalist FILE.json [--key test] |
+    --seriesuids F.csv) --output-dir OUT [--bootstrap 1000] [--seed 0]``. CSV coordinates are world mm (LPS).
+    """
+    parser.add_argument("--annotations", type=Path, required=True, help="annotations.csv: seriesuid,coordX,coordY,coordZ,diameter_mm (world mm)")
+    parser.add_argument(
+        "--excluded",
+        type=Path,
+        default=None,
+        help="annotations_excluded.csv: predictions on these findings are ignored (negative diameter: 10 mm assumed)",
+    )
+    parser.add_argument("--predictions", type=Path, required=True, help="seriesuid,coordX,coordY,coordZ,probability (world mm)")
+    scans = parser.add_mutually_exclusive_group(required=True)
+    scans.add_argument("--datalist", type=Path, help="Decathlon-style data list JSON; its --key list names the evaluated scans")
+    scans.add_argument("--seriesuids", type=Path, help="CSV with a seriesuid column, or one seriesuid per line")
+    parser.add_argument("--key", default="test", help="list of --datalist to evaluate (default: test)")
+    parser.add_argument("--output-dir", type=Path, required=True, help="receives froc.json, froc.csv, froc.png, nodules.csv")
+    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples of the scans for 95%% CIs (0: none)")
+    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+
+
+def evaluate_main(args: argparse.Namespace) -> int:
+    """Run ``monai-lung evaluate`` with parsed ``args``; returns 0. Bad input raises :class:`DataError`."""
+    from monai_lung.evaluation.run import run_evaluation
+    from monai_lung.evaluation.scanlist import read_datalist_seriesuids, read_seriesuid_list
+
+    if getattr(args, "datalist", None) is not None:
+        seriesuids = read_datalist_seriesuids(args.datalist, key=args.key)
+        source = f"{args.datalist} [{args.key}]"
+    elif getattr(args, "seriesuids", None) is not None:
+        seriesuids = read_seriesuid_list(args.seriesuids)
+        source = str(args.seriesuids)
+    else:  # the parser makes one of them required; this guards direct calls
+        raise DataError(None, "evaluate needs --datalist or --seriesuids to know which scans are evaluated")
+    if args.bootstrap < 0:
+        raise DataError(None, f"--bootstrap must be >= 0, got {args.bootstrap}")
+    print(f"evaluating {len(seriesuids)} scans from {source}")
+    run_evaluation(
+        args.annotations,
+        args.predictions,
+        args.output_dir,
+        excluded_csv=args.excluded,
+        seriesuids=seriesuids,
+        n_bootstrap=args.bootstrap,
+        seed=args.seed,
+        log=print,
+    )
+    return 0

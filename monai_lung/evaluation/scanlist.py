@@ -1,0 +1,99 @@
+"""Which scans are evaluated: a seriesuid list from a CSV/text file or from a Decathlon-style data list."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+from monai_lung.io import DataError
+from monai_lung.io.scans import seriesuid_of
+
+
+def _dedupe(uids: list[str]) -> list[str]:
+    return list(dict.fromkeys(uids))
+
+
+def read_seriesuid_list(path: str | os.PathLike) -> list[str]:
+    """Seriesuids from ``path``: a CSV with a ``seriesuid`` column, or one uid per line without a header.
+
+    The file is read as a CSV when its first non-empty line holds a comma or is exactly ``seriesuid``;
+    then the ``seriesuid`` column is taken. Otherwise every non-empty line is one uid (a first line
+    without digits above uids with digits, such as ``uid``, is refused as a mislabelled header rather
+    than counted as a scan). Blank lines and
+    surrounding spaces are ignored, repeated uids kept once (first occurrence order).
+
+    Raises:
+        DataError: file missing or unreadable, a CSV without a ``seriesuid`` column, or no uid at all.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "seriesuid list file not found")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as err:
+        raise DataError(path, f"seriesuid list file is not readable text ({err})") from None
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        raise DataError(path, "seriesuid list file is empty (expected a seriesuid column or one uid per line)")
+    first = lines[0]
+    if "," in first or first == "seriesuid":
+        rows = list(csv.reader(lines))
+        header = [h.strip() for h in rows[0]]
+        if "seriesuid" not in header:
+            raise DataError(path, f"seriesuid list misses column seriesuid; has {', '.join(header)}")
+        col = header.index("seriesuid")
+        uids = []
+        for number, row in enumerate(rows[1:], start=2):
+            value = row[col].strip() if col < len(row) else ""
+            if not value:
+                raise DataError(path, f"empty seriesuid on non-blank line {number}")
+            uids.append(value)
+    else:
+        uids = lines
+        has_digit = [any(ch.isdigit() for ch in line) for line in lines]
+        if len(lines) > 1 and not has_digit[0] and any(has_digit[1:]):
+            raise DataError(path, f"first line {first!r} looks like a header; name the column seriesuid")
+    if not uids:
+        raise DataError(path, "seriesuid list holds no seriesuid")
+    return _dedupe(uids)
+
+
+def read_datalist_seriesuids(path: str | os.PathLike, key: str = "test") -> list[str]:
+    """Seriesuids of the entries in list ``key`` (``training``, ``validation``, ``test``...) of a data list JSON.
+
+    Each entry must be an object with a ``seriesuid`` string; an entry without one falls back to the
+    name of its ``image`` path without the image suffix (``subset3/<uid>.mhd`` -> ``<uid>``). Repeated
+    uids are kept once.
+
+    Raises:
+        DataError: file missing, invalid JSON, ``key`` absent or not a list, an entry without a seriesuid,
+            or an empty list.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "data list file not found")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DataError(path, f"data list is not readable JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise DataError(path, "data list must be a JSON object with lists such as training/validation/test")
+    if key not in data:
+        lists = [k for k, v in data.items() if isinstance(v, list)]
+        raise DataError(path, f"data list has no key {key!r} (lists: {', '.join(lists) or 'none'})")
+    entries = data[key]
+    if not isinstance(entries, list):
+        raise DataError(path, f"data list key {key!r} is not a list")
+    uids = []
+    for number, entry in enumerate(entries):
+        uid = entry.get("seriesuid") if isinstance(entry, dict) else None
+        if uid is None and isinstance(entry, dict) and isinstance(entry.get("image"), str):
+            uid = seriesuid_of(entry["image"])
+        if not isinstance(uid, str) or not uid.strip():
+            raise DataError(path, f"entry {number} of {key!r} has no seriesuid (nor an image path)")
+        uids.append(uid.strip())
+    if not uids:
+        raise DataError(path, f"data list {key!r} is empty: no scans to evaluate")
+    return _dedupe(uids)

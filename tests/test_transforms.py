@@ -1,0 +1,111 @@
+"""transforms: nodule sphere masks from world coordinates, balanced patch-sampling indices."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from monai.data import MetaTensor
+from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, Orientationd, RandCropByPosNegLabeld, Spacingd
+
+from monai_lung.io import DataError, SimpleITKReader, index_to_world, world_to_index, write_image_atomic
+from monai_lung.transforms import NoduleMaskd, NoduleSamplingIndicesd, balanced_indices, sphere_mask
+from tests.conftest import make_image, rotation_direction
+
+
+def _affine(spacing, direction, origin):
+    a = np.eye(4)
+    a[:3, :3] = np.asarray(direction) @ np.diag(spacing)
+    a[:3, 3] = origin
+    return a
+
+
+@pytest.mark.parametrize("spacing", [(0.7, 0.7, 2.5), (1.0, 1.0, 1.0), (0.6, 0.9, 1.8)])
+def test_sphere_radius_in_mm_under_anisotropic_spacing(spacing):
+    affine = _affine(spacing, rotation_direction(25), (-50.0, 20.0, -100.0))  # an RAS affine
+    shape = (60, 60, 30)
+    centre_idx = np.array([30.3, 28.6, 14.2])
+    centre_lps = index_to_world(centre_idx, affine)  # points are LPS, the affine RAS
+    diameter = 12.0
+    mask = sphere_mask(shape, affine, centre_lps[None], np.array([diameter]))
+    # distance of every voxel to the centre, in mm
+    grid = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"), axis=-1).reshape(-1, 3)
+    dist = np.linalg.norm((grid - centre_idx) @ affine[:3, :3].T, axis=1).reshape(shape)
+    assert mask[dist <= diameter / 2 - 1e-6].all()
+    assert not mask[dist > diameter / 2 + 1e-6].any()
+    assert mask[tuple(np.rint(centre_idx).astype(int))] == 1
+
+
+def test_tiny_nodule_still_marks_its_centre_voxel():
+    affine = _affine((0.7, 0.7, 2.5), np.eye(3), (0, 0, 0))
+    mask = sphere_mask((20, 20, 10), affine, np.array([[7.0, 7.0, 12.5]]), np.array([0.5]), space="LPS")
+    assert mask.sum() == 1 and mask[10, 10, 5] == 1
+
+
+def test_mask_after_loading_and_resampling_covers_every_centre(tmp_path, rng):
+    arr = rng.integers(-900, -800, size=(30, 80, 90)).astype(np.int16)
+    image = make_image(arr, spacing_xyz=(0.68, 0.68, 2.5), origin_xyz=(-171.3, -160.8, -300.0), direction=np.diag([1.0, 1.0, 1.0]))
+    write_image_atomic(tmp_path / "s.mhd", image)
+    # centres at arbitrary (non-voxel-centre) world points inside the scan
+    idx = np.array([[20.3, 30.7, 10.4], [70.1, 55.5, 20.9], [5.5, 75.2, 3.3]])
+    centres = np.array([image.TransformContinuousIndexToPhysicalPoint(tuple(i)) for i in idx])
+    nodules = [{"center": c.tolist(), "diameter_mm": d} for c, d in zip(centres, [4.0, 10.0, 3.0])]
+    chain = Compose(
+        [
+            LoadImaged("image", reader=SimpleITKReader(spacing=(1.0, 1.0, 1.0))),
+            EnsureChannelFirstd("image"),
+            Orientationd("image", axcodes="RAS", labels=None),
+            Spacingd("image", pixdim=(1.0, 1.0, 1.0)),
+            NoduleMaskd("label"),
+        ]
+    )
+    out = chain({"image": str(tmp_path / "s.mhd"), "nodules": nodules})
+    label = out["label"]
+    assert isinstance(label, MetaTensor) and label.shape == out["image"].shape and label.dtype == torch.uint8
+    np.testing.assert_allclose(label.affine.numpy(), out["image"].affine.numpy())
+    for c in centres:
+        i = np.rint(world_to_index(c, label.affine)).astype(int)
+        assert label[0][tuple(i)] == 1
+    # volume of the 10 mm ball at 1 mm: 4/3 pi 5^3 ~ 524 voxels
+    from scipy import ndimage
+
+    sizes = sorted(np.bincount(ndimage.label(label[0].numpy())[0].ravel())[1:])
+    assert 430 < sizes[-1] < 620
+
+
+def test_nodule_outside_the_image_is_a_clear_error(tmp_path, rng):
+    write_image_atomic(tmp_path / "s.mhd", make_image(rng.integers(-900, -800, size=(10, 20, 20)).astype(np.int16)))
+    data = LoadImaged("image", reader=SimpleITKReader(), ensure_channel_first=True)({"image": str(tmp_path / "s.mhd")})
+    data["nodules"] = [{"center": [500.0, 0.0, 0.0], "diameter_mm": 5.0}]
+    with pytest.raises(DataError, match=r"s\.mhd: nodule at world \(500\.0, 0\.0, 0\.0\) mm lies outside the image"):
+        NoduleMaskd("label")(data)
+
+
+def test_no_nodules_gives_an_empty_mask_and_background_only_indices(rng):
+    image = MetaTensor(torch.from_numpy(rng.uniform(0, 1, (1, 30, 30, 30)).astype(np.float32)), affine=torch.eye(4))
+    d = NoduleMaskd("label")({"image": image, "nodules": []})
+    assert int(d["label"].sum()) == 0
+    d = NoduleSamplingIndicesd("label", num_background=100)(d)
+    assert d["label_fg_indices"].size == 0 and d["label_bg_indices"].size == 100
+    crops = RandCropByPosNegLabeld(
+        ["image", "label"], "label", (16, 16, 16), num_samples=3, fg_indices_key="label_fg_indices", bg_indices_key="label_bg_indices"
+    )(d)
+    assert len(crops) == 3 and all(c["image"].shape == (1, 16, 16, 16) for c in crops)
+
+
+def test_balanced_indices_give_every_nodule_the_same_weight(rng):
+    label = np.zeros((80, 80, 80), np.uint8)
+    label[10:40, 10:40, 10:40] = 1  # a big nodule: 27,000 voxels
+    label[60, 60, 60] = 1  # a one-voxel nodule
+    image = np.where(label > 0, 0.7, 0.1).astype(np.float32)
+    image[:, :, 75:] = 0.0  # "outside air"
+    fg, bg = balanced_indices(label, image, per_nodule=50, num_background=400, seed=3)
+    fg_xyz = np.stack(np.unravel_index(fg, label.shape), axis=1)
+    assert len(fg) == 100
+    assert (label.ravel()[fg] == 1).all()
+    assert ((fg_xyz == 60).all(axis=1)).sum() == 50  # half of the draws on the tiny nodule
+    assert len(bg) == 400 and (label.ravel()[bg] == 0).all()
+    assert (image.ravel()[bg] > 0.02).all()  # never outside air
+    fg2, bg2 = balanced_indices(label, image, per_nodule=50, num_background=400, seed=3)
+    np.testing.assert_array_equal(fg, fg2)
+    np.testing.assert_array_equal(bg, bg2)
