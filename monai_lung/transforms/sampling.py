@@ -57,9 +57,12 @@ def balanced_indices(
     fg_idx = np.concatenate(fg).astype(np.int64) if fg else np.zeros(0, dtype=np.int64)
 
     label_flat, values = label.reshape(-1), image.reshape(-1)
-    bg = []
-    for threshold, count in ((tissue_threshold, num_background // 2), (body_threshold, num_background - num_background // 2)):
-        bg.append(_sample_where(rng, lambda idx, t=threshold: (values[idx] > t) & (label_flat[idx] == 0), values.size, count))
+    tissue = _sample_where(rng, lambda idx: (values[idx] > tissue_threshold) & (label_flat[idx] == 0), values.size, num_background // 2)
+    # whatever the tissue pool could not give is taken from the whole body
+    body = _sample_where(
+        rng, lambda idx: (values[idx] > body_threshold) & (label_flat[idx] == 0), values.size, num_background - tissue.size
+    )
+    bg = [tissue, body]
     bg_idx = np.concatenate(bg).astype(np.int64)
     return fg_idx, bg_idx
 
