@@ -45,6 +45,18 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return evaluate_main(args)
 
 
+def _cmd_detect(args: argparse.Namespace) -> int:
+    from monai_lung.detection.cli import detect_main
+
+    return detect_main(args)
+
+
+def _cmd_assemble(args: argparse.Namespace) -> int:
+    from monai_lung.detection.cli import assemble_main
+
+    return assemble_main(args)
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from monai_lung.demo import run_demo
 
@@ -83,6 +95,16 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser("evaluate", help="LUNA16 FROC / CPM of a predictions CSV, with bootstrap CIs")
         add_evaluate_arguments(p)
         p.set_defaults(func=_cmd_evaluate)
+
+    from monai_lung.detection.cli import add_assemble_arguments, add_detect_arguments
+
+    p = sub.add_parser("detect", help="two-stage nodule detection over scans or a data list (LUNA16 CSV out)")
+    add_detect_arguments(p)
+    p.set_defaults(func=_cmd_detect)
+
+    p = sub.add_parser("assemble", help="combine the trained stage bundles into the detection bundle's model.pt")
+    add_assemble_arguments(p)
+    p.set_defaults(func=_cmd_assemble)
 
     p = sub.add_parser("demo", help="the whole pipeline on a synthetic data set (what `make demo` runs)")
     from monai_lung.demo import add_demo_arguments

@@ -40,3 +40,21 @@ def rotation_direction(deg_z: float = 20.0, flip_y: bool = True) -> np.ndarray:
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory):
+    """A small synthetic LUNA16-layout data set (6 scans of 64x64 in-plane in 3 subsets) and its fold-0 list.
+
+    Returns (data_dir, datalist_path). Built once per test session (per xdist worker).
+    """
+    from monai_lung.datalist import build_datalist, write_datalist
+    from monai_lung.synthetic import generate_dataset
+
+    root = tmp_path_factory.mktemp("tiny_luna")
+    data_dir = root / "data"
+    generate_dataset(data_dir, num_scans=6, seed=7, size=64, num_subsets=3)
+    datalist = build_datalist(data_dir, data_dir / "annotations.csv", data_dir / "annotations_excluded.csv", fold=0)
+    path = root / "datalist.json"
+    write_datalist(path, datalist)
+    return data_dir, path

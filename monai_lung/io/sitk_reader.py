@@ -16,6 +16,7 @@ LUNA16 coordinates are ITK/LPS physical points; convert with :mod:`monai_lung.io
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -176,7 +177,9 @@ class SimpleITKReader(ImageReader):
         return True
 
     def read(self, data: Sequence[str | os.PathLike] | str | os.PathLike, **kwargs) -> Any:
+        start = time.perf_counter()
         images = [read_sitk_image(name, self.series_name) for name in ensure_tuple(data)]
+        self._read_s = time.perf_counter() - start  # reported in the meta as "read_s" (profiling)
         return images if len(images) > 1 else images[0]
 
     def get_data(self, img) -> tuple[np.ndarray, dict]:
@@ -185,8 +188,10 @@ class SimpleITKReader(ImageReader):
         for image in (img if isinstance(img, (list, tuple)) else [img]):
             source_affine = lps_affine(image)
             source_shape = np.asarray(image.GetSize()[: min(image.GetDimension(), 3)])
+            start = time.perf_counter()
             if self.spacing is not None and image.GetDimension() == 3:
                 image = resample_to_spacing(image, self.spacing, linear=self.linear)
+            resample_s = time.perf_counter() - start
             # (z, y, x) view -> (x, y, z), as ITKReader returns it
             array = sitk.GetArrayFromImage(image)
             n_spatial = image.GetDimension()
@@ -207,6 +212,8 @@ class SimpleITKReader(ImageReader):
                 MetaKeys.SPACE: SpaceKeys.RAS if self.affine_lps_to_ras else SpaceKeys.LPS,
                 MetaKeys.SPATIAL_SHAPE: source_shape,
                 MetaKeys.ORIGINAL_CHANNEL_DIM: float("nan") if image.GetNumberOfComponentsPerPixel() == 1 else -1,
+                "read_s": float(getattr(self, "_read_s", 0.0)),
+                "resample_s": float(resample_s),
             }
             if not meta:
                 meta = header

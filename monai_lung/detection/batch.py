@@ -1,0 +1,170 @@
+"""Batch detection over data lists: resumable, failure-isolated, atomic outputs, split across torchrun ranks.
+
+Outputs for ``--output preds.csv``:
+
+- ``preds.csv``: LUNA16 submission rows ``seriesuid,coordX,coordY,coordZ,probability`` (world LPS mm),
+  rewritten atomically from the per-scan results, in data-list order then by probability;
+- ``preds_scans/<seriesuid>.json``: one file per finished scan (findings with sizes and both stages'
+  scores, timings). These are the ledger: a rerun skips scans that have one, so nothing is done twice
+  and no row is ever duplicated;
+- ``failures.csv`` beside ``preds.csv``: ``seriesuid,image,error`` for scans that could not be processed
+  (unreadable, not 3D, NaNs, smaller than a patch...). The run goes on with the other scans.
+
+Under ``torchrun`` each rank takes every WORLD_SIZE-th scan and writes its own JSON files and
+``failures.rank<R>.csv``; rank 0 merges them when all ranks are done.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import pandas as pd
+
+from monai_lung.io import DataError, PREDICTION_COLUMNS, seriesuid_of, write_csv_atomic, write_json_atomic
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ScanItem:
+    """One scan to process: its seriesuid and path (a file or a DICOM folder)."""
+
+    seriesuid: str
+    image: str
+
+
+def items_from_datalist(datalist_file: str | os.PathLike, data_dir: str | os.PathLike | None, key: str = "test") -> list[ScanItem]:
+    """Scans of list ``key`` of a Decathlon-style data list (image paths relative to ``data_dir``)."""
+    from monai_lung.datalist import load_datalist_entries
+
+    entries = load_datalist_entries(datalist_file, key, data_dir)
+    return [ScanItem(str(e.get("seriesuid") or seriesuid_of(e["image"])), str(e["image"])) for e in entries]
+
+
+def items_from_paths(paths: Sequence[str | os.PathLike]) -> list[ScanItem]:
+    """Scans given directly (files or DICOM folders); the seriesuid is the file name without its suffix."""
+    return [ScanItem(seriesuid_of(p), str(p)) for p in paths]
+
+
+def short_error(err: BaseException) -> str:
+    """One line naming the problem: a :class:`DataError`'s own text, also when MONAI wrapped it."""
+    if isinstance(err, DataError):
+        return str(err)
+    text = str(err)
+    for line in text.splitlines():
+        if "DataError: " in line:
+            return line.split("DataError: ", 1)[1].strip()
+    first = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+    return f"{type(err).__name__}: {first}"[:500]
+
+
+def scans_dir_for(output_csv: str | os.PathLike) -> Path:
+    output_csv = Path(output_csv)
+    return output_csv.with_name(output_csv.stem + "_scans")
+
+
+def scan_result_rows(result: dict) -> list[dict]:
+    """Submission rows of one scan's JSON result."""
+    return [
+        {"seriesuid": result["seriesuid"], "coordX": f["coord"][0], "coordY": f["coord"][1], "coordZ": f["coord"][2], "probability": f["probability"]}
+        for f in result.get("findings", [])
+    ]
+
+
+def merge_outputs(items: Sequence[ScanItem], output_csv: str | os.PathLike, world_size: int = 1) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Write ``output_csv`` and ``failures.csv`` from the per-scan JSON files and the ranks' failure files."""
+    output_csv = Path(output_csv)
+    scans_dir = scans_dir_for(output_csv)
+    rows = []
+    for item in items:
+        path = scans_dir / f"{item.seriesuid}.json"
+        if path.is_file():
+            rows.extend(sorted(scan_result_rows(json.loads(path.read_text())), key=lambda r: -r["probability"]))
+    preds = pd.DataFrame(rows, columns=PREDICTION_COLUMNS)
+    write_csv_atomic(output_csv, preds)
+    failures = []
+    for rank in range(world_size):
+        part = output_csv.with_name(f"failures.rank{rank}.csv")
+        if part.is_file():
+            failures.append(pd.read_csv(part, dtype=str))
+    fail = pd.concat(failures, ignore_index=True) if failures else pd.DataFrame(columns=["seriesuid", "image", "error"])
+    done = {p.stem for p in scans_dir.glob("*.json")} if scans_dir.is_dir() else set()
+    fail = fail[~fail["seriesuid"].isin(done)]  # a scan that failed before and succeeded on a rerun is not a failure
+    write_csv_atomic(output_csv.with_name("failures.csv"), fail)
+    return preds, fail
+
+
+def run_batch(
+    detect_scan: Callable[[ScanItem], dict],
+    items: Sequence[ScanItem],
+    output_csv: str | os.PathLike,
+    rank: int = 0,
+    world_size: int = 1,
+    progress: bool = True,
+    on_scan_done: Callable[[dict], None] | None = None,
+    barrier: Callable[[], None] | None = None,
+) -> dict:
+    """Run ``detect_scan`` over this rank's share of ``items`` and write the outputs (module docstring).
+
+    Args:
+        detect_scan: ``item -> {"findings": [{"coord": [x, y, z] world LPS mm, "probability", ...}], "timings_s": {...}, ...}``;
+            raising marks the scan failed.
+        rank, world_size: this process's share is ``items[rank::world_size]``.
+        on_scan_done: called with each finished scan's result (report pictures).
+        barrier: waits for all ranks before rank 0 merges (``torch.distributed.barrier``).
+
+    Returns:
+        ``{"processed", "skipped", "failed", "predictions" (rank 0: rows in the merged CSV), "seconds"}``.
+    """
+    from tqdm import tqdm
+
+    output_csv = Path(output_csv)
+    scans_dir = scans_dir_for(output_csv)
+    scans_dir.mkdir(parents=True, exist_ok=True)
+    mine = list(items)[rank::world_size]
+    failures_part = output_csv.with_name(f"failures.rank{rank}.csv")
+    failures: list[dict] = []
+    stats = {"processed": 0, "skipped": 0, "failed": 0}
+    start = time.perf_counter()
+    bar = tqdm(mine, desc=f"detect (rank {rank}/{world_size})" if world_size > 1 else "detect", unit="scan", disable=not progress)
+    for item in bar:
+        result_path = scans_dir / f"{item.seriesuid}.json"
+        if result_path.is_file():
+            stats["skipped"] += 1
+            continue
+        try:
+            result = detect_scan(item)
+        except Exception as err:  # one bad scan must not stop a run over thousands
+            message = short_error(err)
+            logger.warning("scan %s failed: %s", item.seriesuid, message)
+            logger.debug("scan %s failed", item.seriesuid, exc_info=True)
+            failures.append({"seriesuid": item.seriesuid, "image": item.image, "error": message})
+            write_csv_atomic(failures_part, pd.DataFrame(failures, columns=["seriesuid", "image", "error"]))
+            stats["failed"] += 1
+            continue
+        result = {"seriesuid": item.seriesuid, "image": item.image, "status": "ok", **result}
+        write_json_atomic(result_path, result)
+        stats["processed"] += 1
+        timings = result.get("timings_s", {})
+        logger.info(
+            "%s: %d findings; %s", item.seriesuid, len(result.get("findings", [])),
+            ", ".join(f"{k} {v:.2f} s" for k, v in timings.items()),
+        )
+        if on_scan_done is not None:
+            on_scan_done(result)
+    if not failures and failures_part.exists():
+        failures_part.unlink()  # this run's failures replace an earlier run's
+    if barrier is not None:
+        barrier()
+    if rank == 0:
+        preds, fail = merge_outputs(items, output_csv, world_size)
+        stats["predictions"] = len(preds)
+        stats["failures_total"] = len(fail)
+    stats["seconds"] = time.perf_counter() - start
+    return stats

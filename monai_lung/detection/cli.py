@@ -1,0 +1,179 @@
+"""``monai-lung detect`` and ``monai-lung assemble``: argument parsing and process setup only."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+logger = logging.getLogger("monai_lung.detect")
+
+
+def add_detect_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("images", nargs="*", help="scans to process (.mhd/.mha/.nii.gz files or DICOM folders)")
+    p.add_argument("--datalist", type=Path, help="a Decathlon-style data list JSON (instead of IMAGES)")
+    p.add_argument("--data-dir", type=Path, help="folder the data list's image paths are relative to")
+    p.add_argument("--key", default="test", help="which list of the data list to process (default: test)")
+    p.add_argument("--output", type=Path, required=True, help="LUNA16 submission CSV to write (world mm)")
+    p.add_argument("--models", type=Path, help="the two-stage detection bundle folder (its models/model.pt)")
+    p.add_argument("--seg-bundle", type=Path, help="stage-1 bundle folder (with --cls-bundle, instead of --models)")
+    p.add_argument("--cls-bundle", type=Path, help="stage-2 bundle folder")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+    p.add_argument("--report-dir", type=Path, help="write one PNG per finding and an index.html here")
+    p.add_argument("--max-report-findings", type=int, default=10, help="PNGs per scan in the report")
+    p.add_argument("--no-lung-mask", action="store_true", help="run the sliding window over the whole scan")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE",
+        help="detector parameter override, e.g. --set seg_threshold=0.3 --set roi_size=[128,128,128] (JSON values)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def parse_overrides(pairs: list[str]) -> dict:
+    """``["a=1", "b=[1,2]", "c=gaussian"]`` -> ``{"a": 1, "b": [1, 2], "c": "gaussian"}`` (JSON values, else strings)."""
+    out = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ValueError(f"--set expects KEY=VALUE, got {pair!r}")
+        key, value = pair.split("=", 1)
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
+
+
+def _distributed() -> tuple[int, int, int]:
+    """(rank, world size, local rank) from torchrun's environment; initialises the process group."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, 0
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def detect_main(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    from monai_lung.detection.batch import items_from_datalist, items_from_paths, run_batch
+    from monai_lung.detection.loading import load_detector
+    from monai_lung.transforms.preprocessing import ct_preprocessing
+
+    if bool(args.images) == bool(args.datalist):
+        raise SystemExit("monai-lung detect: give either IMAGES or --datalist")
+    if args.models is None and not (args.seg_bundle and args.cls_bundle):
+        raise SystemExit("monai-lung detect: give --models DIR, or both --seg-bundle and --cls-bundle")
+    rank, world, local_rank = _distributed()
+    device = args.device
+    if world > 1 and device in ("auto", "cuda") and torch.cuda.is_available():
+        device = f"cuda:{local_rank}"
+    overrides = parse_overrides(args.set)
+    if args.no_lung_mask:
+        overrides["use_lung_mask"] = False
+    detector, prep = load_detector(args.models, args.seg_bundle, args.cls_bundle, device=device, config_overrides=overrides)
+    items = items_from_datalist(args.datalist, args.data_dir, args.key) if args.datalist else items_from_paths(args.images)
+    preprocess = ct_preprocessing("image", spacing=prep["spacing"], hu_window=prep["hu_window"])
+    if rank == 0:
+        logger.info("%d scans; detector on %s; parameters %s", len(items), detector.device, detector.config.to_dict())
+
+    def detect_scan(item) -> dict:
+        t = time.perf_counter()
+        image = preprocess({"image": item.image})["image"]
+        total_prep = time.perf_counter() - t
+        read_s, resample_s = float(image.meta.get("read_s", 0.0)), float(image.meta.get("resample_s", 0.0))
+        out = detector.detect(image)
+        f = out["findings"]
+        findings = [
+            {
+                "coord": [float(r.coordX), float(r.coordY), float(r.coordZ)],
+                "diameter_mm": float(r.diameter_mm),
+                "probability": float(r.probability),
+                "stage1_peak": float(r.stage1_peak),
+                "stage2_prob": float(r.stage2_prob),
+                "box": [float(r.coordX), float(r.coordY), float(r.coordZ), *([float(r.diameter_mm)] * 3)],
+            }
+            for r in f.itertuples()
+        ]
+        result = {
+            "findings": findings,
+            "num_candidates": out["num_candidates"],
+            "timings_s": {"load": read_s, "resample": resample_s, "preprocess_other": max(total_prep - read_s - resample_s, 0.0), **out["timings_s"]},
+            "grid_shape": list(image.shape[1:]),
+            "coordinate_system": "world mm, ITK/LPS physical points (LUNA16); box = centre x, y, z + size x, y, z",
+        }
+        if args.report_dir is not None:
+            t = time.perf_counter()
+            try:
+                from monai_lung.report.findings import render_scan_findings
+
+                result["report"] = render_scan_findings(item.image, item.seriesuid, findings, args.report_dir, args.max_report_findings)
+            except Exception as err:  # a picture must not cost the detections
+                result["report_error"] = str(err).splitlines()[0] if str(err) else type(err).__name__
+            result["timings_s"]["report"] = time.perf_counter() - t
+        return result
+
+    barrier = None
+    if world > 1:
+        import torch.distributed as dist
+
+        barrier = dist.barrier
+    torch.set_grad_enabled(False)
+    stats = run_batch(detect_scan, items, args.output, rank, world, progress=not args.no_progress, barrier=barrier)
+    if rank == 0:
+        if args.report_dir is not None:
+            _write_report_index(args.output, args.report_dir, items)
+        print(
+            f"detect: {stats['processed']} scans processed, {stats['skipped']} already done, {stats['failed']} failed "
+            f"in {stats['seconds']:.1f} s; {stats['predictions']} predictions in {args.output}"
+            + (f"; failures in {args.output.with_name('failures.csv')}" if stats.get("failures_total") else "")
+        )
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
+    return 0
+
+
+def _write_report_index(output_csv: Path, report_dir: Path, items) -> None:
+    import pandas as pd
+
+    from monai_lung.detection.batch import scans_dir_for
+    from monai_lung.report.html import write_index_html
+
+    scans_dir = scans_dir_for(output_csv)
+    failures_path = output_csv.with_name("failures.csv")
+    failed = pd.read_csv(failures_path, dtype=str) if failures_path.is_file() else pd.DataFrame(columns=["seriesuid", "error"])
+    errors = dict(zip(failed["seriesuid"], failed["error"]))
+    scans = []
+    for item in items:
+        path = scans_dir / f"{item.seriesuid}.json"
+        if path.is_file():
+            res = json.loads(path.read_text())
+            scans.append({"seriesuid": item.seriesuid, "image": item.image, "status": "ok", "error": res.get("report_error"),
+                          "findings": res.get("report", []), "timings_s": res.get("timings_s", {})})
+        elif item.seriesuid in errors:
+            scans.append({"seriesuid": item.seriesuid, "image": item.image, "status": "failed", "error": errors[item.seriesuid],
+                          "findings": [], "timings_s": {}})
+    write_index_html(report_dir, scans)
+
+
+def add_assemble_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--seg-bundle", type=Path, required=True, help="trained stage-1 bundle folder")
+    p.add_argument("--cls-bundle", type=Path, required=True, help="trained stage-2 bundle folder")
+    p.add_argument("--output-bundle", type=Path, required=True, help="the two-stage detection bundle folder")
+
+
+def assemble_main(args: argparse.Namespace) -> int:
+    from monai_lung.detection.loading import assemble_two_stage
+
+    out = assemble_two_stage(args.seg_bundle, args.cls_bundle, args.output_bundle)
+    print(f"assemble: wrote {out} (stage 1 from {args.seg_bundle}, stage 2 from {args.cls_bundle})")
+    return 0

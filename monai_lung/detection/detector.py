@@ -1,0 +1,216 @@
+"""The two-stage detector: preprocessed CT in, scored nodule findings in world millimetres out.
+
+Pipeline per scan (every knob lives in :class:`DetectorConfig`):
+lung mask -> stage-1 UNet sliding window over the lungs -> candidates (components of the probability
+map) -> merge near-duplicates -> 48^3 crops -> batched stage-2 ResNet -> final score -> findings.
+
+:class:`TwoStageNetwork` holds both networks as submodules: its ``state_dict`` is the detection
+bundle's ``models/model.pt``. :class:`TwoStageDetector` is the callable MONAI Label's detection task
+expects: ``detector(inputs, use_inferer=True)`` with a ``network`` attribute.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from monai_lung.detection.candidates import extract_candidates
+from monai_lung.detection.segment import segment_probability
+from monai_lung.io.errors import DataError
+from monai_lung.transforms.lung_mask import lung_mask
+
+
+@dataclass
+class DetectorConfig:
+    """Detection parameters. Units: mm for sizes and distances, voxels of the 1 mm grid for ROI/crops."""
+
+    hu_window: tuple[float, float] = (-1000.0, 400.0)
+    use_lung_mask: bool = True  # False: the sliding window covers the whole scan
+    roi_size: tuple[int, int, int] = (96, 96, 96)  # the UNet is fully convolutional: trained on 48^3, run on 96^3
+    overlap: float = 0.25
+    sw_batch_size: int = 4
+    blend_mode: str = "gaussian"
+    seg_threshold: float = 0.5
+    min_voxels: int = 3
+    max_candidates: int = 100  # per scan, by stage-1 peak probability
+    merge_distance_mm: float = 5.0  # candidates closer than this are one finding (keeps the higher peak)
+    crop_size: tuple[int, int, int] = (48, 48, 48)
+    cls_batch_size: int = 64
+    tta: bool = False  # flip test-time augmentation in stage 2
+    score: str = "stage2"  # final probability: "stage2", "product" (stage2 * stage-1 peak) or "stage1"
+    min_probability: float = 0.0  # findings below this are not reported
+    amp: bool = True  # float16 autocast on CUDA
+    device: str = "auto"  # where the networks run: "auto" (CUDA when present), "cpu", "cuda", "cuda:1"
+    keep_volume_on_cpu: bool = True  # stitch sliding-window output in host memory (large scans on small GPUs)
+
+    @classmethod
+    def from_dict(cls, values: dict | None) -> "DetectorConfig":
+        values = dict(values or {})
+        unknown = set(values) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown detector parameter(s): {', '.join(sorted(unknown))}")
+        for key in ("hu_window", "roi_size", "crop_size"):
+            if key in values:
+                values[key] = tuple(values[key])
+        return cls(**values)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+class TwoStageNetwork(torch.nn.Module):
+    """Both networks in one module: ``segmenter`` (stage-1 UNet, 2 classes) and ``classifier`` (stage-2
+    ResNet on (B, 1, 48, 48, 48) crops, 2 classes). Its ``forward`` is the segmenter's, so that tools that
+    probe ``network(x)`` see a segmentation network."""
+
+    def __init__(self, segmenter: torch.nn.Module, classifier: torch.nn.Module):
+        super().__init__()
+        self.segmenter = segmenter
+        self.classifier = classifier
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.segmenter(x)
+
+
+def merge_close_candidates(frame: pd.DataFrame, distance_mm: float) -> pd.DataFrame:
+    """Greedy non-maximum suppression in world mm: keep the highest ``peak_prob``, drop candidates within
+    ``distance_mm`` of a kept one. ``frame`` has world ``coordX/Y/Z`` columns; order is kept."""
+    if distance_mm <= 0 or len(frame) < 2:
+        return frame
+    order = frame.sort_values("peak_prob", ascending=False, kind="stable").index.to_numpy()
+    pts = frame[["coordX", "coordY", "coordZ"]].to_numpy(dtype=np.float64)
+    kept: list[int] = []
+    for idx in order:
+        if all(np.linalg.norm(pts[idx] - pts[k]) >= distance_mm for k in kept):
+            kept.append(idx)
+    return frame.loc[sorted(kept, key=lambda i: -frame.loc[i, "peak_prob"])].reset_index(drop=True)
+
+
+def check_scan(image: torch.Tensor, source: str | None, min_shape: Sequence[int]) -> None:
+    """Reject what the detector cannot run on: not 3D, NaN/inf voxels, smaller than a crop."""
+    if image.ndim != 4 or image.shape[0] != 1:
+        raise DataError(source, f"expected a single-channel 3D scan, got array shape {tuple(image.shape)}")
+    if not torch.isfinite(image).all():
+        raise DataError(source, "scan contains NaN or infinite voxels")
+    if any(s < m for s, m in zip(image.shape[1:], min_shape)):
+        raise DataError(source, f"scan is smaller than a {tuple(min_shape)} patch after resampling: {tuple(image.shape[1:])} voxels")
+
+
+class TwoStageDetector:
+    """Callable detector over preprocessed scans (see the module docstring).
+
+    Args:
+        network: a :class:`TwoStageNetwork` (weights loaded).
+        config: :class:`DetectorConfig` or a dict of its fields.
+    """
+
+    def __init__(self, network: TwoStageNetwork, config: DetectorConfig | dict | None = None):
+        self.config = config if isinstance(config, DetectorConfig) else DetectorConfig.from_dict(config)
+        self.device = resolve_device(self.config.device)
+        self.network = network.to(self.device).eval()
+
+    @torch.no_grad()
+    def detect(self, image: torch.Tensor) -> dict:
+        """Detect nodules in one preprocessed scan.
+
+        Args:
+            image: (1, i, j, k) MetaTensor: CT on the training grid (1 mm, RAS), window-scaled to [0, 1]
+                (what ``ct_preprocessing`` or the bundle's ``preprocessing`` returns); its ``affine`` maps to
+                world mm.
+
+        Returns:
+            ``{"findings": DataFrame(coordX, coordY, coordZ [world LPS mm], diameter_mm, probability,
+            stage1_peak, stage2_prob, ...) sorted by probability, "num_candidates": int,
+            "timings_s": {"lung_mask", "sliding_window", "candidates", "classification"}}``.
+        """
+        from monai_lung.fpr.scoring import score_points
+
+        cfg = self.config
+        source = image.meta.get("filename_or_obj") if hasattr(image, "meta") else None
+        check_scan(image, source, cfg.crop_size)
+        affine = image.affine.numpy() if hasattr(image, "affine") else np.eye(4)
+        space = str(image.meta.get("space", "RAS")) if hasattr(image, "meta") else "RAS"
+        spacing = np.linalg.norm(affine[:3, :3], axis=0)
+        timings = {}
+
+        t = time.perf_counter()
+        lung = lung_mask(image, spacing, hu_window=cfg.hu_window) if cfg.use_lung_mask else None
+        timings["lung_mask"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        prob = segment_probability(
+            self.network.segmenter,
+            image,
+            lung,
+            roi_size=cfg.roi_size,
+            sw_batch_size=cfg.sw_batch_size,
+            overlap=cfg.overlap,
+            mode=cfg.blend_mode,
+            device="cpu" if cfg.keep_volume_on_cpu else self.device,
+            sw_device=self.device,
+            amp=cfg.amp,
+        )
+        timings["sliding_window"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        cands = extract_candidates(prob, affine, cfg.seg_threshold, cfg.min_voxels, max_candidates=None, space=space)
+        cands = merge_close_candidates(cands, cfg.merge_distance_mm).head(cfg.max_candidates).reset_index(drop=True)
+        timings["candidates"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        points = cands[["coordX", "coordY", "coordZ"]].to_numpy(dtype=np.float64)
+        if len(points):
+            p2 = score_points(
+                self.network.classifier, image, points, batch_size=cfg.cls_batch_size, device=self.device,
+                amp=cfg.amp, tta=cfg.tta, crop_size=cfg.crop_size,
+            )
+        else:
+            p2 = np.zeros(0)
+        timings["classification"] = time.perf_counter() - t
+
+        findings = cands.rename(columns={"peak_prob": "stage1_peak"})
+        findings["stage2_prob"] = np.asarray(p2, dtype=np.float64)
+        if cfg.score == "stage2":
+            findings["probability"] = findings["stage2_prob"]
+        elif cfg.score == "product":
+            findings["probability"] = findings["stage2_prob"] * findings["stage1_peak"]
+        elif cfg.score == "stage1":
+            findings["probability"] = findings["stage1_peak"]
+        else:
+            raise ValueError(f"score must be 'stage2', 'product' or 'stage1', got {cfg.score!r}")
+        findings = findings[findings["probability"] >= cfg.min_probability]
+        findings = findings.sort_values("probability", ascending=False, kind="stable").reset_index(drop=True)
+        return {"findings": findings, "num_candidates": int(len(cands)), "timings_s": timings}
+
+    def __call__(self, inputs, use_inferer: bool = True) -> list[dict]:
+        """MONAI Label's detection interface: ``inputs`` a (B, 1, i, j, k) batch or a list of (1, i, j, k)
+        MetaTensors. Returns per image ``{"box": (N, 6) world mm [x, y, z, size_x, size_y, size_z] (centre
+        in ITK/LPS like LUNA16, cube of the finding's diameter), "label": (N,) zeros (class "nodule"),
+        "label_scores": (N,) probabilities}`` as float32 tensors. ``use_inferer`` is accepted for
+        compatibility: the sliding window is always used."""
+        images = list(inputs) if not isinstance(inputs, torch.Tensor) or inputs.ndim == 5 else [inputs]
+        results = []
+        for image in images:
+            found = self.detect(image)["findings"]
+            centre = found[["coordX", "coordY", "coordZ"]].to_numpy(dtype=np.float32).reshape(-1, 3)
+            size = np.repeat(found["diameter_mm"].to_numpy(dtype=np.float32)[:, None], 3, axis=1)
+            results.append(
+                {
+                    "box": torch.from_numpy(np.concatenate([centre, size], axis=1)),
+                    "label": torch.zeros(len(found), dtype=torch.long),
+                    "label_scores": torch.from_numpy(found["probability"].to_numpy(dtype=np.float32)),
+                }
+            )
+        return results

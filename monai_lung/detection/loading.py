@@ -1,0 +1,99 @@
+"""Building the detector from bundles: the two-stage bundle, or the two stage bundles directly."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from monai_lung.detection.detector import DetectorConfig, TwoStageDetector, TwoStageNetwork, resolve_device
+from monai_lung.io.errors import DataError
+
+
+def bundle_parser(bundle_dir: str | os.PathLike, config: str = "inference.json", **overrides):
+    """A ``monai.bundle.ConfigParser`` over ``bundle_dir/configs/<config>`` with ``bundle_root`` set."""
+    from monai.bundle import ConfigParser
+
+    bundle_dir = Path(bundle_dir)
+    path = bundle_dir / "configs" / config
+    if not path.is_file():
+        raise DataError(path, "bundle config not found")
+    parser = ConfigParser()
+    parser.read_config(str(path))
+    parser["bundle_root"] = str(bundle_dir)
+    for key, value in overrides.items():
+        parser[key] = value
+    return parser
+
+
+def load_weights(network: torch.nn.Module, path: str | os.PathLike) -> torch.nn.Module:
+    """Load a bundle ``model.pt`` (a plain state dict, or ``{"model": state_dict}``) into ``network``."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "model weights not found (train the bundle, or assemble the detection bundle, first)")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]
+    network.load_state_dict(state)
+    return network
+
+
+def stage_network(bundle_dir: str | os.PathLike) -> torch.nn.Module:
+    """A stage bundle's ``network_def`` with its ``models/model.pt`` weights, on the CPU."""
+    parser = bundle_parser(bundle_dir)
+    network = parser.get_parsed_content("network_def")
+    return load_weights(network, Path(bundle_dir) / "models" / "model.pt")
+
+
+def assemble_two_stage(seg_bundle: str | os.PathLike, cls_bundle: str | os.PathLike, detection_bundle: str | os.PathLike) -> Path:
+    """Write ``detection_bundle/models/model.pt``: the two trained stage networks as one state dict.
+
+    The detection bundle's own ``network_def`` must describe the same architectures; loading the
+    weights into it (strictly) is checked before anything is written.
+    """
+    from monai_lung.io.atomic import atomic_path
+
+    combined = TwoStageNetwork(stage_network(seg_bundle), stage_network(cls_bundle))
+    target_net = bundle_parser(detection_bundle).get_parsed_content("network_def")
+    try:
+        target_net.load_state_dict(combined.state_dict())
+    except RuntimeError as err:
+        raise DataError(
+            Path(detection_bundle) / "configs" / "inference.json",
+            f"network_def does not match the stage bundles' networks ({str(err).splitlines()[0]})",
+        ) from None
+    out = Path(detection_bundle) / "models" / "model.pt"
+    with atomic_path(out) as tmp:
+        torch.save(combined.state_dict(), tmp)
+    return out
+
+
+def load_detector(
+    models: str | os.PathLike | None = None,
+    seg_bundle: str | os.PathLike | None = None,
+    cls_bundle: str | os.PathLike | None = None,
+    device: str = "auto",
+    config_overrides: dict | None = None,
+) -> tuple[TwoStageDetector, dict]:
+    """The detector and its preprocessing settings ``{"spacing", "hu_window"}``.
+
+    Either ``models`` (the two-stage detection bundle: its ``detector_config``, ``spacing``,
+    ``hu_window`` and ``models/model.pt``) or ``seg_bundle`` + ``cls_bundle`` (default detector settings,
+    spacing and window from the segmentation bundle).
+    """
+    if models is not None:
+        parser = bundle_parser(models)
+        network = load_weights(parser.get_parsed_content("network_def"), Path(models) / "models" / "model.pt")
+        config = dict(parser.get_parsed_content("detector_config"))
+        prep = {"spacing": parser.get_parsed_content("spacing"), "hu_window": parser.get_parsed_content("hu_window")}
+    elif seg_bundle is not None and cls_bundle is not None:
+        network = TwoStageNetwork(stage_network(seg_bundle), stage_network(cls_bundle))
+        parser = bundle_parser(seg_bundle)
+        prep = {"spacing": parser.get_parsed_content("spacing"), "hu_window": parser.get_parsed_content("hu_window")}
+        config = {"hu_window": prep["hu_window"]}
+    else:
+        raise ValueError("give the detection bundle (models) or both stage bundles (seg_bundle and cls_bundle)")
+    config.update(config_overrides or {})
+    config["device"] = str(resolve_device(device))
+    return TwoStageDetector(network, config), prep

@@ -1,0 +1,151 @@
+"""Stage-1 bundle run as users run it: `python -m monai.bundle run training|...` and `torchrun`, on tiny synthetic scans."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from tests.bundle_utils import REPO, SHARED_SCHEMA, bundle_run, copy_bundle, epoch_losses, run_cmd
+
+NAME = "lung_nodule_ct_segmentation"
+# small patches and windows keep a CPU epoch to a few seconds
+FAST = {"num_workers": 0, "num_samples": 4, "patch_size": "[32,32,32]", "val_roi_size": "[64,64,64]", "learning_rate": 0.003}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_dataset):
+    """Train 4 epochs, then resume to 5: returns (bundle dir, first log, resume log, data dir, data list)."""
+    data_dir, datalist = tiny_dataset
+    bundle = copy_bundle(NAME, tmp_path_factory.mktemp("seg"))
+    common = {"bundle_root": bundle, "dataset_dir": data_dir, "data_list_file_path": datalist, **FAST}
+    train = bundle / "configs" / "train.json"
+    log1 = bundle_run("training", [train], {**common, "max_epochs": 4, "val_interval": 2})
+    log2 = bundle_run("training", [train], {**common, "max_epochs": 5, "val_interval": 2, "resume": True})
+    return bundle, log1, log2, data_dir, datalist
+
+
+@pytest.mark.slow
+def test_training_loss_goes_down_and_checkpoints_appear(trained):
+    bundle, log1, _, _, _ = trained
+    losses = epoch_losses(log1)
+    assert sorted(losses) == [1, 2, 3, 4]
+    assert np.mean(losses[4]) < np.mean(losses[1])
+    assert (bundle / "models" / "model.pt").is_file()
+    assert (bundle / "models" / "checkpoint_epoch=4.pt").is_file()
+    assert "val_nodule_sensitivity" in log1 and "val_mean_dice" in log1
+    assert list((bundle / "eval").glob("events.out.tfevents.*"))  # TensorBoard
+
+
+@pytest.mark.slow
+def test_resume_continues_from_the_last_checkpoint(trained):
+    bundle, _, log2, _, _ = trained
+    assert sorted(epoch_losses(log2)) == [5]  # epochs 1-4 are not trained again
+    assert (bundle / "models" / "checkpoint_epoch=5.pt").is_file()
+
+
+@pytest.mark.slow
+def test_evaluate_writes_metrics(trained):
+    bundle, _, _, data_dir, datalist = trained
+    configs = [bundle / "configs" / "train.json", bundle / "configs" / "evaluate.json"]
+    bundle_run("run", configs, {"bundle_root": bundle, "dataset_dir": data_dir, "data_list_file_path": datalist, **FAST})
+    metrics = (bundle / "eval" / "metrics.csv").read_text()
+    assert "val_mean_dice" in metrics and "val_nodule_sensitivity" in metrics
+
+
+@pytest.mark.slow
+def test_inference_saves_probability_and_mask_in_scan_geometry(trained):
+    bundle, _, _, data_dir, datalist = trained
+    out = bundle / "eval" / "inference"
+    bundle_run(
+        "inference",
+        [bundle / "configs" / "inference.json"],
+        {"bundle_root": bundle, "dataset_dir": data_dir, "data_list_file_path": datalist, "output_dir": out, "num_workers": 0, "roi_size": "[64,64,64]"},
+    )
+    probs = sorted(out.glob("*_prob.nii.gz"))
+    masks = sorted(out.glob("*_mask.nii.gz"))
+    import json
+
+    test_entries = json.loads(datalist.read_text())["test"]
+    assert len(probs) == len(masks) == len(test_entries) > 0
+    for entry in test_entries:
+        scan = sitk.ReadImage(str(data_dir / entry["image"]))
+        prob = sitk.ReadImage(str(out / f"{entry['seriesuid']}_prob.nii.gz"))
+        mask = sitk.ReadImage(str(out / f"{entry['seriesuid']}_mask.nii.gz"))
+        for img in (prob, mask):
+            assert img.GetSize() == scan.GetSize()
+            np.testing.assert_allclose(img.GetSpacing(), scan.GetSpacing(), rtol=1e-5)
+            np.testing.assert_allclose(img.GetOrigin(), scan.GetOrigin(), atol=1e-3)
+            np.testing.assert_allclose(img.GetDirection(), scan.GetDirection(), atol=1e-6)
+        p = sitk.GetArrayFromImage(prob)
+        assert 0.0 <= p.min() and p.max() <= 1.0
+        assert set(np.unique(sitk.GetArrayFromImage(mask))) <= {0, 1}
+
+
+@pytest.mark.slow
+def test_multi_gpu_config_runs_with_torchrun_on_cpu(tmp_path, tiny_dataset):
+    data_dir, datalist = tiny_dataset
+    bundle = copy_bundle(NAME, tmp_path)
+    cfg = str([str(bundle / "configs" / "train.json"), str(bundle / "configs" / "multi_gpu_train.json")])
+    args = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=0", "-m", "monai.bundle", "run", "training", "--config_file", cfg]
+    for k, v in {"bundle_root": bundle, "dataset_dir": data_dir, "data_list_file_path": datalist, "max_epochs": 1, "val_interval": 1, **FAST}.items():
+        args += [f"--{k}", str(v)]
+    log = run_cmd(args)
+    assert "Epoch: 1/1" in log and "Traceback" not in log
+    assert (bundle / "models" / "checkpoint_epoch=1.pt").is_file()
+
+
+def test_network_matches_its_metadata():
+    bundle = REPO / "bundles" / NAME
+    out = run_cmd(
+        [sys.executable, "-m", "monai.bundle", "verify_net_in_out", "network_def",
+         "--meta_file", str(bundle / "configs" / "metadata.json"), "--config_file", str(bundle / "configs" / "inference.json")]
+    )
+    assert "verified with no error" in out
+
+
+def test_metadata_conforms_to_the_bundle_schema():
+    if not SHARED_SCHEMA.is_file():
+        pytest.skip(f"{SHARED_SCHEMA} is absent (it ships beside the repository in CI); the schema cannot be downloaded offline")
+    out = run_cmd(
+        [sys.executable, "-m", "monai.bundle", "verify_metadata",
+         "--meta_file", str(REPO / "bundles" / NAME / "configs" / "metadata.json"), "--filepath", str(SHARED_SCHEMA)]
+    )
+    assert "verified with no error" in out
+
+
+def test_inference_postprocessing_puts_results_on_the_scan_voxels(tmp_path):
+    """The bundle's own preprocessing + postprocessing (Invertd, back to the source grid, SaveImaged) with an
+    "identity" prediction: the saved mask must land on the very voxels of a bright block in the scan, not
+    mirrored and not shifted, under anisotropic spacing and a flipped axis."""
+    import torch
+    from monai.bundle import ConfigParser
+    from monai.data import MetaTensor
+
+    from monai_lung.io import write_image_atomic
+    from tests.conftest import make_image
+
+    arr = np.full((24, 60, 70), -900, dtype=np.int16)  # (z, y, x)
+    arr[8:14, 10:25, 40:60] = 200
+    image = make_image(arr, spacing_xyz=(0.7, 0.8, 2.5), origin_xyz=(-120.0, 80.0, -300.0), direction=np.diag([1.0, -1.0, 1.0]))
+    write_image_atomic(tmp_path / "case.mhd", image)
+
+    parser = ConfigParser()
+    parser.read_config(str(REPO / "bundles" / NAME / "configs" / "inference.json"))
+    parser["bundle_root"] = str(tmp_path)
+    parser["output_dir"] = str(tmp_path / "out")
+    data = parser.get_parsed_content("preprocessing")({"image": str(tmp_path / "case.mhd")})
+    img = data["image"]
+    logits = torch.cat([1 - img.as_tensor(), img.as_tensor()]) * 20 - 10  # nodule logit high on the block
+    data["pred"] = MetaTensor(logits, meta=dict(img.meta))
+    parser.get_parsed_content("postprocessing")(data)
+
+    mask = sitk.ReadImage(str(tmp_path / "out" / "case_mask.nii.gz"))
+    assert mask.GetSize() == image.GetSize()
+    np.testing.assert_allclose(mask.GetDirection(), image.GetDirection(), atol=1e-6)
+    got = sitk.GetArrayFromImage(mask) > 0
+    want = arr > 0
+    dice = 2 * (got & want).sum() / (got.sum() + want.sum())
+    assert dice > 0.9
