@@ -20,7 +20,7 @@ def copy_bundle(name: str, dest: Path) -> Path:
     return target
 
 
-def run_cmd(args: list[str], timeout: float = 600, env: dict | None = None) -> str:
+def run_cmd(args: list[str], timeout: float = 300, env: dict | None = None) -> str:
     """Run a command, return stdout+stderr; fail the test with the tail of the log on a non-zero exit."""
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
     proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=full_env, cwd=str(REPO))
@@ -30,7 +30,7 @@ def run_cmd(args: list[str], timeout: float = 600, env: dict | None = None) -> s
     return out
 
 
-def bundle_run(run_id: str, config_files: list[Path], overrides: dict, timeout: float = 600) -> str:
+def bundle_run(run_id: str, config_files: list[Path], overrides: dict, timeout: float = 300) -> str:
     """``python -m monai.bundle run <run_id> --config_file [...] --key value ...``."""
     cfg = str([str(c) for c in config_files]) if len(config_files) > 1 else str(config_files[0])
     args = [sys.executable, "-m", "monai.bundle", "run", run_id, "--config_file", cfg]

@@ -89,7 +89,7 @@ def test_multi_gpu_config_runs_with_torchrun_on_cpu(tmp_path, tiny_dataset):
     data_dir, datalist = tiny_dataset
     bundle = copy_bundle(NAME, tmp_path)
     cfg = str([str(bundle / "configs" / "train.json"), str(bundle / "configs" / "multi_gpu_train.json")])
-    args = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=0", "-m", "monai.bundle", "run", "training", "--config_file", cfg]
+    args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "monai.bundle", "run", "training", "--config_file", cfg]
     for k, v in {"bundle_root": bundle, "dataset_dir": data_dir, "data_list_file_path": datalist, "max_epochs": 1, "val_interval": 1, **FAST}.items():
         args += [f"--{k}", str(v)]
     log = run_cmd(args)
