@@ -1,0 +1,105 @@
+"""Write a whole synthetic data set in LUNA16's layout: ``subsetK/<seriesuid>.mhd/.raw`` and the three CSVs."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from monai_lung.io import ANNOTATION_COLUMNS, CANDIDATE_COLUMNS, write_csv_atomic, write_image_atomic
+from monai_lung.synthetic.geometry import random_seriesuid
+from monai_lung.synthetic.scan import generate_scan
+
+
+def _rows(uid: str, items: list[dict], last: str) -> list[list]:
+    return [[uid, *(float(v) for v in it["coord_xyz"]), it[last]] for it in items]
+
+
+def generate_dataset(
+    out_dir: str | os.PathLike,
+    num_scans: int = 10,
+    seed: int = 0,
+    size: int = 512,
+    num_subsets: int = 10,
+    progress: bool = False,
+) -> dict:
+    """Generate ``num_scans`` synthetic scans into ``out_dir`` in the LUNA16 layout.
+
+    Writes ``out_dir/subsetK/<seriesuid>.mhd`` + ``.raw`` (scan ``i`` in subset ``i % num_subsets``),
+    ``annotations.csv`` (nodules >= 3 mm), ``annotations_excluded.csv`` (findings < 3 mm) and ``candidates.csv``
+    (nodules as class 1, vessel / lung / chest-wall points as class 0); every file is written atomically.
+
+    Scan ``i`` is drawn from child ``i`` of ``numpy.random.SeedSequence(seed)``, so it does not depend on
+    ``num_scans``, and the same ``seed`` gives byte-identical files. Files of other scans already in
+    ``out_dir`` are left alone (the CSVs list only this run's scans).
+
+    Returns:
+        ``{"num_scans", "num_nodules", "num_excluded", "num_candidates", "scans": [{"seriesuid", "path",
+        "shape_zyx", "spacing_xyz", "origin_xyz", "num_nodules"}]}`` (JSON-serialisable; spacing and origin
+        are (x, y, z) mm, world LPS).
+    """
+    if num_scans < 0:
+        raise ValueError(f"num_scans must be >= 0, got {num_scans}")
+    if num_subsets < 1:
+        raise ValueError(f"num_subsets must be >= 1, got {num_subsets}")
+    out = Path(out_dir)
+    for k in range(num_subsets):  # all subset folders exist, like LUNA16's ten, even if some stay empty
+        (out / f"subset{k}").mkdir(parents=True, exist_ok=True)
+    children = np.random.SeedSequence(seed).spawn(num_scans)
+
+    bar = None
+    if progress:
+        try:
+            from tqdm import tqdm
+
+            bar = tqdm(total=num_scans, desc="synthetic scans", unit="scan", file=sys.stderr)
+        except ImportError:  # tqdm is a dependency, but a plain line per scan will do without it
+            bar = None
+
+    ann, exc, cand, scans, seen = [], [], [], [], set()
+    for i, child in enumerate(children):
+        uid_seq, scan_seq = child.spawn(2)
+        uid_rng = np.random.default_rng(uid_seq)
+        uid = random_seriesuid(uid_rng)
+        while uid in seen:  # 30 random digits practically never collide; stay deterministic if they do
+            uid = random_seriesuid(uid_rng)
+        seen.add(uid)
+        scan = generate_scan(np.random.default_rng(scan_seq), size=size, seriesuid=uid)
+        path = out / f"subset{i % num_subsets}" / f"{uid}.mhd"
+        write_image_atomic(path, scan.image)
+        ann += _rows(uid, scan.nodules, "diameter_mm")
+        exc += _rows(uid, scan.excluded, "diameter_mm")
+        cand += _rows(uid, scan.candidates, "class")
+        img = scan.image
+        scans.append({
+            "seriesuid": uid,
+            "path": str(path),
+            "shape_zyx": [int(v) for v in img.GetSize()[::-1]],
+            "spacing_xyz": [float(v) for v in img.GetSpacing()],
+            "origin_xyz": [float(v) for v in img.GetOrigin()],
+            "num_nodules": len(scan.nodules),
+        })
+        del scan, img
+        if bar is not None:
+            bar.update(1)
+        elif progress:
+            print(f"[{i + 1}/{num_scans}] {path} ({scans[-1]['num_nodules']} nodules)", file=sys.stderr, flush=True)
+    if bar is not None:
+        bar.close()
+
+    ann_df = pd.DataFrame(ann, columns=ANNOTATION_COLUMNS)
+    exc_df = pd.DataFrame(exc, columns=ANNOTATION_COLUMNS)
+    cand_df = pd.DataFrame(cand, columns=CANDIDATE_COLUMNS).astype({"class": "int64"})
+    write_csv_atomic(out / "annotations.csv", ann_df)
+    write_csv_atomic(out / "annotations_excluded.csv", exc_df)
+    write_csv_atomic(out / "candidates.csv", cand_df)
+    return {
+        "num_scans": num_scans,
+        "num_nodules": len(ann),
+        "num_excluded": len(exc),
+        "num_candidates": len(cand),
+        "scans": scans,
+    }
