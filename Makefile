@@ -19,7 +19,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 venv: $(VENV)/.installed
 
 test: $(VENV)/.installed
-	$(PY) -m pytest -q -n 2 tests $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n 2 --dist loadfile tests $(PYTEST_ARGS)
 
 demo: $(VENV)/.installed
 	$(PY) -m monai_lung demo $(DEMO_ARGS)

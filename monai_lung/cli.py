@@ -106,6 +106,27 @@ def build_parser() -> argparse.ArgumentParser:
     add_assemble_arguments(p)
     p.set_defaults(func=_cmd_assemble)
 
+    from monai_lung.fpr.cli import (
+        add_crops_arguments,
+        add_hard_negative_arguments,
+        add_score_arguments,
+        crops_main,
+        hard_negatives_main,
+        score_main,
+    )
+
+    p = sub.add_parser("hard-negatives", help="run stage 1 on training scans and label its candidates (hard negatives)")
+    add_hard_negative_arguments(p)
+    p.set_defaults(func=hard_negatives_main)
+
+    p = sub.add_parser("crops", help="build (or resume) the stage-2 crop bank: nodules and non-nodule points")
+    add_crops_arguments(p)
+    p.set_defaults(func=crops_main)
+
+    p = sub.add_parser("score", help="stage-2 probability of each point of a CSV (world mm)")
+    add_score_arguments(p)
+    p.set_defaults(func=score_main)
+
     p = sub.add_parser("demo", help="the whole pipeline on a synthetic data set (what `make demo` runs)")
     from monai_lung.demo import add_demo_arguments
 

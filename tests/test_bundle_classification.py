@@ -116,6 +116,17 @@ def test_inference_scores_every_point_of_a_csv(data, tmp_path):
          "candidates_csv": points_csv, "output_file": out2, "tta": True},
     )
     np.testing.assert_allclose(pd.read_csv(out2)["probability"], scored["probability"], atol=1e-6)
+    # `monai-lung score` runs the same bundle in process: same numbers
+    import argparse
+
+    from monai_lung.fpr.cli import add_score_arguments, score_main
+
+    parser = argparse.ArgumentParser()
+    add_score_arguments(parser)
+    out3 = tmp_path / "out3.csv"
+    score_main(parser.parse_args(["--bundle", str(bundle), "--points", str(points_csv), "--output", str(out3),
+                                  "--data-dir", str(data["data_dir"]), "--tta", "--device", "cpu"]))
+    np.testing.assert_allclose(pd.read_csv(out3)["probability"], scored["probability"], atol=1e-5)
 
 
 def test_metadata_follows_the_monai_schema():

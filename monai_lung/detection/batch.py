@@ -168,3 +168,95 @@ def run_batch(
         stats["failures_total"] = len(fail)
     stats["seconds"] = time.perf_counter() - start
     return stats
+
+
+def scan_detector(detector, preprocess: Callable[[dict], dict], report_dir: str | os.PathLike | None = None, max_report_findings: int = 10):
+    """``item -> result dict`` for :func:`run_batch`: preprocess, detect, and (optionally) draw the report pictures.
+
+    ``detector`` is a :class:`~monai_lung.detection.detector.TwoStageDetector`; ``preprocess`` the CT chain
+    (``{"image": path} -> {"image": (1, i, j, k) MetaTensor}``). Findings are world LPS mm.
+    """
+
+    def detect_scan(item: ScanItem) -> dict:
+        t = time.perf_counter()
+        image = preprocess({"image": item.image})["image"]
+        total_prep = time.perf_counter() - t
+        read_s, resample_s = float(image.meta.get("read_s", 0.0)), float(image.meta.get("resample_s", 0.0))
+        out = detector.detect(image)
+        findings = [
+            {
+                "coord": [float(r.coordX), float(r.coordY), float(r.coordZ)],
+                "diameter_mm": float(r.diameter_mm),
+                "probability": float(r.probability),
+                "stage1_peak": float(r.stage1_peak),
+                "stage2_prob": float(r.stage2_prob),
+                "box": [float(r.coordX), float(r.coordY), float(r.coordZ), *([float(r.diameter_mm)] * 3)],
+            }
+            for r in out["findings"].itertuples()
+        ]
+        result = {
+            "findings": findings,
+            "num_candidates": out["num_candidates"],
+            "timings_s": {
+                "load": read_s, "resample": resample_s, "preprocess_other": max(total_prep - read_s - resample_s, 0.0),
+                **out["timings_s"],
+            },
+            "grid_shape": list(image.shape[1:]),
+            "coordinate_system": "world mm, ITK/LPS physical points (LUNA16); box = centre x, y, z + size x, y, z",
+        }
+        if report_dir is not None:
+            t = time.perf_counter()
+            try:
+                from monai_lung.report.findings import render_scan_findings
+
+                result["report"] = render_scan_findings(item.image, item.seriesuid, findings, report_dir, max_report_findings)
+            except Exception as err:  # a picture must not cost the detections
+                result["report_error"] = short_error(err)
+            result["timings_s"]["report"] = time.perf_counter() - t
+        return result
+
+    return detect_scan
+
+
+def write_report_index(output_csv: str | os.PathLike, report_dir: str | os.PathLike, items: Sequence[ScanItem]) -> Path:
+    """``report_dir/index.html`` over every scan of ``items``: their findings' pictures, or their failure."""
+    from monai_lung.report.html import write_index_html
+
+    output_csv = Path(output_csv)
+    scans_dir = scans_dir_for(output_csv)
+    failures_path = output_csv.with_name("failures.csv")
+    failed = pd.read_csv(failures_path, dtype=str) if failures_path.is_file() else pd.DataFrame(columns=["seriesuid", "error"])
+    errors = dict(zip(failed["seriesuid"], failed["error"]))
+    scans = []
+    for item in items:
+        path = scans_dir / f"{item.seriesuid}.json"
+        if path.is_file():
+            res = json.loads(path.read_text())
+            scans.append({"seriesuid": item.seriesuid, "image": item.image, "status": "ok", "error": res.get("report_error"),
+                          "findings": res.get("report", []), "timings_s": res.get("timings_s", {})})
+        elif item.seriesuid in errors:
+            scans.append({"seriesuid": item.seriesuid, "image": item.image, "status": "failed", "error": errors[item.seriesuid],
+                          "findings": [], "timings_s": {}})
+    return write_index_html(report_dir, scans)
+
+
+def detect_items(
+    detector,
+    preprocess: Callable[[dict], dict],
+    items: Sequence[ScanItem],
+    output_csv: str | os.PathLike,
+    report_dir: str | os.PathLike | None = None,
+    max_report_findings: int = 10,
+    rank: int = 0,
+    world_size: int = 1,
+    progress: bool = True,
+    barrier: Callable[[], None] | None = None,
+) -> dict:
+    """Detect over ``items`` and write every output (the CLI's ``detect`` and the detection bundle's ``run``)."""
+    stats = run_batch(
+        scan_detector(detector, preprocess, report_dir, max_report_findings), items, output_csv,
+        rank=rank, world_size=world_size, progress=progress, barrier=barrier,
+    )
+    if rank == 0 and report_dir is not None:
+        write_report_index(output_csv, report_dir, items)
+    return stats

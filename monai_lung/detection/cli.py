@@ -6,7 +6,6 @@ import argparse
 import json
 import logging
 import os
-import time
 from pathlib import Path
 
 logger = logging.getLogger("monai_lung.detect")
@@ -60,10 +59,9 @@ def _distributed() -> tuple[int, int, int]:
 
 
 def detect_main(args: argparse.Namespace) -> int:
-    import numpy as np
     import torch
 
-    from monai_lung.detection.batch import items_from_datalist, items_from_paths, run_batch
+    from monai_lung.detection.batch import detect_items, items_from_datalist, items_from_paths
     from monai_lung.detection.loading import load_detector
     from monai_lung.transforms.preprocessing import ct_preprocessing
 
@@ -84,52 +82,17 @@ def detect_main(args: argparse.Namespace) -> int:
     if rank == 0:
         logger.info("%d scans; detector on %s; parameters %s", len(items), detector.device, detector.config.to_dict())
 
-    def detect_scan(item) -> dict:
-        t = time.perf_counter()
-        image = preprocess({"image": item.image})["image"]
-        total_prep = time.perf_counter() - t
-        read_s, resample_s = float(image.meta.get("read_s", 0.0)), float(image.meta.get("resample_s", 0.0))
-        out = detector.detect(image)
-        f = out["findings"]
-        findings = [
-            {
-                "coord": [float(r.coordX), float(r.coordY), float(r.coordZ)],
-                "diameter_mm": float(r.diameter_mm),
-                "probability": float(r.probability),
-                "stage1_peak": float(r.stage1_peak),
-                "stage2_prob": float(r.stage2_prob),
-                "box": [float(r.coordX), float(r.coordY), float(r.coordZ), *([float(r.diameter_mm)] * 3)],
-            }
-            for r in f.itertuples()
-        ]
-        result = {
-            "findings": findings,
-            "num_candidates": out["num_candidates"],
-            "timings_s": {"load": read_s, "resample": resample_s, "preprocess_other": max(total_prep - read_s - resample_s, 0.0), **out["timings_s"]},
-            "grid_shape": list(image.shape[1:]),
-            "coordinate_system": "world mm, ITK/LPS physical points (LUNA16); box = centre x, y, z + size x, y, z",
-        }
-        if args.report_dir is not None:
-            t = time.perf_counter()
-            try:
-                from monai_lung.report.findings import render_scan_findings
-
-                result["report"] = render_scan_findings(item.image, item.seriesuid, findings, args.report_dir, args.max_report_findings)
-            except Exception as err:  # a picture must not cost the detections
-                result["report_error"] = str(err).splitlines()[0] if str(err) else type(err).__name__
-            result["timings_s"]["report"] = time.perf_counter() - t
-        return result
-
     barrier = None
     if world > 1:
         import torch.distributed as dist
 
         barrier = dist.barrier
     torch.set_grad_enabled(False)
-    stats = run_batch(detect_scan, items, args.output, rank, world, progress=not args.no_progress, barrier=barrier)
+    stats = detect_items(
+        detector, preprocess, items, args.output, report_dir=args.report_dir, max_report_findings=args.max_report_findings,
+        rank=rank, world_size=world, progress=not args.no_progress, barrier=barrier,
+    )
     if rank == 0:
-        if args.report_dir is not None:
-            _write_report_index(args.output, args.report_dir, items)
         print(
             f"detect: {stats['processed']} scans processed, {stats['skipped']} already done, {stats['failed']} failed "
             f"in {stats['seconds']:.1f} s; {stats['predictions']} predictions in {args.output}"
@@ -140,29 +103,6 @@ def detect_main(args: argparse.Namespace) -> int:
 
         dist.destroy_process_group()
     return 0
-
-
-def _write_report_index(output_csv: Path, report_dir: Path, items) -> None:
-    import pandas as pd
-
-    from monai_lung.detection.batch import scans_dir_for
-    from monai_lung.report.html import write_index_html
-
-    scans_dir = scans_dir_for(output_csv)
-    failures_path = output_csv.with_name("failures.csv")
-    failed = pd.read_csv(failures_path, dtype=str) if failures_path.is_file() else pd.DataFrame(columns=["seriesuid", "error"])
-    errors = dict(zip(failed["seriesuid"], failed["error"]))
-    scans = []
-    for item in items:
-        path = scans_dir / f"{item.seriesuid}.json"
-        if path.is_file():
-            res = json.loads(path.read_text())
-            scans.append({"seriesuid": item.seriesuid, "image": item.image, "status": "ok", "error": res.get("report_error"),
-                          "findings": res.get("report", []), "timings_s": res.get("timings_s", {})})
-        elif item.seriesuid in errors:
-            scans.append({"seriesuid": item.seriesuid, "image": item.image, "status": "failed", "error": errors[item.seriesuid],
-                          "findings": [], "timings_s": {}})
-    write_index_html(report_dir, scans)
 
 
 def add_assemble_arguments(p: argparse.ArgumentParser) -> None:

@@ -119,7 +119,20 @@ class TwoStageDetector:
     def __init__(self, network: TwoStageNetwork, config: DetectorConfig | dict | None = None):
         self.config = config if isinstance(config, DetectorConfig) else DetectorConfig.from_dict(config)
         self.device = resolve_device(self.config.device)
-        self.network = network.to(self.device).eval()
+        self.network = network
+
+    @property
+    def network(self) -> TwoStageNetwork:
+        return self._network
+
+    @network.setter
+    def network(self, network: TwoStageNetwork) -> None:
+        # MONAI Label assigns the network it loaded from model.pt; keep it on our device, in eval mode
+        self._network = network.to(self.device).eval()
+
+    def eval(self) -> "TwoStageDetector":
+        self._network.eval()
+        return self
 
     @torch.no_grad()
     def detect(self, image: torch.Tensor) -> dict:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 from urllib.parse import quote
 
-from monai_lung.io import write_text_atomic
+from monai_lung.io import atomic_path
 
 #: display width of the finding PNGs in the page, CSS pixels (they also shrink to the window)
 IMAGE_WIDTH_PX = 1040
@@ -142,7 +142,11 @@ def _scan_table(ordered: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
         findings = scan.get("findings") or ()
         best = _best(scan)
         _, total = _timings_text(scan.get("timings_s"))
-        note = _esc(scan.get("image", "")) if ok else f'<span class="error">{scan.get("error")}</span>'
+        error = scan.get("error")
+        if ok:  # a processed scan may still carry an error, e.g. its pictures could not be drawn
+            note = _esc(scan.get("image", "")) + (f'<br><span class="error">{_esc(error)}</span>' if error else "")
+        else:
+            note = f'<span class="error">{_esc(error or "failed")}</span>'
         rows.append(
             f'<tr class="{"ok" if ok else "failed"}"><td class="num">{i}</td>'
             f'<td class="uid"><a href="#{anchor}">{_esc(scan.get("seriesuid", ""))}</a></td>'
@@ -164,6 +168,8 @@ def _scan_section(report_dir: Path, anchor: str, scan: Mapping[str, Any]) -> str
              + (f" · {_esc(timings)}" if timings else "") + "</p>"]
     if not _is_ok(scan):
         parts.append(f'<p class="error">{_esc(scan.get("error") or "failed (no error message)")}</p>')
+    elif scan.get("error"):
+        parts.append(f'<p class="error">{_esc(scan.get("error"))}</p>')
     findings = _sorted_findings(scan)
     if _is_ok(scan) and not findings:
         parts.append('<p class="meta">no findings</p>')
@@ -189,7 +195,8 @@ def _all_findings(ordered: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
     rows = []
     for rank, (_, anchor, k, uid, f) in enumerate(items, start=1):
         rows.append(
-            f'<tr><td class="num">{rank}</td><td class="num"><a href="#{anchor}-f{k}">{_fmt(f.get("probability"), 3)}</a></td>'
+            f'<tr><td class="num">{rank}</td>'
+            f'<td class="num"><a href="#{anchor}-f{k}">{_fmt(f.get("probability"), 3)}</a></td>'
             f'<td class="num">{_fmt(f.get("diameter_mm"), 1)}</td>'
             f'<td class="num">{_esc(_coord_text(f.get("coord")))}</td>'
             f'<td class="uid"><a href="#{anchor}">{_esc(uid)}</a> #{k}</td></tr>'
@@ -216,6 +223,7 @@ def write_index_html(report_dir: str | os.PathLike, scans: Sequence[Mapping[str,
         scans: ``[{"seriesuid", "image": scan path, "status": "ok" | "failed", "error": str | None,
             "findings": [dicts from :func:`monai_lung.report.findings.render_scan_findings`: "png", "coord"
             (world LPS x, y, z mm), "diameter_mm", "probability", ...], "timings_s": {stage: seconds}}]``.
+            An "ok" scan's "error" (e.g. its pictures failed) is shown too.
         title: page heading.
 
     The page holds a summary (scans, failures, findings), a table of scans (best finding's probability
@@ -246,5 +254,7 @@ def write_index_html(report_dir: str | os.PathLike, scans: Sequence[Mapping[str,
         "</body></html>",
     ]
     out = report_dir / "index.html"
-    write_text_atomic(out, "\n".join(body) + "\n")
+    with atomic_path(out) as tmp:
+        tmp.write_text("\n".join(body) + "\n", encoding="utf-8")
+        os.chmod(tmp, 0o644)  # readable like an ordinary file (mkstemp creates 0600)
     return out

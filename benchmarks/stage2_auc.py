@@ -1,0 +1,259 @@
+"""Stage-2 quality and speed on a default-size synthetic LUNA16-layout set, all on this CPU.
+
+    .venv/bin/python benchmarks/stage2_auc.py [--work-dir /tmp/stage2_bench] [--train-minutes 10]
+        [--seg-bundle B1 (a trained stage-1 bundle: hard negatives in training and stage-1 false positives in the test)]
+
+Steps (each reuses what an earlier run left in ``--work-dir``):
+
+1. throughput of the bundle's network: inference and training crops/s (median and best of repeats; the CPU
+   may be shared with other work, the best run is closest to the network's own cost);
+2. ``generate_dataset(num_scans=30, size=512, num_subsets=3)``; a data list training on subsets 1 and 2
+   (20 scans) and testing on subset 0 (10 scans);
+3. the crop bank (``build_crop_bank``: nodules, class-0 ``candidates.csv`` points, random lung points, and
+   stage-1 false positives with ``--seg-bundle``) of all 30 scans;
+4. training with the bundle's ``train.json`` (in this process, through ``monai.bundle.ConfigWorkflow``) for
+   as many epochs as fit in ``--train-minutes`` at the speed of its first epoch (a hard stop guards the
+   limit), validated once at the end on the test scans' bank crops (the weights are the last epoch's:
+   nothing is selected on the test set);
+5. test ROC AUC: every annotated nodule centre of the test scans (positives) against the scans' class-0
+   ``candidates.csv`` points and random lung points (and, with ``--seg-bundle``, stage-1 false positives),
+   scored from the scans with :func:`monai_lung.fpr.score_points` exactly as the inference bundle does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLE = REPO / "bundles" / "lung_nodule_ct_classification"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(REPO))
+
+
+def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """ROC AUC (ties count half) from (N,) 0/1 labels and (N,) scores."""
+    from monai.metrics import compute_roc_auc
+
+    return float(compute_roc_auc(torch.as_tensor(scores, dtype=torch.float64), torch.as_tensor(labels)))
+
+
+def make_datalist(data_dir: Path, out: Path) -> dict:
+    """Fold 0 with subsets 1 and 2 for training and subset 0 for test (also the end-of-training validation)."""
+    from monai_lung.datalist import build_datalist, write_datalist
+
+    dl = build_datalist(data_dir, data_dir / "annotations.csv", data_dir / "annotations_excluded.csv", fold=0)
+    dl["training"] = dl["training"] + dl["validation"]
+    dl["validation"] = list(dl["test"])
+    write_datalist(out, dl)
+    return dl
+
+
+def train_throughput(repeats: int = 3) -> tuple[float, float, float, float]:
+    from stage2_speed import bundle_network_kwargs, measure_network
+
+    r = measure_network(bundle_network_kwargs(), batch=32, repeats=repeats)
+    return r["infer_median"], r["infer_best"], r["train_median"], r["train_best"]
+
+
+def run_training(work: Path, datalist: Path, data_dir: Path, bank: Path, minutes: float, args) -> tuple[torch.nn.Module, dict]:
+    """Train with the bundle's train.json for at most ``minutes``; returns the trained network and figures.
+
+    The first epoch measures the real speed (data loading included); the number of epochs and the cosine
+    schedule's length are then set so that training ends within the budget (a hard stop guards it).
+    Validation (on the bank crops of the test scans) runs once, after training, on the final weights.
+    """
+    from ignite.engine import Events
+    from monai.bundle import ConfigWorkflow
+
+    bundle = work / "bundle"
+    if bundle.exists():
+        shutil.rmtree(bundle)
+    shutil.copytree(BUNDLE, bundle, ignore=shutil.ignore_patterns("*.pt", "eval"))
+    cfg = json.loads((bundle / "configs" / "train.json").read_text())
+    budget_s = minutes * 60.0
+    overrides = {
+        "bundle_root": str(bundle), "dataset_dir": str(data_dir), "data_list_file_path": str(datalist),
+        "crop_bank_dir": str(bank), "max_epochs": 1000, "epoch_length": args.epoch_length, "val_interval": 10**6,
+        "num_workers": args.num_workers,
+    }
+    wf = ConfigWorkflow(
+        config_file=str(bundle / "configs" / "train.json"), meta_file=str(bundle / "configs" / "metadata.json"),
+        logging_file=str(bundle / "configs" / "logging.conf"), workflow_type="train", **overrides,
+    )
+    wf.initialize()
+    trainer = wf.parser.get_parsed_content("train#trainer")
+    scheduler = wf.parser.get_parsed_content("lr_scheduler")
+    start = time.perf_counter()
+
+    @trainer.on(Events.EPOCH_COMPLETED(once=1))
+    def _plan(engine):
+        per_epoch = time.perf_counter() - start
+        epochs = max(1, int(0.95 * budget_s / per_epoch))
+        if args.max_epochs:
+            epochs = min(epochs, args.max_epochs)
+        engine.state.max_epochs = epochs
+        scheduler.T_max = epochs
+        print(f"[train] first epoch {per_epoch:.0f} s: training {epochs} epochs of {args.epoch_length} crops", flush=True)
+
+    @trainer.on(Events.ITERATION_COMPLETED)
+    def _budget(engine):
+        if time.perf_counter() - start > budget_s:
+            print("[train] time budget reached: stopping", flush=True)
+            engine.terminate()
+
+    wf.run()
+    elapsed = time.perf_counter() - start
+    network = wf.parser.get_parsed_content("network")
+    evaluator = wf.parser.get_parsed_content("validate#evaluator")
+    evaluator.run(global_epoch=trainer.state.epoch)  # also writes model.pt (the final weights)
+    metrics = {k: float(v) for k, v in evaluator.state.metrics.items()}
+    wf.finalize()
+    return network, {
+        "epochs_run": trainer.state.epoch, "train_s": elapsed, "crops_seen": trainer.state.iteration * cfg["batch_size"],
+        "batch_size": cfg["batch_size"], **metrics,
+    }
+
+
+def test_points(entry: dict, candidates: pd.DataFrame, image, lung: np.ndarray, n_random: int, seed: int) -> pd.DataFrame:
+    """Test points of one scan: nodule centres (1), class-0 candidates (0), random lung points (0); world LPS mm."""
+    from monai_lung.fpr.bank import away_from_findings, finding_arrays, random_lung_points, scan_rng
+    from monai_lung.io import index_to_world
+
+    nod_c, nod_r = finding_arrays(entry["nodules"])
+    exc_c, exc_r = finding_arrays(entry["excluded"])
+    rows = [pd.DataFrame({"x": nod_c[:, 0], "y": nod_c[:, 1], "z": nod_c[:, 2], "label": 1, "source": "nodule"})]
+    cand = candidates[(candidates["seriesuid"] == entry["seriesuid"]) & (candidates["class"] == 0)]
+    xyz = cand[["coordX", "coordY", "coordZ"]].to_numpy()
+    keep = away_from_findings(xyz, nod_c, nod_r) & away_from_findings(xyz, exc_c, exc_r)
+    rows.append(pd.DataFrame({"x": xyz[keep, 0], "y": xyz[keep, 1], "z": xyz[keep, 2], "label": 0, "source": "candidates_csv"}))
+    affine = image.affine.numpy()
+    space = str(image.meta.get("space", "RAS"))
+
+    def accept(idx):
+        w = np.atleast_2d(index_to_world(idx.astype(float), affine, space=space, points_space="LPS"))
+        return away_from_findings(w, nod_c, nod_r) & away_from_findings(w, exc_c, exc_r)
+
+    # a different stream from the bank's random points (those are the training scans' anyway)
+    vox = random_lung_points(lung, n_random, scan_rng(seed + 1000, entry["seriesuid"], 9), accept)
+    w = np.atleast_2d(index_to_world(vox.astype(float), affine, space=space, points_space="LPS")).reshape(-1, 3)
+    rows.append(pd.DataFrame({"x": w[:, 0], "y": w[:, 1], "z": w[:, 2], "label": 0, "source": "random_lung"}))
+    return pd.concat(rows, ignore_index=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work-dir", type=Path, default=Path("/tmp/stage2_bench"))
+    parser.add_argument("--num-scans", type=int, default=30)
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--num-subsets", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--train-minutes", type=float, default=10.0)
+    parser.add_argument("--epoch-length", type=int, default=1024)
+    parser.add_argument("--max-epochs", type=int, default=0, help="cap on epochs (0: as many as fit the budget)")
+    parser.add_argument("--num-workers", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--random-test-points", type=int, default=30, help="random lung points per test scan")
+    parser.add_argument("--seg-bundle", type=Path, default=None, help="trained stage-1 bundle for hard negatives")
+    parser.add_argument("--skip-speed", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from monai_lung.datalist import load_datalist_entries
+    from monai_lung.fpr import CropBankSettings, build_crop_bank, score_points
+    from monai_lung.io import read_candidates
+    from monai_lung.synthetic import generate_dataset
+    from monai_lung.transforms import ct_preprocessing, lung_mask
+
+    work = args.work_dir
+    work.mkdir(parents=True, exist_ok=True)
+    figures: dict = {"machine": f"{torch.get_num_threads()} torch threads, CPU shared with other work"}
+
+    if not args.skip_speed:
+        im, ib, tm, tb = train_throughput()
+        figures.update(infer_crops_s_median=im, infer_crops_s_best=ib, train_crops_s_median=tm, train_crops_s_best=tb)
+        print(f"[speed] bundle network on 48^3 crops: inference {im:.1f} crops/s (best {ib:.1f}), training {tm:.1f} crops/s (best {tb:.1f})", flush=True)
+
+    data_dir = work / "data"
+    t = time.perf_counter()
+    if not (data_dir / "annotations.csv").is_file():
+        generate_dataset(data_dir, num_scans=args.num_scans, seed=args.seed, size=args.size, num_subsets=args.num_subsets)
+        print(f"[data] {args.num_scans} scans of size {args.size} in {time.perf_counter() - t:.0f} s", flush=True)
+    datalist = work / "datalist.json"
+    dl = make_datalist(data_dir, datalist)
+    print(f"[data] training {len(dl['training'])} scans ({sum(len(e['nodules']) for e in dl['training'])} nodules), "
+          f"test {len(dl['test'])} scans ({sum(len(e['nodules']) for e in dl['test'])} nodules)", flush=True)
+
+    miner = None
+    if args.seg_bundle is not None:
+        from monai_lung.fpr import HardNegativeMiner
+
+        miner = HardNegativeMiner.from_bundle(args.seg_bundle)
+    bank = work / ("bank_hard" if miner is not None else "bank")
+    entries = load_datalist_entries(datalist, "training", data_dir) + load_datalist_entries(datalist, "test", data_dir)
+    t = time.perf_counter()
+    summary = build_crop_bank(entries, bank, CropBankSettings(), candidates=data_dir / "candidates.csv", miner=miner,
+                              log=lambda line: print("[bank] " + line, flush=True))
+    figures["bank"] = summary
+    print(f"[bank] {summary['scans']} scans cut in {time.perf_counter() - t:.0f} s ({summary['skipped']} cached): {summary['by_source']}", flush=True)
+
+    network, train_fig = run_training(work, datalist, data_dir, bank, args.train_minutes, args)
+    figures["training"] = train_fig
+    print(f"[train] {train_fig['epochs_run']} epochs, {train_fig['crops_seen']} crops in {train_fig['train_s']:.0f} s "
+          f"= {train_fig['crops_seen'] / train_fig['train_s']:.1f} crops/s with data loading and checkpoints; "
+          f"bank val AUC {train_fig.get('val_auc', float('nan')):.4f}", flush=True)
+
+    network.eval()
+    candidates = read_candidates(data_dir / "candidates.csv")
+    preprocess = ct_preprocessing("image")
+    frames = []
+    t_score, n_scored = 0.0, 0
+    for entry in load_datalist_entries(datalist, "test", data_dir):
+        image = preprocess({"image": entry["image"]})["image"]
+        lung = lung_mask(image, np.linalg.norm(image.affine.numpy()[:3, :3], axis=0))
+        pts = test_points(entry, candidates, image, lung, args.random_test_points, args.seed)
+        if miner is not None:
+            mined = miner(image, entry, lung=lung)
+            fp = mined[mined["label"] == 0]
+            pts = pd.concat([pts, pd.DataFrame({"x": fp.coordX, "y": fp.coordY, "z": fp.coordZ, "label": 0, "source": "stage1_fp"})], ignore_index=True)
+        xyz = pts[["x", "y", "z"]].to_numpy()
+        t = time.perf_counter()
+        pts["prob"] = score_points(network, image, xyz, batch_size=64)
+        t_score += time.perf_counter() - t
+        n_scored += len(pts)
+        pts["prob_tta"] = score_points(network, image, xyz, batch_size=64, tta=True)
+        pts["seriesuid"] = entry["seriesuid"]
+        frames.append(pts)
+    test = pd.concat(frames, ignore_index=True)
+    test.to_csv(work / "test_scores.csv", index=False)
+    y = test["label"].to_numpy()
+    figures["test"] = {
+        "positives": int(y.sum()), "negatives": int((y == 0).sum()),
+        "negatives_by_source": {k: int(v) for k, v in test[y == 0]["source"].value_counts().items()},
+        "auc": roc_auc(y, test["prob"].to_numpy()), "auc_tta": roc_auc(y, test["prob_tta"].to_numpy()),
+        "scoring_crops_s": n_scored / max(t_score, 1e-9),
+    }
+    for source in test[y == 0]["source"].unique():
+        sel = (y == 1) | (test["source"] == source).to_numpy()
+        figures["test"][f"auc_vs_{source}"] = roc_auc(y[sel], test["prob"].to_numpy()[sel])
+    f = figures["test"]
+    print(f"[test] {f['positives']} nodules vs {f['negatives']} negatives {f['negatives_by_source']}", flush=True)
+    print(f"[test] ROC AUC {f['auc']:.4f} (flip TTA {f['auc_tta']:.4f}); " + ", ".join(
+        f"{k} {v:.4f}" for k, v in f.items() if k.startswith("auc_vs_")), flush=True)
+    print(f"[test] scoring from the scans: {f['scoring_crops_s']:.1f} crops/s (crop extraction + network, no TTA)", flush=True)
+    (work / "figures.json").write_text(json.dumps(figures, indent=2))
+    print(f"figures: {work / 'figures.json'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,195 @@
+"""Two-stage detection end to end on small synthetic scans with tiny trained models: the CLI, the
+detection bundle, resume, failure isolation, torchrun equality and the review report."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import SimpleITK as sitk
+
+from tests.bundle_utils import bundle_run, copy_bundle, run_cmd
+
+pytestmark = pytest.mark.slow
+
+SEG, CLS, DET = "lung_nodule_ct_segmentation", "lung_nodule_ct_classification", "lung_nodule_ct_two_stage_detection"
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """Six 128x128 synthetic scans; stage 1 trained to overfit them, stage 2 trained briefly, assembled."""
+    from monai_lung.datalist import build_datalist, write_datalist
+    from monai_lung.fpr.bank import CropBankSettings, build_crop_bank
+    from monai_lung.datalist import load_datalist_entries
+    from monai_lung.synthetic import generate_dataset
+
+    root = tmp_path_factory.mktemp("detect")
+    data = root / "data"
+    generate_dataset(data, num_scans=6, seed=11, size=128, num_subsets=3)
+    dl = build_datalist(data, data / "annotations.csv", data / "annotations_excluded.csv", fold=0)
+    # every list holds all scans: the test checks geometry on scans the tiny model has learnt
+    everything = dl["training"] + dl["validation"] + dl["test"]
+    dl["training"], dl["validation"], dl["test"] = everything, everything[:1], everything
+    datalist = root / "datalist.json"
+    write_datalist(datalist, dl)
+    seg, cls, det = (copy_bundle(n, root) for n in (SEG, CLS, DET))
+    bundle_run("training", [seg / "configs" / "train.json"], {
+        "bundle_root": seg, "dataset_dir": data, "data_list_file_path": datalist, "max_epochs": 10, "val_interval": 10,
+        "num_workers": 0, "num_samples": 8, "patch_size": "[32,32,32]", "val_roi_size": "[64,64,64]", "learning_rate": 0.005,
+    })
+    bank = root / "bank"
+    build_crop_bank(load_datalist_entries(datalist, "training", data), bank, CropBankSettings(positives_per_nodule=4, random_per_scan=8))
+    bundle_run("training", [cls / "configs" / "train.json"], {
+        "bundle_root": cls, "dataset_dir": data, "data_list_file_path": datalist, "crop_bank_dir": bank,
+        "max_epochs": 1, "epoch_length": 64, "num_workers": 0, "val_interval": 1,
+    })
+    run_cmd([sys.executable, "-m", "monai_lung", "assemble", "--seg-bundle", str(seg), "--cls-bundle", str(cls), "--output-bundle", str(det)])
+    return {"root": root, "data": data, "datalist": datalist, "det": det, "entries": everything,
+            "annotations": pd.read_csv(data / "annotations.csv", dtype={"seriesuid": str})}
+
+
+def detect(models, out: Path, *extra: str, key: str = "test", torchrun: bool = False) -> str:
+    cmd = ["-m", "monai_lung", "detect", "--datalist", str(models["datalist"]), "--data-dir", str(models["data"]), "--key", key,
+           "--models", str(models["det"]), "--output", str(out), "--device", "cpu", "--no-progress",
+           "--set", "score=stage1", "--set", "seg_threshold=0.3", "--set", "roi_size=[64,64,64]", *extra]
+    if torchrun:
+        return run_cmd([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *cmd])
+    return run_cmd([sys.executable, *cmd])
+
+
+@pytest.fixture(scope="module")
+def first_run(models):
+    out = models["root"] / "run1" / "preds.csv"
+    log = detect(models, out, "--report-dir", str(models["root"] / "run1" / "report"))
+    return out, log
+
+
+def test_detections_land_within_the_nodule_radius_in_world_mm(models, first_run):
+    out, _ = first_run
+    preds = pd.read_csv(out, dtype={"seriesuid": str})
+    assert list(preds.columns) == ["seriesuid", "coordX", "coordY", "coordZ", "probability"]
+    ann = models["annotations"]
+    found = 0
+    for nod in ann.itertuples():
+        p = preds[preds.seriesuid == nod.seriesuid][["coordX", "coordY", "coordZ"]].to_numpy()
+        if len(p) and np.linalg.norm(p - [nod.coordX, nod.coordY, nod.coordZ], axis=1).min() <= nod.diameter_mm / 2:
+            found += 1
+    assert len(ann) > 0 and found / len(ann) >= 0.5, f"found {found}/{len(ann)} nodules within their radius"
+    # every prediction lies inside its scan (world LPS -> SimpleITK index)
+    for entry in models["entries"]:
+        img = sitk.ReadImage(entry["image"])
+        for row in preds[preds.seriesuid == entry["seriesuid"]].itertuples():
+            idx = img.TransformPhysicalPointToContinuousIndex((row.coordX, row.coordY, row.coordZ))
+            assert all(-0.5 <= i <= s - 0.5 for i, s in zip(idx, img.GetSize()))
+
+
+def test_per_scan_json_and_report(models, first_run):
+    out, log = first_run
+    scans = sorted(out.with_name("preds_scans").glob("*.json"))
+    assert len(scans) == len(models["entries"])
+    result = json.loads(scans[0].read_text())
+    assert {"findings", "timings_s", "num_candidates"} <= set(result)
+    assert {"load", "resample", "lung_mask", "sliding_window", "candidates", "classification"} <= set(result["timings_s"])
+    preds = pd.read_csv(out, dtype={"seriesuid": str})
+    mine = preds[preds.seriesuid == result["seriesuid"]]
+    assert len(mine) == len(result["findings"])
+    for f in result["findings"]:
+        assert f["box"][:3] == f["coord"] and f["box"][3] == f["diameter_mm"]
+    html = (models["root"] / "run1" / "report" / "index.html").read_text()
+    for entry in models["entries"]:
+        assert entry["seriesuid"] in html
+    pngs = list((models["root"] / "run1" / "report" / "images").glob("*.png"))
+    assert len(pngs) == min(10, len(preds)) or len(pngs) >= len(set(preds.seriesuid))
+
+
+def test_rerun_resumes_without_duplicating_rows(models, first_run, tmp_path):
+    out, _ = first_run
+    copy = tmp_path / "preds.csv"
+    shutil.copy(out, copy)
+    shutil.copytree(out.with_name("preds_scans"), tmp_path / "preds_scans")
+    removed = sorted((tmp_path / "preds_scans").glob("*.json"))[0]
+    removed.unlink()
+    log = detect(models, copy)
+    assert f"1 scans processed, {len(models['entries']) - 1} already done" in log
+    pd.testing.assert_frame_equal(pd.read_csv(copy), pd.read_csv(out))
+    log = detect(models, copy)
+    assert f"0 scans processed, {len(models['entries'])} already done" in log
+    pd.testing.assert_frame_equal(pd.read_csv(copy), pd.read_csv(out))
+
+
+def test_bad_scans_are_recorded_and_the_run_goes_on(models, tmp_path):
+    from monai_lung.io import write_image_atomic
+
+    good = models["entries"][0]
+    bad_dir = tmp_path / "bad"
+    bad_dir.mkdir()
+    shutil.copy(good["image"], bad_dir / "truncated.mhd")
+    raw = Path(good["image"]).with_suffix(".raw").read_bytes()
+    (bad_dir / "truncated.raw").write_bytes(raw[: len(raw) // 3])
+    (bad_dir / "truncated.mhd").write_text((bad_dir / "truncated.mhd").read_text().replace(Path(good["image"]).stem + ".raw", "truncated.raw"))
+    write_image_atomic(bad_dir / "flat.mha", sitk.GetImageFromArray(np.zeros((64, 64), np.int16)))
+    nan = np.full((60, 60, 60), -800.0, np.float32)
+    nan[30, 30, 30] = np.nan
+    write_image_atomic(bad_dir / "nan.nii.gz", sitk.GetImageFromArray(nan))
+    write_image_atomic(bad_dir / "tiny.mha", sitk.GetImageFromArray(np.full((10, 60, 60), -800, np.int16)))
+    (bad_dir / "garbage.mhd").write_text("not a header")
+    images = [str(bad_dir / n) for n in ("truncated.mhd", "flat.mha", "nan.nii.gz", "tiny.mha", "garbage.mhd")] + [good["image"]]
+    out = tmp_path / "preds.csv"
+    log = run_cmd([sys.executable, "-m", "monai_lung", "detect", *images, "--models", str(models["det"]), "--output", str(out),
+                   "--device", "cpu", "--no-progress", "--set", "roi_size=[64,64,64]"])
+    assert "1 scans processed" in log and "5 failed" in log
+    failures = pd.read_csv(out.with_name("failures.csv")).set_index("seriesuid")["error"].to_dict()
+    assert "truncated data file" in failures["truncated"]
+    assert "3D" in failures["flat"]
+    assert "NaN" in failures["nan"]
+    assert "smaller than" in failures["tiny"]
+    assert "garbage.mhd" in failures["garbage"]
+    assert (out.with_name("preds_scans") / f"{Path(good['image']).stem}.json").is_file()
+
+
+def test_torchrun_two_ranks_equal_a_single_process(models, first_run, tmp_path):
+    out, _ = first_run
+    merged = tmp_path / "preds.csv"
+    detect(models, merged, torchrun=True)
+    pd.testing.assert_frame_equal(pd.read_csv(merged), pd.read_csv(out))
+
+
+def test_detection_bundle_runs_the_same_detector(models, first_run, tmp_path):
+    out, _ = first_run
+    det = models["det"]
+    bundle_out = tmp_path / "bundle_preds.csv"
+    bundle_run("inference", [det / "configs" / "inference.json"], {
+        "bundle_root": det, "dataset_dir": models["data"], "data_list_file_path": models["datalist"], "output_file": bundle_out,
+        "device": "cpu", "detector_config#score": "stage1", "detector_config#seg_threshold": 0.3, "detector_config#roi_size": "[64,64,64]",
+    })
+    pd.testing.assert_frame_equal(pd.read_csv(bundle_out), pd.read_csv(out))
+
+
+def test_detector_call_gives_monai_label_boxes(models):
+    """`detector(inputs, use_inferer=True)` as MONAI Label calls it, built from the bundle config."""
+    import torch
+
+    from monai_lung.detection import load_weights
+    from monai_lung.detection.loading import bundle_parser
+
+    parser = bundle_parser(models["det"], device="cpu")
+    parser["detector_config"]["roi_size"] = [64, 64, 64]
+    detector = parser.get_parsed_content("detector")
+    load_weights(detector.network, models["det"] / "models" / "model.pt")
+    detector.network = detector.network  # MONAI Label assigns the loaded network
+    detector.eval()
+    data = parser.get_parsed_content("preprocessing")({"image": models["entries"][0]["image"]})
+    outputs = detector(data["image"][None], use_inferer=True)
+    assert len(outputs) == 1
+    out = outputs[0]
+    assert out["box"].shape[1] == 6 and out["box"].dtype == torch.float32
+    assert out["label"].shape == out["label_scores"].shape == (out["box"].shape[0],)
+    data.update(out)
+    result = parser.get_parsed_content("postprocessing")(data)["result"]
+    assert len(result["label_scores"]) == out["box"].shape[0]
+    json.dumps(result)
