@@ -39,8 +39,8 @@ def models(tmp_path_factory):
     write_datalist(datalist, dl)
     seg, cls, det = (copy_bundle(n, root) for n in (SEG, CLS, DET))
     bundle_run("training", [seg / "configs" / "train.json"], {
-        "bundle_root": seg, "dataset_dir": data, "data_list_file_path": datalist, "max_epochs": 10, "val_interval": 10,
-        "num_workers": 0, "num_samples": 8, "patch_size": "[32,32,32]", "val_roi_size": "[64,64,64]", "learning_rate": 0.005,
+        "bundle_root": seg, "dataset_dir": data, "data_list_file_path": datalist, "max_epochs": 15, "val_interval": 15,
+        "num_workers": 0, "num_samples": 8, "patch_size": "[32,32,32]", "val_roi_size": "[64,64,64]", "learning_rate": 0.01,
     })
     bank = root / "bank"
     build_crop_bank(load_datalist_entries(datalist, "training", data), bank, CropBankSettings(positives_per_nodule=4, random_per_scan=8))

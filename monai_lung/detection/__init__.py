@@ -1,7 +1,7 @@
 """Detection: stage-1 sliding window over the lungs, candidates from the probability map, stage-2 scoring."""
 
 from monai_lung.detection.candidates import CANDIDATE_FIELDS, extract_candidates
-from monai_lung.detection.segment import LungGatedPredictor, segment_probability
+from monai_lung.detection.segment import LungGatedPredictor, LungSlidingWindowInferer, lung_gated_logits, segment_probability
 from monai_lung.detection.batch import ScanItem, detect_items, items_from_datalist, items_from_paths, run_batch
 from monai_lung.detection.detector import DetectorConfig, TwoStageDetector, TwoStageNetwork, merge_close_candidates
 from monai_lung.detection.loading import assemble_two_stage, load_detector, load_weights, stage_network

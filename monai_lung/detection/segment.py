@@ -40,6 +40,59 @@ def _bbox(mask: np.ndarray, margin: Sequence[int], shape: Sequence[int]) -> tupl
     return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
 
 
+def lung_gated_logits(
+    network: torch.nn.Module,
+    image: torch.Tensor,
+    lung: np.ndarray | None = None,
+    roi_size: Sequence[int] = (96, 96, 96),
+    sw_batch_size: int = 4,
+    overlap: float = 0.25,
+    mode: str = "gaussian",
+    device: torch.device | str | None = None,
+    sw_device: torch.device | str | None = None,
+    amp: bool = True,
+    out_channels: int = 2,
+    background_logit: float = 20.0,
+) -> torch.Tensor:
+    """Sliding-window logits of a whole scan, computed only over the lungs' bounding box.
+
+    Args:
+        network: the stage-1 UNet (``out_channels`` outputs), on ``sw_device``.
+        image: (1, i, j, k) scaled CT (MONAI channel-first).
+        lung: optional (i, j, k) bool lung mask: the window grid covers its bounding box (plus a quarter
+            window of margin) and windows without lung are skipped (:class:`LungGatedPredictor`). None:
+            the whole scan.
+        device: where the stitched output lives (keep "cpu" for large scans: the volume stays in host
+            memory while windows run on ``sw_device``).
+        amp: float16 autocast on CUDA.
+
+    Returns:
+        (out_channels, i, j, k) float32 logits on ``device``; outside the box, confident background.
+    """
+    img = image.as_tensor() if hasattr(image, "as_tensor") else torch.as_tensor(image)
+    img = img.float()
+    shape = tuple(img.shape[1:])
+    sw_device = torch.device(sw_device) if sw_device is not None else img.device
+    device = torch.device(device) if device is not None else img.device
+    if lung is not None:
+        box = _bbox(lung, [r // 4 for r in roi_size], shape)
+        gate = torch.as_tensor(np.ascontiguousarray(lung[box]), dtype=torch.float32, device=img.device)[None]
+        x = torch.cat([img[(slice(None), *box)], gate], dim=0)
+        predictor = LungGatedPredictor(network, out_channels, background_logit)
+    else:
+        box = tuple(slice(0, s) for s in shape)
+        x, predictor = img, network
+    use_amp = amp and sw_device.type == "cuda"
+    with torch.autocast(device_type=sw_device.type, dtype=torch.float16, enabled=use_amp):
+        logits = sliding_window_inference(
+            x[None], list(roi_size), sw_batch_size, predictor, overlap=overlap, mode=mode, sw_device=sw_device, device=device
+        )
+    out = torch.zeros((out_channels, *shape), dtype=torch.float32, device=device)
+    out[0] = background_logit
+    out[(slice(None), *box)] = logits[0].float()
+    return out
+
+
 @torch.no_grad()
 def segment_probability(
     network: torch.nn.Module,
@@ -53,39 +106,54 @@ def segment_probability(
     sw_device: torch.device | str | None = None,
     amp: bool = True,
 ) -> np.ndarray:
-    """Nodule probability of every voxel of a preprocessed scan.
+    """Nodule probability of every voxel of a preprocessed (1, i, j, k) scan, as an (i, j, k) float32 array.
 
-    Args:
-        network: the stage-1 UNet (2 output channels), in eval mode, on ``sw_device``.
-        image: (1, i, j, k) scaled CT (MONAI channel-first, what the bundle preprocessing returns).
-        lung: optional (i, j, k) bool lung mask; the window grid then covers only the mask's bounding box
-            and windows without lung are skipped (see :class:`LungGatedPredictor`). None: whole scan.
-        device: where the stitched output lives (keep "cpu" for large scans: the volume stays in host
-            memory while windows run on ``sw_device``).
-        sw_device: where windows run (CUDA when available).
-        amp: float16 autocast on CUDA.
-
-    Returns:
-        (i, j, k) float32 probability of the nodule class (0 outside the processed box).
+    See :func:`lung_gated_logits` for the arguments; the probability is the softmax of channel 1.
     """
-    img = image.as_tensor() if hasattr(image, "as_tensor") else torch.as_tensor(image)
-    img = img.float()
-    shape = tuple(img.shape[1:])
-    sw_device = torch.device(sw_device) if sw_device is not None else torch.device("cpu")
-    device = torch.device(device) if device is not None else torch.device("cpu")
-    if lung is not None:
-        box = _bbox(lung, [r // 4 for r in roi_size], shape)
-        x = torch.cat([img[(slice(None), *box)], torch.as_tensor(lung[box], dtype=torch.float32)[None]], dim=0)
-        predictor = LungGatedPredictor(network)
-    else:
-        box = tuple(slice(0, s) for s in shape)
-        x, predictor = img, network
-    use_amp = amp and sw_device.type == "cuda"
-    with torch.autocast(device_type=sw_device.type, dtype=torch.float16, enabled=use_amp):
-        logits = sliding_window_inference(
-            x[None], list(roi_size), sw_batch_size, predictor, overlap=overlap, mode=mode, sw_device=sw_device, device=device
-        )
-    prob = torch.softmax(logits[0].float(), dim=0)[1].cpu().numpy()
-    out = np.zeros(shape, dtype=np.float32)
-    out[box] = prob
-    return out
+    logits = lung_gated_logits(network, image, lung, roi_size, sw_batch_size, overlap, mode, device or "cpu", sw_device or "cpu", amp)
+    return torch.softmax(logits, dim=0)[1].cpu().numpy()
+
+
+class LungSlidingWindowInferer:
+    """A MONAI-style inferer: ``inferer(inputs, network)`` -> logits, with the window grid restricted to
+    the lungs (:func:`lung_gated_logits`). For bundles' ``inferer`` / ``validate#inferer``.
+
+    ``inputs``: (B, 1, i, j, k) scaled CT (MetaTensor: its affine gives the voxel size for the lung mask).
+    Returns (B, 2, i, j, k) logits with the input's meta (so ``Invertd`` works on them).
+    """
+
+    def __init__(
+        self,
+        roi_size: Sequence[int] = (96, 96, 96),
+        sw_batch_size: int = 4,
+        overlap: float = 0.25,
+        mode: str = "gaussian",
+        use_lung_mask: bool = True,
+        hu_window: Sequence[float] = (-1000.0, 400.0),
+        sw_device: torch.device | str | None = None,
+        device: torch.device | str | None = None,
+    ):
+        self.roi_size, self.sw_batch_size, self.overlap, self.mode = tuple(roi_size), sw_batch_size, overlap, mode
+        self.use_lung_mask, self.hu_window, self.sw_device, self.device = use_lung_mask, tuple(hu_window), sw_device, device
+
+    def __call__(self, inputs: torch.Tensor, network: torch.nn.Module, *args, **kwargs) -> torch.Tensor:
+        from monai.utils import convert_to_dst_type
+
+        from monai_lung.transforms.lung_mask import lung_mask
+
+        outs = []
+        for b in range(inputs.shape[0]):
+            image = inputs[b]
+            lung = None
+            if self.use_lung_mask:
+                affine = getattr(image, "affine", None)
+                spacing = np.linalg.norm(np.asarray(affine)[:3, :3], axis=0) if affine is not None and np.ndim(affine) == 2 else (1.0, 1.0, 1.0)
+                lung = lung_mask(image.detach().cpu(), spacing, hu_window=self.hu_window)
+            outs.append(
+                lung_gated_logits(
+                    network, image, lung, self.roi_size, self.sw_batch_size, self.overlap, self.mode,
+                    device=self.device or inputs.device, sw_device=self.sw_device or inputs.device, amp=False,
+                )
+            )
+        out = torch.stack(outs)
+        return convert_to_dst_type(out, inputs, device=out.device)[0] if hasattr(inputs, "meta") else out

@@ -5,8 +5,8 @@ nodule (~14,000 voxels at 1 mm) would be picked ~1,000 times as often as a 3 mm 
 small nodules are what stage 1 misses. :class:`NoduleSamplingIndicesd` instead lists the same number
 of voxels for every nodule (drawn with replacement inside it), so every nodule is equally likely and the
 crop centre still falls at a random offset inside the nodule. It also lists a bounded background sample,
-half of it on dense tissue inside the body (vessels, the pleura: where false positives come from),
-instead of the ~40 M background indices ``RandCropByPosNegLabeld`` would otherwise build per call.
+half of it on dense tissue inside the (dilated) lungs (vessels, the pleura: where false positives come
+from) and half anywhere in them, instead of the ~40 M background indices ``RandCropByPosNegLabeld`` would otherwise build per call.
 
 The indices are flat indices into the spatial (i, j, k) array, the format ``RandCropByPosNegLabeld``'s
 ``fg_indices_key`` / ``bg_indices_key`` take. The sample is seeded from the entry, so the transform is
@@ -32,6 +32,7 @@ def balanced_indices(
     tissue_threshold: float = 0.3,
     body_threshold: float = 0.02,
     seed: int = 0,
+    region: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Flat (i, j, k) indices for foreground and background crop centres.
 
@@ -42,6 +43,9 @@ def balanced_indices(
         num_background: background indices; half where ``image > tissue_threshold`` (dense tissue), half
             where ``image > body_threshold`` (anything but outside air), both outside the label.
         seed: random seed (deterministic output for caching).
+        region: optional (i, j, k) bool mask (the lungs, generously dilated) that background centres must
+            fall in: the detector only looks inside it, and vessels inside it are the false positives
+            that matter, so patches of body wall far from the lungs would only waste training time.
 
     Returns:
         (fg, bg) int64 flat indices; fg is empty for a scan without nodules.
@@ -57,10 +61,13 @@ def balanced_indices(
     fg_idx = np.concatenate(fg).astype(np.int64) if fg else np.zeros(0, dtype=np.int64)
 
     label_flat, values = label.reshape(-1), image.reshape(-1)
-    tissue = _sample_where(rng, lambda idx: (values[idx] > tissue_threshold) & (label_flat[idx] == 0), values.size, num_background // 2)
-    # whatever the tissue pool could not give is taken from the whole body
+    inside = np.ones(values.size, dtype=bool) if region is None else np.asarray(region, dtype=bool).reshape(-1)
+    tissue = _sample_where(
+        rng, lambda idx: (values[idx] > tissue_threshold) & (label_flat[idx] == 0) & inside[idx], values.size, num_background // 2
+    )
+    # whatever the tissue pool could not give is taken from the whole region
     body = _sample_where(
-        rng, lambda idx: (values[idx] > body_threshold) & (label_flat[idx] == 0), values.size, num_background - tissue.size
+        rng, lambda idx: (values[idx] > body_threshold) & (label_flat[idx] == 0) & inside[idx], values.size, num_background - tissue.size
     )
     bg = [tissue, body]
     bg_idx = np.concatenate(bg).astype(np.int64)
@@ -99,6 +106,8 @@ class NoduleSamplingIndicesd(MapTransform):
         num_background: int = 4096,
         tissue_threshold: float = 0.3,
         body_threshold: float = 0.02,
+        use_lung_mask: bool = True,
+        hu_window=(-1000.0, 400.0),
         fg_postfix: str = "_fg_indices",
         bg_postfix: str = "_bg_indices",
         allow_missing_keys: bool = False,
@@ -112,14 +121,22 @@ class NoduleSamplingIndicesd(MapTransform):
             body_threshold=body_threshold,
         )
         self.fg_postfix, self.bg_postfix = fg_postfix, bg_postfix
+        self.use_lung_mask, self.hu_window = use_lung_mask, hu_window
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)
-        image = np.asarray(d[self.image_key][0], dtype=np.float32)
+        img = d[self.image_key]
+        image = np.asarray(img[0], dtype=np.float32)
+        region = None
+        if self.use_lung_mask:
+            from monai_lung.transforms.lung_mask import lung_mask
+
+            affine = np.asarray(img.affine) if hasattr(img, "affine") else np.eye(4)
+            region = lung_mask(image, np.linalg.norm(affine[:3, :3], axis=0), hu_window=self.hu_window)
         for key in self.key_iterator(d):
             label = np.asarray(d[key][0])
             seed = zlib.crc32(str(d.get("seriesuid", d[self.image_key].meta.get("filename_or_obj", ""))).encode())
-            fg, bg = balanced_indices(label, image, seed=seed, **self.kwargs)
+            fg, bg = balanced_indices(label, image, seed=seed, region=region, **self.kwargs)
             d[f"{key}{self.fg_postfix}"] = fg
             d[f"{key}{self.bg_postfix}"] = bg
         return d
