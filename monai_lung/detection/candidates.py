@@ -39,17 +39,25 @@ def extract_candidates(
     """
     prob = np.asarray(prob, dtype=np.float32)
     labels, n = ndimage.label(prob > threshold)
+    empty = pd.DataFrame({c: pd.Series(dtype=float) for c in CANDIDATE_FIELDS})
     if n == 0:
-        return pd.DataFrame({c: pd.Series(dtype=float) for c in CANDIDATE_FIELDS})
-    index = np.arange(1, n + 1)
-    counts = np.bincount(labels.ravel(), minlength=n + 1)[1:]
-    keep = counts >= min_voxels
-    index, counts = index[keep], counts[keep]
+        return empty
+    # statistics over the foreground voxels only: scipy's per-label functions scan the whole volume
+    fg = np.flatnonzero(labels)
+    lab = labels.ravel()[fg]
+    p = prob.ravel()[fg].astype(np.float64)
+    counts_all = np.bincount(lab, minlength=n + 1)
+    sums_all = np.bincount(lab, weights=p, minlength=n + 1)
+    coms_all = np.stack(
+        [np.bincount(lab, weights=p * ax, minlength=n + 1) for ax in np.unravel_index(fg, prob.shape)], axis=1
+    ) / np.maximum(sums_all, 1e-12)[:, None]
+    peaks_all = np.zeros(n + 1)
+    np.maximum.at(peaks_all, lab, p)
+    index = np.flatnonzero(counts_all >= max(min_voxels, 1))
+    index = index[index > 0]
     if index.size == 0:
-        return pd.DataFrame({c: pd.Series(dtype=float) for c in CANDIDATE_FIELDS})
-    centres = np.array(ndimage.center_of_mass(prob, labels, index)).reshape(-1, 3)
-    peaks = np.asarray(ndimage.maximum(prob, labels, index), dtype=np.float64).reshape(-1)
-    sums = np.asarray(ndimage.sum(prob, labels, index), dtype=np.float64).reshape(-1)
+        return empty
+    counts, sums, centres, peaks = counts_all[index], sums_all[index], coms_all[index], peaks_all[index]
     voxel_mm3 = abs(float(np.linalg.det(np.asarray(affine, dtype=np.float64)[:3, :3])))
     volume = counts * voxel_mm3
     world = np.atleast_2d(index_to_world(centres, affine, space=space, points_space="LPS"))

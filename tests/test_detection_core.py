@@ -1,0 +1,92 @@
+"""Detection building blocks: candidates from probability maps, duplicate merging, the lung mask and the
+lung-gated sliding window."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from monai.networks.nets import UNet
+
+from monai_lung.detection import LungGatedPredictor, extract_candidates, merge_close_candidates, segment_probability
+from monai_lung.io import index_to_world
+from monai_lung.transforms import balanced_indices, lung_mask
+
+
+def test_candidates_centre_size_and_peak_in_world_mm():
+    prob = np.zeros((60, 60, 60), np.float32)
+    prob[10:15, 10:15, 10:15] = 0.9
+    prob[12, 12, 12] = 0.95
+    prob[40, 41, 42] = 0.7
+    prob[50:52, 5:7, 5] = 0.6
+    affine = np.diag([2.0, 1.0, 1.5, 1.0])
+    affine[:3, 3] = [-100.0, 20.0, 5.0]  # an RAS affine
+    c = extract_candidates(prob, affine, threshold=0.5, min_voxels=2)
+    assert len(c) == 2  # the single voxel at (40, 41, 42) is below min_voxels
+    top = c.iloc[0]
+    assert top.peak_prob == pytest.approx(0.95) and top.num_voxels == 125
+    np.testing.assert_allclose([top.index_i, top.index_j, top.index_k], [12, 12, 12], atol=1e-6)
+    np.testing.assert_allclose([top.coordX, top.coordY, top.coordZ], index_to_world([12, 12, 12], affine), atol=1e-6)
+    # LPS output: x and y change sign against the RAS affine
+    assert top.coordX == pytest.approx(-(-100.0 + 24.0)) and top.coordZ == pytest.approx(5.0 + 18.0)
+    assert top.volume_mm3 == pytest.approx(125 * 3.0)
+    assert top.diameter_mm == pytest.approx((6 * 375 / np.pi) ** (1 / 3))
+    assert len(extract_candidates(np.zeros((5, 5, 5), np.float32), np.eye(4))) == 0
+
+
+def test_merge_keeps_the_strongest_of_close_candidates():
+    frame = pd.DataFrame({"coordX": [0.0, 3.0, 20.0, 21.0], "coordY": [0.0] * 4, "coordZ": [0.0] * 4, "peak_prob": [0.6, 0.9, 0.5, 0.4]})
+    merged = merge_close_candidates(frame, 5.0)
+    assert merged["peak_prob"].tolist() == [0.9, 0.5]
+    assert len(merge_close_candidates(frame, 0.0)) == 4
+
+
+def test_lung_mask_finds_two_lungs_and_not_outside_air():
+    vol = np.full((120, 100, 80), -1000.0, np.float32)  # outside air
+    vol[10:110, 10:90, :] = 40.0  # body
+    vol[20:55, 25:75, 10:70] = -850.0  # right lung
+    vol[65:100, 25:75, 10:70] = -850.0  # left lung
+    vol[35, 50, 40] = 60.0  # a vessel inside a lung
+    mask = lung_mask(vol, (1.0, 1.0, 1.0), hu_window=None, margin_mm=4.0)
+    assert mask[30, 50, 40] and mask[80, 50, 40] and mask[35, 50, 40]
+    assert not mask[2, 2, 2]  # outside air touches the border: not lung
+    assert mask.mean() < 0.5
+
+
+def test_gated_predictor_skips_windows_without_lung():
+    calls = []
+
+    class Counting(torch.nn.Module):
+        def forward(self, x):
+            calls.append(x.shape[0])
+            return torch.zeros((x.shape[0], 2, *x.shape[2:]))
+
+    x = torch.zeros((3, 2, 8, 8, 8))
+    x[1, 1, 4, 4, 4] = 1.0  # only window 1 has lung
+    out = LungGatedPredictor(Counting())(x)
+    assert calls == [1]
+    assert torch.all(out[0, 0] == 20.0) and torch.all(out[1] == 0.0)
+
+
+def test_segment_probability_with_and_without_lung_mask():
+    torch.manual_seed(0)
+    net = UNet(3, 1, 2, (4, 8, 16), (2, 2), num_res_units=0).eval()
+    image = torch.rand((1, 40, 36, 32))
+    lung = np.zeros((40, 36, 32), bool)
+    lung[10:30, 10:25, 8:24] = True
+    full = segment_probability(net, image, None, roi_size=(32, 32, 32))
+    gated = segment_probability(net, image, lung, roi_size=(32, 32, 32))
+    assert full.shape == gated.shape == (40, 36, 32)
+    assert 0 <= full.min() and full.max() <= 1
+    assert gated[0, 0, 0] < 1e-6  # far from the lungs: not computed, background
+
+
+def test_background_indices_stay_in_the_region():
+    label = np.zeros((40, 40, 40), np.uint8)
+    label[20, 20, 20] = 1
+    image = np.full((40, 40, 40), 0.5, np.float32)
+    region = np.zeros((40, 40, 40), bool)
+    region[5:15, 5:15, 5:15] = True
+    _, bg = balanced_indices(label, image, num_background=200, region=region, seed=1)
+    assert len(bg) == 200 and region.ravel()[bg].all()
