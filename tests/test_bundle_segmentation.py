@@ -149,3 +149,22 @@ def test_inference_postprocessing_puts_results_on_the_scan_voxels(tmp_path):
     want = arr > 0
     dice = 2 * (got & want).sum() / (got.sum() + want.sum())
     assert dice > 0.9
+
+
+@pytest.mark.slow
+def test_disk_cache_stores_resampled_volumes_compactly(tmp_path, tiny_dataset):
+    """cache=disk: PersistentDataset files hold the 1 mm volume as float16 and the mask as uint8."""
+    import torch
+
+    data_dir, datalist = tiny_dataset
+    bundle = copy_bundle(NAME, tmp_path)
+    cache = tmp_path / "cache"
+    bundle_run("training", [bundle / "configs" / "train.json"], {
+        "bundle_root": bundle, "dataset_dir": data_dir, "data_list_file_path": datalist, "max_epochs": 1, "val_interval": 1,
+        "cache": "disk", "cache_dir": cache, **FAST,
+    })
+    files = sorted((cache / "train").glob("*.pt"))
+    assert len(files) == 2  # one per training scan
+    item = torch.load(files[0], weights_only=False)
+    assert item["image"].dtype == torch.float16 and item["label"].dtype == torch.uint8
+    assert "label_fg_indices" in item and "nodules" not in item
