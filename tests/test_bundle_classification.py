@@ -28,7 +28,7 @@ def data(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("cls_data")
     data_dir = root / "data"
-    generate_dataset(data_dir, num_scans=6, seed=5, size=64, num_subsets=3)
+    generate_dataset(data_dir, num_scans=6, seed=6, size=64, num_subsets=3)
     dl = build_datalist(data_dir, data_dir / "annotations.csv", data_dir / "annotations_excluded.csv", fold=0)
     assert sum(len(e["nodules"]) for e in dl["training"]) > 0
     write_datalist(root / "dl.json", dl)

@@ -49,7 +49,8 @@ def models(tmp_path_factory):
         "max_epochs": 1, "epoch_length": 64, "num_workers": 0, "val_interval": 1,
     })
     run_cmd([sys.executable, "-m", "monai_lung", "assemble", "--seg-bundle", str(seg), "--cls-bundle", str(cls), "--output-bundle", str(det)])
-    return {"root": root, "data": data, "datalist": datalist, "det": det, "entries": everything,
+    entries = load_datalist_entries(datalist, "test", data)  # absolute image paths
+    return {"root": root, "data": data, "datalist": datalist, "det": det, "entries": entries,
             "annotations": pd.read_csv(data / "annotations.csv", dtype={"seriesuid": str})}
 
 

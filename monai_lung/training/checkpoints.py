@@ -61,6 +61,8 @@ def attach_checkpointing(
             raise FileNotFoundError(f"{ckpt_dir}: resume=True but there is no {prefix}*.pt to resume from")
         CheckpointLoader(load_path=path, load_dict=objects, map_location=map_location).attach(trainer)
     if save:
+        from ignite.engine import Events
+
         CheckpointSaver(
             save_dir=str(ckpt_dir),
             save_dict=objects,
@@ -69,4 +71,13 @@ def attach_checkpointing(
             n_saved=1,
             epoch_level=True,
         ).attach(trainer)
+
+        def keep_only_the_newest(_engine) -> None:
+            # n_saved=1 covers this run's files only; a resumed run must also drop the run before's
+            newest = latest_checkpoint(ckpt_dir, prefix)
+            for old in Path(ckpt_dir).glob(f"{prefix}*.pt"):
+                if newest is not None and str(old) != newest and _NUMBER.search(old.name):
+                    old.unlink(missing_ok=True)
+
+        trainer.add_event_handler(Events.EPOCH_COMPLETED, keep_only_the_newest)  # runs after the saver's handler
     return path
