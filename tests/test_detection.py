@@ -136,15 +136,15 @@ def test_bad_scans_are_recorded_and_the_run_goes_on(models, tmp_path):
     write_image_atomic(bad_dir / "flat.mha", sitk.GetImageFromArray(np.zeros((64, 64), np.int16)))
     nan = np.full((60, 60, 60), -800.0, np.float32)
     nan[30, 30, 30] = np.nan
-    write_image_atomic(bad_dir / "nan.nii.gz", sitk.GetImageFromArray(nan))
+    write_image_atomic(bad_dir / "nan.mha", sitk.GetImageFromArray(nan))  # (ITK's NIfTI reader turns NaN into 0)
     write_image_atomic(bad_dir / "tiny.mha", sitk.GetImageFromArray(np.full((10, 60, 60), -800, np.int16)))
     (bad_dir / "garbage.mhd").write_text("not a header")
-    images = [str(bad_dir / n) for n in ("truncated.mhd", "flat.mha", "nan.nii.gz", "tiny.mha", "garbage.mhd")] + [good["image"]]
+    images = [str(bad_dir / n) for n in ("truncated.mhd", "flat.mha", "nan.mha", "tiny.mha", "garbage.mhd")] + [good["image"]]
     out = tmp_path / "preds.csv"
     log = run_cmd([sys.executable, "-m", "monai_lung", "detect", *images, "--models", str(models["det"]), "--output", str(out),
                    "--device", "cpu", "--no-progress", "--set", "roi_size=[64,64,64]"])
     assert "1 scans processed" in log and "5 failed" in log
-    failures = pd.read_csv(out.with_name("failures.csv")).set_index("seriesuid")["error"].to_dict()
+    failures = pd.read_csv(out.with_name("failures.csv"), dtype=str, keep_default_na=False).set_index("seriesuid")["error"].to_dict()
     assert "truncated data file" in failures["truncated"]
     assert "3D" in failures["flat"]
     assert "NaN" in failures["nan"]

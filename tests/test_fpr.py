@@ -383,3 +383,30 @@ def test_crops_cli_mines_with_a_stage1_bundle(synthetic, tmp_path):
     torch.save({k: v + 1 if v.is_floating_point() else v for k, v in unet.state_dict().items()}, seg / "models" / "model.pt")
     with pytest.raises(DataError, match="other settings"):
         crops_main(args)
+
+
+def test_context_swap_keeps_the_candidate_and_replaces_its_surroundings(synthetic, tmp_path):
+    from monai_lung.fpr import ContextSwapd
+
+    entries = _entries(synthetic, "training")
+    bank_dir = tmp_path / "bank"
+    build_crop_bank(entries, bank_dir, CropBankSettings(crop_size=40, positives_per_nodule=1, random_per_scan=6))
+    ds = CropBankDataset(bank_dir, data=entries)
+    swap = ContextSwapd("image", bank_dir, data=entries, prob=1.0, radius_mm=(8.0, 8.0), margin_mm=4.0)
+    swap.set_random_state(3)
+    axes = np.meshgrid(*[np.arange(40) - 20] * 3, indexing="ij")
+    dist = np.sqrt(sum(a**2 for a in axes))
+    pos = int(np.flatnonzero(ds.labels == 1)[0])
+    for i in (pos, int(np.flatnonzero(ds.labels == 0)[0])):
+        item = ds[i]
+        out = swap(item)
+        assert out["label"] == item["label"] and out["image"].shape == item["image"].shape
+        core = 8.0 if item["label"] == 0 else max(8.0, item["diameter_mm"] / 2 + 4.0)
+        before, after = item["image"][0].numpy(), np.asarray(out["image"][0])
+        # the core (the whole nodule for a positive) is the crop's own, the far surroundings are not
+        np.testing.assert_allclose(after[dist <= core - 1.5], before[dist <= core - 1.5], atol=2e-3)
+        donor = swap._donor_crop()
+        np.testing.assert_allclose(after[dist >= core + 1.5], donor[dist >= core + 1.5], atol=2e-3)
+        assert not np.allclose(after[dist >= core + 1.5], before[dist >= core + 1.5], atol=1e-3)
+    # donors are negatives only
+    assert set(ds.index.set_index(["seriesuid", "row"]).loc[list(zip(swap.donor_uid, swap.donor_row)), "label"]) == {0}

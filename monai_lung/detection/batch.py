@@ -54,12 +54,15 @@ def items_from_paths(paths: Sequence[str | os.PathLike]) -> list[ScanItem]:
 
 def short_error(err: BaseException) -> str:
     """One line naming the problem: a :class:`DataError`'s own text, also when MONAI wrapped it."""
-    if isinstance(err, DataError):
-        return str(err)
+    cause: BaseException | None = err
+    while cause is not None:  # MONAI's Compose re-raises as "applying transform ..." with ours as the cause
+        if isinstance(cause, DataError):
+            return str(cause)
+        for line in str(cause).splitlines():  # LoadImage folds its readers' tracebacks into its message
+            if "DataError: " in line:
+                return line.split("DataError: ", 1)[1].strip()
+        cause = cause.__cause__ or cause.__context__
     text = str(err)
-    for line in text.splitlines():
-        if "DataError: " in line:
-            return line.split("DataError: ", 1)[1].strip()
     first = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
     return f"{type(err).__name__}: {first}"[:500]
 
@@ -92,7 +95,7 @@ def merge_outputs(items: Sequence[ScanItem], output_csv: str | os.PathLike, worl
     for rank in range(world_size):
         part = output_csv.with_name(f"failures.rank{rank}.csv")
         if part.is_file():
-            failures.append(pd.read_csv(part, dtype=str))
+            failures.append(pd.read_csv(part, dtype=str, keep_default_na=False))
     fail = pd.concat(failures, ignore_index=True) if failures else pd.DataFrame(columns=["seriesuid", "image", "error"])
     done = {p.stem for p in scans_dir.glob("*.json")} if scans_dir.is_dir() else set()
     fail = fail[~fail["seriesuid"].isin(done)]  # a scan that failed before and succeeded on a rerun is not a failure
@@ -225,7 +228,7 @@ def write_report_index(output_csv: str | os.PathLike, report_dir: str | os.PathL
     output_csv = Path(output_csv)
     scans_dir = scans_dir_for(output_csv)
     failures_path = output_csv.with_name("failures.csv")
-    failed = pd.read_csv(failures_path, dtype=str) if failures_path.is_file() else pd.DataFrame(columns=["seriesuid", "error"])
+    failed = pd.read_csv(failures_path, dtype=str, keep_default_na=False) if failures_path.is_file() else pd.DataFrame(columns=["seriesuid", "error"])
     errors = dict(zip(failed["seriesuid"], failed["error"]))
     scans = []
     for item in items:

@@ -35,8 +35,8 @@ class CropBankDataset(Dataset):
 
     Each item: ``image`` (1, S, S, S) float32 tensor, the stored crop (S = the bank's ``crop_size``, [0, 1]
     scaled CT on the 1 mm grid, the candidate point at voxel S // 2); ``label`` int64 scalar (1 nodule,
-    0 not); ``seriesuid``; ``source``; ``point`` (3,) world LPS mm. ``transform`` then cuts the final crop
-    (jitter, augmentation).
+    0 not); ``seriesuid``; ``source``; ``point`` (3,) world LPS mm; ``diameter_mm`` (the nodule's for
+    positives, NaN for negatives). ``transform`` then cuts the final crop (jitter, augmentation).
 
     Args:
         bank_dir: a folder written by :func:`~monai_lung.fpr.bank.build_crop_bank`.
@@ -74,6 +74,7 @@ class CropBankDataset(Dataset):
             {
                 "seriesuid": r.seriesuid, "row": int(r.row), "label": int(r.label), "source": r.source,
                 "point": np.array([r.coordX, r.coordY, r.coordZ], dtype=np.float64),
+                "diameter_mm": float(r.diameter_mm) if int(r.label) == 1 else float("nan"),
             }
             for r in self.index.itertuples()
         ]

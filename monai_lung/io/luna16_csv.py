@@ -33,7 +33,8 @@ def _read_csv(path: str | os.PathLike, columns: list[str], kind: str) -> pd.Data
     if not path.is_file():
         raise DataError(path, f"{kind} file not found")
     try:
-        frame = pd.read_csv(path, dtype={"seriesuid": str}, skipinitialspace=True)
+        # keep_default_na=False: a seriesuid is text, never NaN (pandas would read "NA" or "nan" as missing)
+        frame = pd.read_csv(path, dtype={"seriesuid": str}, skipinitialspace=True, keep_default_na=False)
     except pd.errors.EmptyDataError:
         raise DataError(path, f"{kind} file is empty (expected header {','.join(columns)})") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as err:
@@ -45,10 +46,10 @@ def _read_csv(path: str | os.PathLike, columns: list[str], kind: str) -> pd.Data
             path, f"{kind} file misses column(s) {', '.join(missing)}; has {', '.join(map(str, frame.columns))}"
         )
     frame = frame[columns].copy()
-    if frame["seriesuid"].isna().any():
-        row = int(np.flatnonzero(frame["seriesuid"].isna().to_numpy())[0]) + 2  # +1 header, +1 one-based
-        raise DataError(path, f"empty seriesuid on line {row}")
     frame["seriesuid"] = frame["seriesuid"].astype(str).str.strip()
+    if (frame["seriesuid"] == "").any():
+        row = int(np.flatnonzero((frame["seriesuid"] == "").to_numpy())[0]) + 2  # +1 header, +1 one-based
+        raise DataError(path, f"empty seriesuid on line {row}")
     for col in columns[1:]:
         values = pd.to_numeric(frame[col], errors="coerce")
         bad = values.isna() | ~np.isfinite(values.to_numpy(dtype=float, na_value=np.nan))
