@@ -12,8 +12,9 @@ Steps (each reuses what an earlier run left in ``--work-dir``):
 3. the crop bank (``build_crop_bank``: nodules, class-0 ``candidates.csv`` points, random lung points, and
    stage-1 false positives with ``--seg-bundle``) of all 30 scans;
 4. training with the bundle's ``train.json`` (in this process, through ``monai.bundle.ConfigWorkflow``) for
-   as many epochs as fit in ``--train-minutes`` at the speed of its first epoch (a hard stop guards the
-   limit), validated once at the end on the test scans' bank crops (the weights are the last epoch's:
+   as many epochs as fit in ``--train-minutes`` CPU-minutes (CPU time of this process and its data
+   workers, so that other work on a shared machine does not shorten training) at the cost of its first
+   epoch (a hard stop guards the limit), validated once at the end on the test scans' bank crops (the weights are the last epoch's:
    nothing is selected on the test set);
 5. test ROC AUC: every annotated nodule centre of the test scans (positives) against the scans' class-0
    ``candidates.csv`` points and random lung points (and, with ``--seg-bundle``, stage-1 false positives),
@@ -24,7 +25,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
+import os
+import resource
 import shutil
 import statistics
 import sys
@@ -66,12 +68,34 @@ def train_throughput(repeats: int = 3) -> tuple[float, float, float, float]:
     return r["infer_median"], r["infer_best"], r["train_median"], r["train_best"]
 
 
-def run_training(work: Path, datalist: Path, data_dir: Path, bank: Path, minutes: float, args) -> tuple[torch.nn.Module, dict]:
-    """Train with the bundle's train.json for at most ``minutes``; returns the trained network and figures.
+def tree_cpu_seconds() -> float:
+    """CPU seconds (user + system) used so far by this process and its children (DataLoader workers).
 
-    The first epoch measures the real speed (data loading included); the number of epochs and the cosine
-    schedule's length are then set so that training ends within the budget (a hard stop guards it).
-    Validation (on the bank crops of the test scans) runs once, after training, on the final weights.
+    The machine is shared, so the training budget is counted in CPU time rather than wall time: other
+    people's work slows the wall clock but does not spend this budget.
+    """
+    total = time.process_time()
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # children already reaped (workers of past epochs)
+    total += usage.ru_utime + usage.ru_stime
+    tick = os.sysconf("SC_CLK_TCK")
+    me = os.getpid()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # the process ended meanwhile
+        if int(fields[1]) == me:  # fields[1] is the parent pid; utime, stime are fields 11 and 12 after the name
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def run_training(work: Path, datalist: Path, data_dir: Path, bank: Path, minutes: float, args) -> tuple[torch.nn.Module, dict]:
+    """Train with the bundle's train.json for at most ``minutes`` CPU-minutes; returns the network and figures.
+
+    CPU time counts this process's threads and its DataLoader workers. The first epoch measures what an
+    epoch costs (data loading included); the number of epochs and the cosine schedule's length are then
+    set so that training ends within the budget (a hard stop guards it). Validation (on the bank crops of
+    the test scans) runs once, after training, on the final weights.
     """
     from ignite.engine import Events
     from monai.bundle import ConfigWorkflow
@@ -94,33 +118,34 @@ def run_training(work: Path, datalist: Path, data_dir: Path, bank: Path, minutes
     wf.initialize()
     trainer = wf.parser.get_parsed_content("train#trainer")
     scheduler = wf.parser.get_parsed_content("lr_scheduler")
-    start = time.perf_counter()
+    start, cpu0 = time.perf_counter(), tree_cpu_seconds()
 
     @trainer.on(Events.EPOCH_COMPLETED(once=1))
     def _plan(engine):
-        per_epoch = time.perf_counter() - start
+        per_epoch = tree_cpu_seconds() - cpu0
         epochs = max(1, int(0.95 * budget_s / per_epoch))
         if args.max_epochs:
             epochs = min(epochs, args.max_epochs)
         engine.state.max_epochs = epochs
         scheduler.T_max = epochs
-        print(f"[train] first epoch {per_epoch:.0f} s: training {epochs} epochs of {args.epoch_length} crops", flush=True)
+        print(f"[train] first epoch {per_epoch:.0f} CPU-s ({time.perf_counter() - start:.0f} s wall): "
+              f"training {epochs} epochs of {args.epoch_length} crops", flush=True)
 
-    @trainer.on(Events.ITERATION_COMPLETED)
+    @trainer.on(Events.ITERATION_COMPLETED(every=5))
     def _budget(engine):
-        if time.perf_counter() - start > budget_s:
-            print("[train] time budget reached: stopping", flush=True)
+        if tree_cpu_seconds() - cpu0 > budget_s:
+            print("[train] CPU budget reached: stopping", flush=True)
             engine.terminate()
 
     wf.run()
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, tree_cpu_seconds() - cpu0
     network = wf.parser.get_parsed_content("network")
     evaluator = wf.parser.get_parsed_content("validate#evaluator")
     evaluator.run(global_epoch=trainer.state.epoch)  # also writes model.pt (the final weights)
     metrics = {k: float(v) for k, v in evaluator.state.metrics.items()}
     wf.finalize()
     return network, {
-        "epochs_run": trainer.state.epoch, "train_s": elapsed, "crops_seen": trainer.state.iteration * cfg["batch_size"],
+        "epochs_run": trainer.state.epoch, "train_s": elapsed, "train_cpu_s": cpu, "crops_seen": trainer.state.iteration * cfg["batch_size"],
         "batch_size": cfg["batch_size"], **metrics,
     }
 
@@ -158,7 +183,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--num-subsets", type=int, default=3)
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--train-minutes", type=float, default=10.0)
+    parser.add_argument("--train-minutes", type=float, default=10.0, help="training budget in CPU-minutes (process + workers)")
     parser.add_argument("--epoch-length", type=int, default=1024)
     parser.add_argument("--max-epochs", type=int, default=0, help="cap on epochs (0: as many as fit the budget)")
     parser.add_argument("--num-workers", type=int, default=1)
@@ -166,6 +191,8 @@ def main() -> None:
     parser.add_argument("--random-test-points", type=int, default=30, help="random lung points per test scan")
     parser.add_argument("--seg-bundle", type=Path, default=None, help="trained stage-1 bundle for hard negatives")
     parser.add_argument("--skip-speed", action="store_true")
+    parser.add_argument("--no-tta", action="store_true", help="skip the flip-TTA test figure (4x the scoring time)")
+    parser.add_argument("--weights", type=Path, default=None, help="score the test set with these weights instead of training")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -207,11 +234,24 @@ def main() -> None:
     figures["bank"] = summary
     print(f"[bank] {summary['scans']} scans cut in {time.perf_counter() - t:.0f} s ({summary['skipped']} cached): {summary['by_source']}", flush=True)
 
-    network, train_fig = run_training(work, datalist, data_dir, bank, args.train_minutes, args)
-    figures["training"] = train_fig
-    print(f"[train] {train_fig['epochs_run']} epochs, {train_fig['crops_seen']} crops in {train_fig['train_s']:.0f} s "
-          f"= {train_fig['crops_seen'] / train_fig['train_s']:.1f} crops/s with data loading and checkpoints; "
-          f"bank val AUC {train_fig.get('val_auc', float('nan')):.4f}", flush=True)
+    if args.weights is None:
+        network, train_fig = run_training(work, datalist, data_dir, bank, args.train_minutes, args)
+        figures["training"] = train_fig
+        print(f"[train] {train_fig['epochs_run']} epochs, {train_fig['crops_seen']} crops in {train_fig['train_cpu_s'] / 60:.1f} CPU-min "
+              f"({train_fig['train_s']:.0f} s wall): {train_fig['crops_seen'] / train_fig['train_s']:.1f} crops/s wall, "
+              f"{train_fig['crops_seen'] / train_fig['train_cpu_s']:.1f} crops per CPU-s, data loading and checkpoints included; "
+              f"bank val AUC {train_fig.get('val_auc', float('nan')):.4f}", flush=True)
+    else:
+        from monai.bundle import ConfigParser
+
+        from monai_lung.fpr import load_weights
+
+        # the network definition of the bundle the weights were trained with (<bundle>/models/model.pt)
+        own = args.weights.resolve().parent.parent / "configs" / "train.json"
+        cfg = ConfigParser()
+        cfg.read_config(str(own if own.is_file() else BUNDLE / "configs" / "train.json"))
+        network = load_weights(cfg.get_parsed_content("network_def"), args.weights)
+        figures["weights"] = str(args.weights)
 
     network.eval()
     candidates = read_candidates(data_dir / "candidates.csv")
@@ -231,7 +271,7 @@ def main() -> None:
         pts["prob"] = score_points(network, image, xyz, batch_size=64)
         t_score += time.perf_counter() - t
         n_scored += len(pts)
-        pts["prob_tta"] = score_points(network, image, xyz, batch_size=64, tta=True)
+        pts["prob_tta"] = np.nan if args.no_tta else score_points(network, image, xyz, batch_size=64, tta=True)
         pts["seriesuid"] = entry["seriesuid"]
         frames.append(pts)
     test = pd.concat(frames, ignore_index=True)
@@ -240,7 +280,8 @@ def main() -> None:
     figures["test"] = {
         "positives": int(y.sum()), "negatives": int((y == 0).sum()),
         "negatives_by_source": {k: int(v) for k, v in test[y == 0]["source"].value_counts().items()},
-        "auc": roc_auc(y, test["prob"].to_numpy()), "auc_tta": roc_auc(y, test["prob_tta"].to_numpy()),
+        "auc": roc_auc(y, test["prob"].to_numpy()),
+        "auc_tta": float("nan") if args.no_tta else roc_auc(y, test["prob_tta"].to_numpy()),
         "scoring_crops_s": n_scored / max(t_score, 1e-9),
     }
     for source in test[y == 0]["source"].unique():

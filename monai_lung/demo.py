@@ -50,7 +50,7 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
 def demo_settings(args: argparse.Namespace) -> dict:
     settings = dict(DEFAULTS)
     if args.config is not None:
-        settings.update(json.loads(Path(args.config).read_text()))
+        settings.update(json.loads(Path(args.config).read_text(encoding="utf-8")))
     for pair in args.set:
         key, _, value = pair.partition("=")
         if key not in DEFAULTS:
@@ -146,7 +146,7 @@ def run_demo(args: argparse.Namespace) -> int:
                      ("train_stage2", train_stage2), ("assemble", assemble), ("detect", detect), ("evaluate", evaluate)]:
         steps.run(name, fn)
 
-    result = json.loads((froc / "froc.json").read_text())
+    result = json.loads((froc / "froc.json").read_text(encoding="utf-8"))
     print(f"\n[demo] finished in {time.perf_counter() - steps.start:.0f} s")
     print(f"[demo] CPM {result['cpm']:.3f} on {result.get('counts', {}).get('num_scans', '?')} synthetic test scans")
     print("[demo] sensitivity at " + ", ".join(f"{r['fps_per_scan']:g}: {r['sensitivity']:.3f}" for r in result["sensitivities"]) + " FPs/scan")

@@ -68,7 +68,7 @@ def test_evaluate_writes_metrics(data, tmp_path):
     bundle = copy_bundle(NAME, tmp_path)
     bundle_run("training", [bundle / "configs" / "train.json"], {**_common(bundle, data), **FAST, "max_epochs": 1})
     bundle_run("run", [bundle / "configs" / "train.json", bundle / "configs" / "evaluate.json"], {**_common(bundle, data), **FAST})
-    metrics = dict(line.split(",") for line in (bundle / "eval" / "metrics.csv").read_text().split())
+    metrics = dict(line.split(",") for line in (bundle / "eval" / "metrics.csv").read_text(encoding="utf-8").split())
     assert set(metrics) == {"val_auc", "val_accuracy"}
     assert 0.0 <= float(metrics["val_auc"]) <= 1.0 and 0.0 <= float(metrics["val_accuracy"]) <= 1.0
 
@@ -146,7 +146,7 @@ def test_network_matches_its_declared_inputs_and_outputs():
 def test_train_and_inference_define_the_same_network():
     import json
 
-    train = json.loads((CONFIGS / "train.json").read_text())
-    infer = json.loads((CONFIGS / "inference.json").read_text())
+    train = json.loads((CONFIGS / "train.json").read_text(encoding="utf-8"))
+    infer = json.loads((CONFIGS / "inference.json").read_text(encoding="utf-8"))
     assert train["network_def"] == infer["network_def"]
     assert train["patch_size"] == infer["patch_size"]

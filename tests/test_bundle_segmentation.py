@@ -52,7 +52,7 @@ def test_evaluate_writes_metrics(trained):
     bundle, _, _, data_dir, datalist = trained
     configs = [bundle / "configs" / "train.json", bundle / "configs" / "evaluate.json"]
     bundle_run("run", configs, {"bundle_root": bundle, "dataset_dir": data_dir, "data_list_file_path": datalist, **FAST})
-    metrics = (bundle / "eval" / "metrics.csv").read_text()
+    metrics = (bundle / "eval" / "metrics.csv").read_text(encoding="utf-8")
     assert "val_mean_dice" in metrics and "val_nodule_sensitivity" in metrics
 
 
@@ -69,7 +69,7 @@ def test_inference_saves_probability_and_mask_in_scan_geometry(trained):
     masks = sorted(out.glob("*_mask.nii.gz"))
     import json
 
-    test_entries = json.loads(datalist.read_text())["test"]
+    test_entries = json.loads(datalist.read_text(encoding="utf-8"))["test"]
     assert len(probs) == len(masks) == len(test_entries) > 0
     for entry in test_entries:
         scan = sitk.ReadImage(str(data_dir / entry["image"]))

@@ -93,7 +93,7 @@ def test_per_scan_json_and_report(models, first_run):
     out, log = first_run
     scans = sorted(out.with_name("preds_scans").glob("*.json"))
     assert len(scans) == len(models["entries"])
-    result = json.loads(scans[0].read_text())
+    result = json.loads(scans[0].read_text(encoding="utf-8"))
     assert {"findings", "timings_s", "num_candidates"} <= set(result)
     assert {"load", "resample", "lung_mask", "sliding_window", "candidates", "classification"} <= set(result["timings_s"])
     preds = pd.read_csv(out, dtype={"seriesuid": str})
@@ -101,7 +101,7 @@ def test_per_scan_json_and_report(models, first_run):
     assert len(mine) == len(result["findings"])
     for f in result["findings"]:
         assert f["box"][:3] == f["coord"] and f["box"][3] == f["diameter_mm"]
-    html = (models["root"] / "run1" / "report" / "index.html").read_text()
+    html = (models["root"] / "run1" / "report" / "index.html").read_text(encoding="utf-8")
     for entry in models["entries"]:
         assert entry["seriesuid"] in html
     pngs = list((models["root"] / "run1" / "report" / "images").glob("*.png"))
@@ -132,7 +132,7 @@ def test_bad_scans_are_recorded_and_the_run_goes_on(models, tmp_path):
     shutil.copy(good["image"], bad_dir / "truncated.mhd")
     raw = Path(good["image"]).with_suffix(".raw").read_bytes()
     (bad_dir / "truncated.raw").write_bytes(raw[: len(raw) // 3])
-    (bad_dir / "truncated.mhd").write_text((bad_dir / "truncated.mhd").read_text().replace(Path(good["image"]).stem + ".raw", "truncated.raw"))
+    (bad_dir / "truncated.mhd").write_text((bad_dir / "truncated.mhd").read_text(encoding="utf-8").replace(Path(good["image"]).stem + ".raw", "truncated.raw"))
     write_image_atomic(bad_dir / "flat.mha", sitk.GetImageFromArray(np.zeros((64, 64), np.int16)))
     nan = np.full((60, 60, 60), -800.0, np.float32)
     nan[30, 30, 30] = np.nan

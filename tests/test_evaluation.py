@@ -307,7 +307,7 @@ def test_cli_writes_json_csv_png_and_reports(tmp_path, capsys):
     common = ["--annotations", str(tmp_path / "annotations.csv"), "--excluded", str(tmp_path / "excluded.csv")]
     common += ["--predictions", str(tmp_path / "predictions.csv"), "--bootstrap", "50", "--seed", "1"]
     assert evaluate_main(_parse(common + ["--seriesuids", str(tmp_path / "uids.csv"), "--output-dir", str(out)])) == 0
-    summary = json.loads((out / "froc.json").read_text())
+    summary = json.loads((out / "froc.json").read_text(encoding="utf-8"))
     assert summary["cpm"] == pytest.approx(5.375 / 7)
     assert [s["sensitivity"] for s in summary["sensitivities"]] == pytest.approx([0.125, 0.25, 1, 1, 1, 1, 1])
     assert summary["counts"]["num_ignored_outside"] == 1 and summary["counts"]["ignored_seriesuids"] == ["s7"]
@@ -330,7 +330,7 @@ def test_cli_writes_json_csv_png_and_reports(tmp_path, capsys):
     out2 = tmp_path / "out2"
     args = _parse(common + ["--datalist", str(tmp_path / "datalist.json"), "--output-dir", str(out2)])
     assert evaluate_main(args) == 0
-    assert json.loads((out2 / "froc.json").read_text())["cpm"] == pytest.approx(5.375 / 7)
+    assert json.loads((out2 / "froc.json").read_text(encoding="utf-8"))["cpm"] == pytest.approx(5.375 / 7)
     with pytest.raises(SystemExit):  # --datalist and --seriesuids are exclusive
         _parse(common + ["--datalist", "a.json", "--seriesuids", "b.csv", "--output-dir", str(out2)])
 

@@ -176,7 +176,7 @@ def test_crop_bank_is_resumable_and_atomic(synthetic, tmp_path):
     # other settings in the same folder are refused instead of mixed
     with pytest.raises(DataError, match="other settings"):
         build_crop_bank(entries, bank_dir, CropBankSettings(crop_size=48))
-    json.loads((bank_dir / "bank.json").read_text())  # still the original, intact
+    json.loads((bank_dir / "bank.json").read_text(encoding="utf-8"))  # still the original, intact
 
 
 def _labels_with_sources(n_pos=10, sources=(("candidates_csv", 300), ("random_lung", 200))):
@@ -378,7 +378,7 @@ def test_crops_cli_mines_with_a_stage1_bundle(synthetic, tmp_path):
     for row in hard.itertuples():
         for nod in entries[row.seriesuid]["nodules"]:
             assert np.linalg.norm(np.array([row.coordX, row.coordY, row.coordZ]) - nod["center"]) > nod["diameter_mm"] / 2
-    assert json.loads((tmp_path / "bank" / "bank.json").read_text())["inputs"]["stage1"].startswith("model.pt:")
+    assert json.loads((tmp_path / "bank" / "bank.json").read_text(encoding="utf-8"))["inputs"]["stage1"].startswith("model.pt:")
     # the same folder with another stage-1 model is refused (its hard negatives would be stale)
     torch.save({k: v + 1 if v.is_floating_point() else v for k, v in unet.state_dict().items()}, seg / "models" / "model.pt")
     with pytest.raises(DataError, match="other settings"):
@@ -404,9 +404,10 @@ def test_context_swap_keeps_the_candidate_and_replaces_its_surroundings(syntheti
         core = 8.0 if item["label"] == 0 else max(8.0, item["diameter_mm"] / 2 + 4.0)
         before, after = item["image"][0].numpy(), np.asarray(out["image"][0])
         # the core (the whole nodule for a positive) is the crop's own, the far surroundings are not
-        np.testing.assert_allclose(after[dist <= core - 1.5], before[dist <= core - 1.5], atol=2e-3)
+        inner, outer = dist <= core - 2.0, dist >= core + 2.0
+        np.testing.assert_allclose(after[inner], before[inner], atol=3e-3)
         donor = swap._donor_crop()
-        np.testing.assert_allclose(after[dist >= core + 1.5], donor[dist >= core + 1.5], atol=2e-3)
-        assert not np.allclose(after[dist >= core + 1.5], before[dist >= core + 1.5], atol=1e-3)
+        np.testing.assert_allclose(after[outer], donor[outer], atol=3e-3)
+        assert not np.allclose(after[outer], before[outer], atol=1e-2)
     # donors are negatives only
     assert set(ds.index.set_index(["seriesuid", "row"]).loc[list(zip(swap.donor_uid, swap.donor_row)), "label"]) == {0}

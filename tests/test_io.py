@@ -204,15 +204,15 @@ def test_atomic_path_keeps_old_file_on_failure(tmp_path):
         with atomic_path(target) as tmp:
             tmp.write_text("half")
             raise RuntimeError("crash mid-write")
-    assert target.read_text() == "old"
+    assert target.read_text(encoding="utf-8") == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["out.csv"]  # no temporary left behind
     with atomic_path(target) as tmp:
         pd.DataFrame({"a": [1]}).to_csv(tmp, index=False)
-    assert target.read_text().startswith("a")
+    assert target.read_text(encoding="utf-8").startswith("a")
 
 
 def test_write_image_atomic_metaimage_pair(tmp_path, rng):
     write_image_atomic(tmp_path / "sub" / "x.mhd", make_image(_volume(rng)))
     names = sorted(p.name for p in (tmp_path / "sub").iterdir())
     assert names == ["x.mhd", "x.raw"]
-    assert "ElementDataFile = x.raw" in (tmp_path / "sub" / "x.mhd").read_text()
+    assert "ElementDataFile = x.raw" in (tmp_path / "sub" / "x.mhd").read_text(encoding="utf-8")

@@ -333,7 +333,7 @@ def test_index_html(tmp_path):
          "findings": [], "timings_s": {}},
     ]
     out = write_index_html(report, scans[:1])  # first call with a partial list, as the batch runner does
-    assert out == report / "index.html" and "1.2.3.high" not in out.read_text()
+    assert out == report / "index.html" and "1.2.3.high" not in out.read_text(encoding="utf-8")
     scans.insert(1, {"seriesuid": "1.2.3.high", "image": str(scan_b), "status": "ok", "error": None,
                      "findings": high, "timings_s": {"load": 1.0, "total": 9.0}})
     out = write_index_html(report, scans)
@@ -380,9 +380,9 @@ def test_index_html(tmp_path):
 
 def test_index_html_empty_and_missing_image(tmp_path):
     out = write_index_html(tmp_path, [])
-    assert "<b>0</b>scans" in out.read_text()
+    assert "<b>0</b>scans" in out.read_text(encoding="utf-8")
     scans = [{"seriesuid": "s", "image": "x.mhd", "status": "ok", "error": None, "timings_s": {},
               "findings": [{"seriesuid": "s", "png": "images/gone.png", "coord": [1, 2, 3], "diameter_mm": 5,
                             "probability": 0.5}]}]
-    text = write_index_html(tmp_path, scans).read_text()
+    text = write_index_html(tmp_path, scans).read_text(encoding="utf-8")
     assert "<img" not in text and "image not found: images/gone.png" in text

@@ -84,7 +84,7 @@ def test_layout_csvs_and_summary(dataset):
 
     for name, columns in (("annotations.csv", ANNOTATION_COLUMNS), ("annotations_excluded.csv", ANNOTATION_COLUMNS),
                           ("candidates.csv", CANDIDATE_COLUMNS)):
-        assert (out / name).read_text().splitlines()[0] == ",".join(columns)
+        assert (out / name).read_text(encoding="utf-8").splitlines()[0] == ",".join(columns)
     ann = read_annotations(out / "annotations.csv")
     exc = read_excluded(out / "annotations_excluded.csv")
     cand = read_candidates(out / "candidates.csv")

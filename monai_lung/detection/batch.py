@@ -88,7 +88,7 @@ def merge_outputs(items: Sequence[ScanItem], output_csv: str | os.PathLike, worl
     for item in items:
         path = scans_dir / f"{item.seriesuid}.json"
         if path.is_file():
-            rows.extend(sorted(scan_result_rows(json.loads(path.read_text())), key=lambda r: -r["probability"]))
+            rows.extend(sorted(scan_result_rows(json.loads(path.read_text(encoding="utf-8"))), key=lambda r: -r["probability"]))
     preds = pd.DataFrame(rows, columns=PREDICTION_COLUMNS)
     write_csv_atomic(output_csv, preds)
     failures = []
@@ -234,7 +234,7 @@ def write_report_index(output_csv: str | os.PathLike, report_dir: str | os.PathL
     for item in items:
         path = scans_dir / f"{item.seriesuid}.json"
         if path.is_file():
-            res = json.loads(path.read_text())
+            res = json.loads(path.read_text(encoding="utf-8"))
             scans.append({"seriesuid": item.seriesuid, "image": item.image, "status": "ok", "error": res.get("report_error"),
                           "findings": res.get("report", []), "timings_s": res.get("timings_s", {})})
         elif item.seriesuid in errors:

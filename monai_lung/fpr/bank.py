@@ -342,7 +342,7 @@ class CropBank:
     def settings(self) -> CropBankSettings | None:
         if not self.settings_file.is_file():
             return None
-        return CropBankSettings.from_json(json.loads(self.settings_file.read_text())["settings"])
+        return CropBankSettings.from_json(json.loads(self.settings_file.read_text(encoding="utf-8"))["settings"])
 
     def open(self, settings: CropBankSettings, extra: dict | None = None) -> None:
         """Create the bank, or check that an existing one was cut with the same ``settings`` and ``extra``.
@@ -352,7 +352,7 @@ class CropBank:
         """
         record = {"format": BANK_FORMAT, "settings": settings.to_json(), "inputs": extra or {}}
         if self.settings_file.is_file():
-            old = json.loads(self.settings_file.read_text())
+            old = json.loads(self.settings_file.read_text(encoding="utf-8"))
             diffs = [
                 f"{k}: {old.get('settings', {}).get(k)} -> {v}" for k, v in record["settings"].items() if old.get("settings", {}).get(k) != v
             ]

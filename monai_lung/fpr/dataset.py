@@ -24,7 +24,7 @@ def datalist_seriesuids(datalist_file: str | os.PathLike, key: str) -> list[str]
     path = Path(datalist_file)
     if not path.is_file():
         raise DataError(path, "data list file not found")
-    lists = json.loads(path.read_text())
+    lists = json.loads(path.read_text(encoding="utf-8"))
     if key not in lists:
         raise DataError(path, f"data list has no {key!r} list (has {', '.join(k for k, v in lists.items() if isinstance(v, list))})")
     return [str(e.get("seriesuid") or seriesuid_of(e["image"])) for e in lists[key]]

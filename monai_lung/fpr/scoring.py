@@ -119,7 +119,7 @@ def find_scan_paths(
         path = Path(data_list_file_path)
         if not path.is_file():
             raise DataError(path, "data list file not found")
-        lists = json.loads(path.read_text())
+        lists = json.loads(path.read_text(encoding="utf-8"))
         base = Path(dataset_dir) if dataset_dir else path.parent
         names = list(keys) if keys else [k for k, v in lists.items() if isinstance(v, list)]
         out: dict[str, Path] = {}

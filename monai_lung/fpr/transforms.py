@@ -22,7 +22,7 @@ class ContextSwapd(RandomizableTransform, MapTransform):
     surroundings breaks that shortcut. The core keeps the whole nodule: its radius is at least the
     nodule's (``diameter_mm / 2``) plus ``margin_mm``, and otherwise uniform in ``radius_mm`` for
     positives and negatives alike (so the core size tells nothing about the label). The two parts are
-    blended over ``edge_mm`` so the seam is smooth. Donors are negatives only, so no nodule is pasted
+    blended from 99 % to 1 % over +-``edge_mm`` around the core radius, so the seam is smooth. Donors are negatives only, so no nodule is pasted
     into the surroundings.
 
     Apply it first, on the stored (1, S, S, S) crop (1 mm voxels, point at voxel S // 2), before the
@@ -36,7 +36,7 @@ class ContextSwapd(RandomizableTransform, MapTransform):
         radius_mm: (min, max) core radius in mm.
         margin_mm: core radius margin beyond a nodule's radius.
         diameter_key: item key holding the nodule diameter in mm (NaN or absent for negatives).
-        edge_mm: width of the blend between core and surroundings.
+        edge_mm: half-width of the blend between core and surroundings.
     """
 
     backend = ["torch"]
@@ -91,7 +91,8 @@ class ContextSwapd(RandomizableTransform, MapTransform):
         if key not in self._masks:
             axes = [torch.arange(s, dtype=torch.float32) - s // 2 for s in size]
             dist = torch.sqrt(sum(g**2 for g in torch.meshgrid(*axes, indexing="ij")))
-            self._masks[key] = torch.sigmoid((key[1] - dist) / max(self.edge_mm / 4.0, 1e-3))
+            # logistic step from 99 % own crop at radius - edge_mm to 1 % at radius + edge_mm (logit(0.99) = 4.6)
+            self._masks[key] = torch.sigmoid((key[1] - dist) * 4.6 / max(self.edge_mm, 1e-3))
         return self._masks[key]
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
