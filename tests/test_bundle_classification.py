@@ -64,9 +64,25 @@ def test_training_writes_checkpoints_and_resumes(data, tmp_path):
     assert _checkpoints(bundle) == [3]
 
 
-def test_evaluate_writes_metrics(data, tmp_path):
-    bundle = copy_bundle(NAME, tmp_path)
+@pytest.fixture(scope="module")
+def trained(data, tmp_path_factory):
+    """A bundle copy trained for one short epoch (its models/model.pt), shared by the tests that only read it."""
+    bundle = copy_bundle(NAME, tmp_path_factory.mktemp("cls_trained"))
     bundle_run("training", [bundle / "configs" / "train.json"], {**_common(bundle, data), **FAST, "max_epochs": 1})
+    assert (bundle / "models" / "model.pt").is_file()
+    return bundle
+
+
+def _copy_trained(trained, tmp_path):
+    import shutil
+
+    bundle = tmp_path / NAME
+    shutil.copytree(trained, bundle)
+    return bundle
+
+
+def test_evaluate_writes_metrics(data, trained, tmp_path):
+    bundle = _copy_trained(trained, tmp_path)
     bundle_run("run", [bundle / "configs" / "train.json", bundle / "configs" / "evaluate.json"], {**_common(bundle, data), **FAST})
     metrics = dict(line.split(",") for line in (bundle / "eval" / "metrics.csv").read_text(encoding="utf-8").split())
     assert set(metrics) == {"val_auc", "val_accuracy"}
@@ -87,9 +103,8 @@ def test_multi_gpu_config_trains_one_epoch_on_two_cpu_ranks(data, tmp_path):
     assert (bundle / "models" / "model.pt").is_file() and _checkpoints(bundle) == [1]
 
 
-def test_inference_scores_every_point_of_a_csv(data, tmp_path):
-    bundle = copy_bundle(NAME, tmp_path)
-    bundle_run("training", [bundle / "configs" / "train.json"], {**_common(bundle, data), **FAST, "max_epochs": 1})
+def test_inference_scores_every_point_of_a_csv(data, trained, tmp_path):
+    bundle = _copy_trained(trained, tmp_path)
     cands = pd.read_csv(data["data_dir"] / "candidates.csv", dtype={"seriesuid": str})
     points = cands[["seriesuid", "coordX", "coordY", "coordZ"]].copy()
     points.loc[len(points)] = [points.seriesuid.iloc[0], 500.0, 500.0, 500.0]  # far outside its scan: padding, still scored

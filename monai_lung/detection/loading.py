@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from monai_lung.detection.detector import DetectorConfig, TwoStageDetector, TwoStageNetwork, resolve_device
+from monai_lung.fpr.scoring import load_weights  # one loader for bundle weights (plain, wrapped or DDP state dicts)
 from monai_lung.io.errors import DataError
 
 
@@ -25,18 +26,6 @@ def bundle_parser(bundle_dir: str | os.PathLike, config: str = "inference.json",
     for key, value in overrides.items():
         parser[key] = value
     return parser
-
-
-def load_weights(network: torch.nn.Module, path: str | os.PathLike) -> torch.nn.Module:
-    """Load a bundle ``model.pt`` (a plain state dict, or ``{"model": state_dict}``) into ``network``."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(path, "model weights not found (train the bundle, or assemble the detection bundle, first)")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-        state = state["model"]
-    network.load_state_dict(state)
-    return network
 
 
 def stage_network(bundle_dir: str | os.PathLike) -> torch.nn.Module:
