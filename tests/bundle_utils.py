@@ -23,7 +23,9 @@ def copy_bundle(name: str, dest: Path) -> Path:
 def run_cmd(args: list[str], timeout: float = 300, env: dict | None = None) -> str:
     """Run a command, return stdout+stderr; fail the test with the tail of the log on a non-zero exit."""
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
-    proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=full_env, cwd=str(REPO))
+    proc = subprocess.run(
+        args, capture_output=True, encoding="utf-8", errors="replace", timeout=timeout, env=full_env, cwd=str(REPO)
+    )
     out = proc.stdout + proc.stderr
     if proc.returncode != 0:
         raise AssertionError(f"command failed ({proc.returncode}): {' '.join(args)}\n{out[-6000:]}")
