@@ -5,63 +5,207 @@
 
 A nodule is found when a candidate's centre lies within its radius (the LUNA16 hit rule), candidates
 being the connected components of the lung-gated sliding-window probability map (threshold, minimum
-size and near-duplicate merging as the detector does them). Prints one line per scan and a summary.
+size and near-duplicate merging as the detector does them), at most ``--max-candidates`` per scan by
+peak probability (the detector's cap). Prints one line per nodule (diameter, highest probability inside
+it, found or not) and, for every threshold, recall and candidates per scan with and without the cap.
+
+With ``--train-minutes M`` it first trains a copy of the bundle (``python -m monai.bundle run training``
+in a child process, data loading included) and stops it once the process tree has used M CPU-minutes
+(user + system time of the trainer and its data workers; building the in-memory cache of resampled
+scans is timed and reported apart, as it is done once per data set and kept on disk for LUNA16).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
 import time
+from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from monai_lung.datalist import load_datalist_entries
-from monai_lung.detection.candidates import extract_candidates
-from monai_lung.detection.detector import DetectorConfig, merge_close_candidates
+from monai_lung.detection.detector import DetectorConfig, scan_lung_masks, stage1_candidates
 from monai_lung.detection.loading import stage_network
 from monai_lung.detection.segment import segment_probability
-from monai_lung.transforms import ct_preprocessing, lung_mask, nodule_arrays
+from monai_lung.io.coords import world_to_index
+from monai_lung.transforms import ct_preprocessing, nodule_arrays
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` and its live descendants, plus their reaped children (Linux /proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    stats = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            # after the name: state ppid ... utime(12) stime(13) cutime(14) cstime(15), 0-based from state
+            stats[int(entry.name)] = (int(fields[1]), sum(int(f) for f in fields[11:15]))
+    total, todo = 0, [pid]
+    while todo:
+        current = todo.pop()
+        if current in stats:
+            total += stats[current][1]
+            todo.extend(child for child, (ppid, _) in stats.items() if ppid == current)
+    return total / tick
+
+
+def train_with_budget(bundle: Path, work: Path, args: argparse.Namespace) -> Path:
+    """Train a copy of ``bundle`` under ``work`` for ``args.train_minutes`` CPU-minutes; returns the copy.
+
+    The trainer is told to run ``--max-epochs`` epochs (its cosine schedule spans them); once the CPU
+    budget is spent it is interrupted and the newest checkpoint (saved every epoch) is used.
+    """
+    copy = work / "bundle"
+    if copy.exists():
+        shutil.rmtree(copy)
+    shutil.copytree(bundle, copy, ignore=shutil.ignore_patterns("models", "eval", "cache", "runs"))
+    (copy / "models").mkdir()
+    cmd = [
+        sys.executable, "-m", "monai.bundle", "run", "training",
+        "--config_file", str(copy / "configs" / "train.json"), "--meta_file", str(copy / "configs" / "metadata.json"),
+        "--logging_file", str(copy / "configs" / "logging.conf"), "--bundle_root", str(copy),
+        "--dataset_dir", str(args.data_dir), "--data_list_file_path", str(args.datalist),
+        "--max_epochs", str(args.max_epochs), "--val_interval", str(10**6), *args.train_args,
+    ]
+    log = open(work / "train.log", "w", encoding="utf-8")
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    cache_cpu = cache_wall = None
+    budget = args.train_minutes * 60
+    while proc.poll() is None:
+        time.sleep(2)
+        if cache_cpu is None and "Epoch: 1/" in (work / "train.log").read_text(encoding="utf-8", errors="replace"):
+            # the first iteration has begun: what was spent so far built the cache
+            cache_cpu, cache_wall = tree_cpu_seconds(proc.pid), time.perf_counter() - start
+        if cache_cpu is not None and tree_cpu_seconds(proc.pid) - cache_cpu > budget:
+            proc.terminate()
+            proc.wait()
+            break
+    wall = time.perf_counter() - start
+    text = (work / "train.log").read_text(encoding="utf-8", errors="replace")
+    epochs = re.findall(r"Epoch\[(\d+)\] Complete", text)
+    print(
+        f"[train] cache built in {cache_wall or 0:.0f} s wall / {cache_cpu or 0:.0f} CPU-s; "
+        f"{len(epochs)} epochs in {wall - (cache_wall or 0):.0f} s wall within a {budget:.0f} CPU-s budget "
+        f"(log: {work / 'train.log'})",
+        flush=True,
+    )
+    checkpoints = sorted((copy / "models").glob("checkpoint_epoch=*.pt"), key=lambda p: int(p.stem.split("=")[1]))
+    if not checkpoints:
+        raise SystemExit(f"training produced no checkpoint; see {work / 'train.log'}")
+    # the detector loads models/model.pt: the newest epoch's weights (nothing is selected on test data)
+    state = torch.load(checkpoints[-1], map_location="cpu", weights_only=True)
+    torch.save(state["network"], copy / "models" / "model.pt")
+    return copy
+
+
+def probability_maps(bundle: Path, entries: list[dict], args: argparse.Namespace, cache: Path | None):
+    """Yields (entry, prob (i, j, k) float32 on the 1 mm RAS grid, affine 4x4 RAS, candidate mask (i, j, k)
+    bool or None, seconds) per test scan."""
+    network = stage_network(str(bundle)).eval()
+    prep = ct_preprocessing()
+    for entry in entries:
+        path = cache / f"{entry['seriesuid']}.npz" if cache else None
+        t = time.perf_counter()
+        image = prep({"image": entry["image"]})["image"]
+        lung, core = scan_lung_masks(image, (1.0, 1.0, 1.0), args.detector_config)
+        affine = image.affine.numpy()
+        if path is not None and path.exists():
+            z = np.load(path)
+            yield entry, z["prob"].astype(np.float32), affine, core, float(z["seconds"])
+            continue
+        prob = segment_probability(network, image, lung, roi_size=(args.roi,) * 3, sw_batch_size=4)
+        seconds = time.perf_counter() - t
+        if path is not None:
+            np.savez_compressed(path, prob=prob.astype(np.float16), seconds=seconds)
+        yield entry, prob, affine, core, seconds
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--bundle", required=True)
-    p.add_argument("--data-dir", required=True)
-    p.add_argument("--datalist", required=True)
+    p.add_argument("--bundle", type=Path, required=True)
+    p.add_argument("--data-dir", type=Path, required=True)
+    p.add_argument("--datalist", type=Path, required=True)
     p.add_argument("--key", default="test")
-    p.add_argument("--threshold", type=float, default=DetectorConfig.seg_threshold)
+    p.add_argument("--thresholds", default="0.1,0.2,0.3,0.5", help="comma-separated candidate thresholds")
+    p.add_argument("--max-candidates", type=int, default=30, help="per-scan cap, by peak probability")
     p.add_argument("--min-voxels", type=int, default=DetectorConfig.min_voxels)
+    p.add_argument(
+        "--candidate-lung-margin", type=float, default=DetectorConfig.candidate_lung_margin_mm,
+        help="mm; candidate centres must lie in the lungs grown by this (negative: anywhere)",
+    )
     p.add_argument("--roi", type=int, default=96)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--work-dir", type=Path, default=Path("stage1_bench"), help="trained copy, logs, probability maps")
+    p.add_argument("--train-minutes", type=float, default=0.0, help="train a copy of --bundle first (CPU-minutes)")
+    p.add_argument("--max-epochs", type=int, default=60, help="epochs the trainer plans for (cosine schedule)")
+    p.add_argument("--train-args", nargs=argparse.REMAINDER, default=[], help="extra bundle overrides, e.g. --learning_rate 0.01")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    network = stage_network(args.bundle).eval()
-    prep = ct_preprocessing()
-    cfg = DetectorConfig()
-    found = total = 0
-    comps, seconds = [], []
-    for entry in load_datalist_entries(args.datalist, args.key, args.data_dir):
-        t = time.perf_counter()
-        image = prep({"image": entry["image"]})["image"]
-        lung = lung_mask(image, (1.0, 1.0, 1.0))
-        prob = segment_probability(network, image, lung, roi_size=(args.roi,) * 3, sw_batch_size=4)
-        cands = extract_candidates(prob, image.affine.numpy(), args.threshold, args.min_voxels, max_candidates=None)
-        cands = merge_close_candidates(cands, cfg.merge_distance_mm)
-        seconds.append(time.perf_counter() - t)
+    margin = None if args.candidate_lung_margin < 0 else args.candidate_lung_margin
+    args.detector_config = DetectorConfig(candidate_lung_margin_mm=margin, min_voxels=args.min_voxels, max_candidates=10**6)
+    args.work_dir.mkdir(parents=True, exist_ok=True)
+    args.data_dir, args.datalist = args.data_dir.resolve(), args.datalist.resolve()
+    bundle = args.bundle
+    if args.train_minutes > 0:
+        bundle = train_with_budget(args.bundle, args.work_dir, args)
+    cache = args.work_dir / "prob"
+    if cache.exists() and args.train_minutes > 0:
+        shutil.rmtree(cache)
+    cache.mkdir(exist_ok=True)
+
+    thresholds = [float(t) for t in args.thresholds.split(",")]
+    entries = load_datalist_entries(str(args.datalist), args.key, str(args.data_dir))
+    found = {t: [0, 0] for t in thresholds}  # uncapped, capped
+    counts = {t: [] for t in thresholds}
+    total, seconds = 0, []
+    for entry, prob, affine, core, sec in probability_maps(bundle, entries, args, cache):
+        seconds.append(sec)
         centres, diameters = nodule_arrays(entry["nodules"])
-        pts = cands[["coordX", "coordY", "coordZ"]].to_numpy()
-        hits = 0
-        for c, d in zip(centres, diameters):
-            if len(pts) and np.min(np.linalg.norm(pts - c, axis=1)) <= d / 2:
-                hits += 1
-        found, total = found + hits, total + len(centres)
-        comps.append(len(cands))
-        print(f"{entry['seriesuid']}: nodules {hits}/{len(centres)} found, {len(cands)} candidates, {seconds[-1]:.1f} s")
-    print(
-        f"stage-1 recall {found}/{total} = {found / max(total, 1):.3f}; candidates per scan mean {np.mean(comps):.1f}, "
-        f"max {max(comps)}; {np.mean(seconds):.1f} s per scan (threshold {args.threshold}, roi {args.roi})"
-    )
+        total += len(centres)
+        per_threshold = {}
+        for t in thresholds:
+            cands = stage1_candidates(prob, affine, replace(args.detector_config, seg_threshold=t), core)
+            pts = cands[["coordX", "coordY", "coordZ"]].to_numpy()
+            counts[t].append(len(cands))
+            hit = []
+            for c, d in zip(centres, diameters):
+                dist = np.linalg.norm(pts - c, axis=1) if len(pts) else np.zeros(0)
+                inside = np.flatnonzero(dist <= d / 2)
+                hit.append(inside.min() if inside.size else None)  # rank of the best candidate on it
+            found[t][0] += sum(h is not None for h in hit)
+            found[t][1] += sum(h is not None and h < args.max_candidates for h in hit)
+            per_threshold[t] = hit
+        # the highest probability within each nodule's radius: how far it is from being found
+        for n, (c, d) in enumerate(zip(centres, diameters)):
+            idx = np.round(world_to_index(c, affine, space="RAS", points_space="LPS")).astype(int)
+            r = int(np.ceil(d / 2))
+            lo, hi = np.maximum(idx - r, 0), np.minimum(idx + r + 1, prob.shape)
+            peak = float(prob[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]].max()) if np.all(hi > lo) else 0.0
+            ranks = " ".join(f"{t}:{'-' if per_threshold[t][n] is None else per_threshold[t][n]}" for t in thresholds)
+            print(f"  {entry['seriesuid'][-12:]} nodule {n} d={d:5.1f} mm  peak p={peak:.3f}  rank@threshold {ranks}")
+        print(
+            f"{entry['seriesuid']}: candidates " + ", ".join(f"{t}: {counts[t][-1]}" for t in thresholds) + f"; {sec:.1f} s",
+            flush=True,
+        )
+    print(f"\nstage-1 recall on {total} nodules of {len(seconds)} scans ({np.mean(seconds):.1f} s per scan, roi {args.roi}):")
+    for t in thresholds:
+        capped = np.minimum(counts[t], args.max_candidates)
+        print(
+            f"  threshold {t}: {found[t][0]}/{total} = {found[t][0] / max(total, 1):.3f} with {np.mean(counts[t]):.1f} "
+            f"candidates/scan (max {max(counts[t])}); capped at {args.max_candidates}: "
+            f"{found[t][1]}/{total} = {found[t][1] / max(total, 1):.3f} with {np.mean(capped):.1f}/scan"
+        )
 
 
 if __name__ == "__main__":

@@ -28,9 +28,9 @@ DEFAULTS = {
     "num_subsets": 4,
     "size": 512,
     "seed": 2026,
-    "stage1_epochs": 16,
+    "stage1_epochs": 50,
     "stage1_val_scans": 3,  # whole-scan validation is slow on a CPU: validate on a few scans, once at the end
-    "stage2_epochs": 6,
+    "stage2_epochs": 12,
     "stage2_epoch_length": 1024,
     "seg_bundle": "bundles/lung_nodule_ct_segmentation",
     "cls_bundle": "bundles/lung_nodule_ct_classification",
@@ -145,12 +145,47 @@ def run_demo(args: argparse.Namespace) -> int:
     for name, fn in [("synthesise", synth), ("datalist", make_datalist), ("train_stage1", train_stage1), ("crop_bank", crop_bank),
                      ("train_stage2", train_stage2), ("assemble", assemble), ("detect", detect), ("evaluate", evaluate)]:
         steps.run(name, fn)
+    by_score = compare_final_scores(preds, data_dir, datalist, work / "froc_by_score")
 
     result = json.loads((froc / "froc.json").read_text(encoding="utf-8"))
     print(f"\n[demo] finished in {time.perf_counter() - steps.start:.0f} s")
     print(f"[demo] CPM {result['cpm']:.3f} on {result.get('counts', {}).get('num_scans', '?')} synthetic test scans")
     print("[demo] sensitivity at " + ", ".join(f"{r['fps_per_scan']:g}: {r['sensitivity']:.3f}" for r in result["sensitivities"]) + " FPs/scan")
+    print("[demo] CPM by final score (same candidates): " + ", ".join(f"{k} {v:.3f}" for k, v in by_score.items())
+          + "  (stage1: UNet peak only; stage2: ResNet only; product: both)")
     print(f"[demo] FROC plot: {froc / 'froc.png'}   curve: {froc / 'froc.csv'}")
     print(f"[demo] review report: {report / 'index.html'}   predictions: {preds}")
     print(f"[demo] trained bundles: {seg}, {cls}, {det}")
     return 0
+
+
+def compare_final_scores(preds_csv: Path, data_dir: Path, datalist: Path, out_dir: Path, n_bootstrap: int = 100) -> dict:
+    """CPM of the same detection run under each final score (stage-1 peak, stage-2 probability, their
+    product), re-ranked from the per-scan JSON results that ``detect`` keeps: shows which stage limits
+    the result. Returns {score name: CPM}; each evaluation's files go to ``out_dir/<name>/``."""
+    import pandas as pd
+
+    from monai_lung.detection.batch import scans_dir_for
+    from monai_lung.evaluation.run import run_evaluation
+    from monai_lung.evaluation.scanlist import read_datalist_seriesuids
+    from monai_lung.io.atomic import write_csv_atomic
+
+    findings = []
+    for path in sorted(scans_dir_for(preds_csv).glob("*.json")):
+        result = json.loads(path.read_text(encoding="utf-8"))
+        for f in result.get("findings", []):
+            findings.append((result["seriesuid"], *f["coord"], f["stage1_peak"], f["stage2_prob"]))
+    table = pd.DataFrame(findings, columns=["seriesuid", "coordX", "coordY", "coordZ", "stage1", "stage2"])
+    table["product"] = table["stage1"] * table["stage2"]
+    uids = read_datalist_seriesuids(datalist, "test")
+    cpm = {}
+    for name in ("stage1", "stage2", "product"):
+        csv = out_dir / name / "predictions.csv"
+        csv.parent.mkdir(parents=True, exist_ok=True)
+        write_csv_atomic(csv, table[["seriesuid", "coordX", "coordY", "coordZ"]].assign(probability=table[name]))
+        result = run_evaluation(
+            data_dir / "annotations.csv", csv, out_dir / name, excluded_csv=data_dir / "annotations_excluded.csv",
+            seriesuids=uids, n_bootstrap=n_bootstrap, log=lambda *_: None,
+        )
+        cpm[name] = result.cpm
+    return cpm

@@ -11,7 +11,9 @@ from monai.networks.nets import UNet
 
 from monai_lung.detection import LungGatedPredictor, extract_candidates, merge_close_candidates, segment_probability
 from monai_lung.io import index_to_world
-from monai_lung.transforms import balanced_indices, lung_mask
+from monai_lung.detection.candidates import candidates_inside
+from monai_lung.detection.detector import DetectorConfig, stage1_candidates
+from monai_lung.transforms import balanced_indices, lung_mask, lung_masks
 
 
 def test_candidates_centre_size_and_peak_in_world_mm():
@@ -52,6 +54,28 @@ def test_lung_mask_finds_two_lungs_and_not_outside_air():
     assert mask[30, 50, 40] and mask[80, 50, 40] and mask[35, 50, 40]
     assert not mask[2, 2, 2]  # outside air touches the border: not lung
     assert mask.mean() < 0.5
+
+
+def test_lung_masks_nest_and_keep_wall_candidates_out():
+    vol = np.full((120, 100, 80), -1000.0, np.float32)
+    vol[10:110, 10:90, :] = 40.0
+    vol[20:55, 25:75, 10:70] = -850.0
+    vol[65:100, 25:75, 10:70] = -850.0
+    wide, tight = lung_masks(vol, (1.0, 1.0, 1.0), (8.0, 4.0), hu_window=None)
+    np.testing.assert_array_equal(wide, lung_mask(vol, (1.0, 1.0, 1.0), hu_window=None, margin_mm=8.0))
+    assert (wide >= tight).all() and wide.sum() > tight.sum()
+    assert tight[30, 50, 40] and not tight[30, 50, 40 - 40]  # lung yes, 30 mm below it (chest wall) no
+    # a probability map with a blob in the lung and one deep in the wall: only the lung one is a candidate
+    prob = np.zeros(vol.shape, np.float32)
+    prob[28:33, 48:53, 38:43] = 0.9  # in the right lung
+    prob[12:15, 12:15, 38:41] = 0.95  # body wall, far from both lungs
+    affine = np.eye(4)
+    cfg = DetectorConfig(seg_threshold=0.5, min_voxels=3)
+    everywhere = stage1_candidates(prob, affine, cfg)
+    in_lung = stage1_candidates(prob, affine, cfg, tight)
+    assert len(everywhere) == 2 and len(in_lung) == 1
+    assert in_lung.iloc[0].index_i == pytest.approx(30.0)
+    assert len(candidates_inside(everywhere.iloc[:0], tight)) == 0
 
 
 def test_gated_predictor_skips_windows_without_lung():

@@ -109,3 +109,21 @@ def test_balanced_indices_give_every_nodule_the_same_weight(rng):
     fg2, bg2 = balanced_indices(label, image, per_nodule=50, num_background=400, seed=3)
     np.testing.assert_array_equal(fg, fg2)
     np.testing.assert_array_equal(bg, bg2)
+
+
+def test_balanced_indices_offset_moves_crop_centres_around_the_nodule():
+    label = np.zeros((80, 80, 80), np.uint8)
+    label[40, 40, 40] = 1  # a one-voxel nodule: every offset is measured from it
+    image = np.full(label.shape, 0.1, np.float32)
+    fg, _ = balanced_indices(label, image, per_nodule=400, num_background=10, seed=5, max_offset=16)
+    offsets = np.stack(np.unravel_index(fg, label.shape), axis=1) - 40
+    assert np.abs(offsets).max() <= 16
+    # spread over the whole range on every axis, not stuck at the nodule
+    assert (np.abs(offsets) > 8).any(axis=0).all() and (offsets.min(axis=0) < 0).all() and (offsets.max(axis=0) > 0).all()
+    assert (label.ravel()[fg] == 1).mean() < 0.05
+    # clipped to the volume near a corner
+    label[:] = 0
+    label[2, 2, 2] = 1
+    fg, _ = balanced_indices(label, image, per_nodule=200, num_background=10, seed=5, max_offset=16)
+    xyz = np.stack(np.unravel_index(fg, label.shape), axis=1)
+    assert xyz.min() >= 0 and xyz.max() <= 18

@@ -71,3 +71,13 @@ def extract_candidates(
     )
     frame = frame.sort_values("peak_prob", ascending=False, kind="stable").reset_index(drop=True)
     return frame if max_candidates is None else frame.head(max_candidates).reset_index(drop=True)
+
+
+def candidates_inside(frame: pd.DataFrame, mask: np.ndarray) -> pd.DataFrame:
+    """Rows of a candidate ``frame`` whose centre voxel (``index_i/j/k``, rounded and clipped to the
+    grid) lies in ``mask``, an (i, j, k) bool array on the probability map's grid. Order is kept."""
+    if len(frame) == 0:
+        return frame
+    ijk = np.rint(frame[["index_i", "index_j", "index_k"]].to_numpy(dtype=np.float64)).astype(np.int64)
+    ijk = np.clip(ijk, 0, np.asarray(mask.shape) - 1)
+    return frame[np.asarray(mask)[tuple(ijk.T)]].reset_index(drop=True)

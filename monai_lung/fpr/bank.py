@@ -77,7 +77,7 @@ class CropBankSettings:
         positive_jitter: positive offsets are uniform in a ball of this fraction of the nodule radius.
         random_per_scan: random lung points per scan.
         candidates_per_scan: cap on class-0 ``candidates.csv`` points per scan (LUNA16 has ~850 per scan).
-        hard_negatives_per_scan: cap on stage-1 false positives per scan (highest peak probability first).
+        hard_negatives_per_scan: cap on stage-1 false positives per scan (half the most confident, half at random).
         negative_margin_mm: negatives keep this much more than a nodule radius from its centre.
         excluded_diameter_mm: diameter assumed for excluded findings of unknown (negative) size.
         seed: random seed; each scan draws from ``(seed, crc32(seriesuid))``, so reruns give the same crops.
@@ -210,10 +210,18 @@ def random_lung_points(
 
 
 def _subset(frame: pd.DataFrame, cap: int, rng: np.random.Generator, order: str | None = None) -> pd.DataFrame:
+    """At most ``cap`` rows: drawn at random, or with ``order`` (hard negatives) half of them the highest
+    ``order`` values and half drawn at random from the rest. The detector hands stage 2 up to 300
+    candidates per scan, most of middling stage-1 peak: a bank of only the top ones would teach stage 2
+    the most nodule-like false positives and nothing of the rest."""
     if cap < 0 or len(frame) <= cap:
         return frame
-    if order is not None:  # the most confident first (hard negatives)
-        return frame.sort_values(order, ascending=False, kind="stable").head(cap)
+    if order is not None:
+        ranked = frame.sort_values(order, ascending=False, kind="stable")
+        top = (cap + 1) // 2
+        rest = ranked.iloc[top:]
+        pick = np.sort(rng.choice(len(rest), size=cap - top, replace=False))
+        return pd.concat([ranked.iloc[:top], rest.iloc[pick]])
     return frame.iloc[np.sort(rng.choice(len(frame), size=cap, replace=False))]
 
 

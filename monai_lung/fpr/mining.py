@@ -136,18 +136,23 @@ class HardNegativeMiner:
         digest = hashlib.sha1(weights.read_bytes()).hexdigest()[:12]  # weights are a few MB
         return cls(network, device=device, fingerprint=f"{weights.name}:{digest}:{settings}", **settings)
 
-    def __call__(self, image, entry: dict, lung: np.ndarray | None = None) -> pd.DataFrame:
+    def __call__(
+        self, image, entry: dict, lung: np.ndarray | None = None, candidate_mask: np.ndarray | None = None
+    ) -> pd.DataFrame:
         """Labelled stage-1 candidates of one scan.
 
         Args:
             image: (1, i, j, k) preprocessed MetaTensor (scaled CT; ``affine`` voxel -> world mm in ``meta["space"]``).
             entry: its data-list entry (``seriesuid``, ``nodules``, ``excluded``; world LPS mm).
             lung: optional (i, j, k) bool lung mask (windows outside it are skipped).
+            candidate_mask: optional (i, j, k) bool mask that candidate centres must lie in (the detector's
+                tight lung mask, so that stage 2 learns the false positives it will be shown).
 
         Returns:
             DataFrame with :data:`MINED_COLUMNS`, most confident first.
         """
         from monai_lung.detection import extract_candidates, segment_probability
+        from monai_lung.detection.candidates import candidates_inside
 
         prob = segment_probability(
             self.network, image, lung=lung, roi_size=self.roi_size, sw_batch_size=self.sw_batch_size,
@@ -155,7 +160,11 @@ class HardNegativeMiner:
         )
         space = str(image.meta.get("space", "RAS")) if hasattr(image, "meta") else "RAS"
         affine = image.affine.numpy() if hasattr(image, "affine") else np.eye(4)
-        cands = extract_candidates(prob, affine, self.threshold, self.min_voxels, self.max_candidates, space=space)
+        cands = extract_candidates(prob, affine, self.threshold, self.min_voxels, max_candidates=None, space=space)
+        if candidate_mask is not None:
+            cands = candidates_inside(cands, candidate_mask)
+        if self.max_candidates is not None:
+            cands = cands.head(self.max_candidates).reset_index(drop=True)
         cands.insert(0, "seriesuid", str(entry.get("seriesuid") or seriesuid_of(entry["image"])))
         return label_candidates(cands, entry)[MINED_COLUMNS]
 
@@ -177,7 +186,8 @@ def mine_hard_negatives(
     Returns:
         DataFrame with :data:`MINED_COLUMNS` (hard negatives: ``label == 0``).
     """
-    from monai_lung.transforms.lung_mask import lung_mask
+    from monai_lung.detection.detector import DetectorConfig
+    from monai_lung.transforms.lung_mask import lung_masks
     from monai_lung.transforms.preprocessing import ct_preprocessing
 
     log = log or logger.info
@@ -194,8 +204,13 @@ def mine_hard_negatives(
             frames.append(pd.read_csv(cache, dtype={"seriesuid": str}))
             continue
         image = preprocess({"image": entry["image"]})["image"]
-        lung = lung_mask(image, np.linalg.norm(image.affine.numpy()[:3, :3], axis=0), hu_window=hu_window)
-        mined = miner(image, entry, lung=lung)
+        # the detector's own masks: windows over the generous one, candidates inside the tight one
+        cfg = DetectorConfig()
+        lung, core = lung_masks(
+            image, np.linalg.norm(image.affine.numpy()[:3, :3], axis=0),
+            (cfg.window_lung_margin_mm, cfg.candidate_lung_margin_mm), hu_window=hu_window,
+        )
+        mined = miner(image, entry, lung=lung, candidate_mask=core)
         write_csv_atomic(cache, mined)
         frames.append(mined)
         log(

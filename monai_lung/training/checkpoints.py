@@ -73,11 +73,14 @@ def attach_checkpointing(
         ).attach(trainer)
 
         def keep_only_the_newest(_engine) -> None:
-            # n_saved=1 covers this run's files only; a resumed run must also drop the run before's
-            newest = latest_checkpoint(ckpt_dir, prefix)
-            for old in Path(ckpt_dir).glob(f"{prefix}*.pt"):
-                if newest is not None and str(old) != newest and _NUMBER.search(old.name):
-                    old.unlink(missing_ok=True)
+            # n_saved=1 covers this run's files only: drop what a run before left (the one resumed from,
+            # or a stale run's higher epochs). The file just written is the most recently modified one.
+            numbered = [p for p in Path(ckpt_dir).glob(f"{prefix}*.pt") if _NUMBER.search(p.name)]
+            if numbered:
+                newest = max(numbered, key=lambda p: p.stat().st_mtime_ns)
+                for old in numbered:
+                    if old != newest:
+                        old.unlink(missing_ok=True)
 
         trainer.add_event_handler(Events.EPOCH_COMPLETED, keep_only_the_newest)  # runs after the saver's handler
     return path

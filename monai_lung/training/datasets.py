@@ -16,6 +16,7 @@ def build_dataset(
     cache_dir: str | os.PathLike | None = None,
     cache_rate: float = 1.0,
     num_workers: int | None = 0,
+    copy_cache: bool = True,
 ):
     """A MONAI dataset over ``data`` (data-list entries) with the deterministic part of ``transform`` cached.
 
@@ -26,9 +27,14 @@ def build_dataset(
             LUNA16 scan at 1 mm, so 888 scans train on a 24 GB machine), or ``"none"``.
         cache_dir: folder for ``"disk"``; created when missing. Delete it after changing preprocessing.
         cache_rate, num_workers: for ``CacheDataset``.
+        copy_cache: ``CacheDataset``'s deep copy of a cached item before the random transforms. Turn it off
+            only when those transforms never change their input in place (``RandCropByPosNegLabeld`` first:
+            it makes new patches); it saves copying a whole scan (~0.05 s) per item.
     """
     if cache == "memory":
-        return CacheDataset(data, transform, cache_rate=cache_rate, num_workers=num_workers, progress=False)
+        return CacheDataset(
+            data, transform, cache_rate=cache_rate, num_workers=num_workers, progress=False, copy_cache=copy_cache
+        )
     if cache == "disk":
         if cache_dir is None:
             raise ValueError("cache='disk' needs cache_dir")

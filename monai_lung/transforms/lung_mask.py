@@ -49,6 +49,22 @@ def lung_mask(
         (i, j, k) bool array, same shape as the input's spatial shape; all True when no lung is found
         (the caller then simply processes the whole scan).
     """
+    return lung_masks(volume, spacing_mm, (margin_mm,), threshold, hu_window, work_mm, close_mm, min_fraction)[0]
+
+
+def lung_masks(
+    volume: torch.Tensor | np.ndarray,
+    spacing_mm: Sequence[float] = (1.0, 1.0, 1.0),
+    margins_mm: Sequence[float] = (8.0, 2.0),
+    threshold: float = -400.0,
+    hu_window: Sequence[float] | None = (-1000.0, 400.0),
+    work_mm: float = 4.0,
+    close_mm: float = 12.0,
+    min_fraction: float = 0.1,
+) -> list[np.ndarray]:
+    """:func:`lung_mask` at several margins from one segmentation, e.g. a generous one for where the
+    sliding window runs and a tight one for where a candidate's centre may lie. Returns one (i, j, k)
+    bool array per entry of ``margins_mm`` (mm); the other arguments are :func:`lung_mask`'s."""
     vol = torch.as_tensor(np.asarray(volume) if not isinstance(volume, torch.Tensor) else volume).float()
     if isinstance(vol, MetaTensor):
         vol = vol.as_tensor()
@@ -61,27 +77,29 @@ def lung_mask(
     air = small < thr
     labels, n = ndimage.label(air)
     if n == 0:
-        return np.ones(shape, dtype=bool)
+        return [np.ones(shape, dtype=bool) for _ in margins_mm]
     # air touching the in-plane border is outside the body (and the table); z borders may cut the lungs
     border = np.unique(np.concatenate([labels[0].ravel(), labels[-1].ravel(), labels[:, 0].ravel(), labels[:, -1].ravel()]))
     sizes = np.bincount(labels.ravel(), minlength=n + 1)
     sizes[0] = 0
     sizes[border] = 0
     if sizes.max() == 0:
-        return np.ones(shape, dtype=bool)
+        return [np.ones(shape, dtype=bool) for _ in margins_mm]
     keep = np.flatnonzero(sizes >= min_fraction * sizes.max())
     mask = np.isin(labels, keep)
     work = np.asarray(spacing_mm) * np.asarray(factor)
     close_r = max(1, int(round(close_mm / work.mean())))
-    margin_r = max(0, int(round(margin_mm / work.mean())))
     padded = np.pad(mask, close_r)  # closing must not be cut by the volume border
     mask = ndimage.binary_closing(padded, structure=_ball(close_r))[close_r:-close_r, close_r:-close_r, close_r:-close_r]
     mask = ndimage.binary_fill_holes(mask)
-    if margin_r:
-        mask = ndimage.binary_dilation(mask, structure=_ball(margin_r))
-    # back to full resolution: each coarse voxel covers `factor` fine voxels per axis
-    full = mask.repeat(factor[0], 0).repeat(factor[1], 1).repeat(factor[2], 2)
-    return np.ascontiguousarray(full[: shape[0], : shape[1], : shape[2]])
+    out = []
+    for margin_mm in margins_mm:
+        margin_r = max(0, int(round(margin_mm / work.mean())))
+        grown = ndimage.binary_dilation(mask, structure=_ball(margin_r)) if margin_r else mask
+        # back to full resolution: each coarse voxel covers `factor` fine voxels per axis
+        full = grown.repeat(factor[0], 0).repeat(factor[1], 1).repeat(factor[2], 2)
+        out.append(np.ascontiguousarray(full[: shape[0], : shape[1], : shape[2]]))
+    return out
 
 
 class LungMaskd(MapTransform):

@@ -3,8 +3,11 @@
 ``RandCropByPosNegLabeld`` picks a foreground voxel uniformly over *all* foreground voxels, so a 30 mm
 nodule (~14,000 voxels at 1 mm) would be picked ~1,000 times as often as a 3 mm one (~14 voxels), and
 small nodules are what stage 1 misses. :class:`NoduleSamplingIndicesd` instead lists the same number
-of voxels for every nodule (drawn with replacement inside it), so every nodule is equally likely and the
-crop centre still falls at a random offset inside the nodule. It also lists a bounded background sample,
+of voxels for every nodule (drawn with replacement inside it), so every nodule is equally likely, and
+moves each one by a random offset of up to ``max_offset`` voxels per axis. Without that offset the nodule
+always sits at the patch centre, and the UNet learns "nodule = the middle of the patch" from how far the
+zero padding is: it then finds a nodule in a centred 48^3 patch but not in the 96^3 windows of
+whole-scan inference (measured: p = 0.95 vs 0.04 on the same 8 mm nodule). It also lists a bounded background sample,
 half of it on dense tissue inside the (dilated) lungs (vessels, the pleura: where false positives come
 from) and half anywhere in them, instead of the ~40 M background indices ``RandCropByPosNegLabeld`` would otherwise build per call.
 
@@ -33,6 +36,7 @@ def balanced_indices(
     body_threshold: float = 0.02,
     seed: int = 0,
     region: np.ndarray | None = None,
+    max_offset: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Flat (i, j, k) indices for foreground and background crop centres.
 
@@ -46,9 +50,13 @@ def balanced_indices(
         region: optional (i, j, k) bool mask (the lungs, generously dilated) that background centres must
             fall in: the detector only looks inside it, and vessels inside it are the false positives
             that matter, so patches of body wall far from the lungs would only waste training time.
+        max_offset: each foreground centre is a voxel of the nodule moved by a uniform random offset in
+            [-max_offset, max_offset] voxels per axis (clipped to the volume), so that the nodule lands
+            anywhere in the patch; keep it <= patch_size / 2 - 8 so the drawn voxel stays inside the patch.
 
     Returns:
-        (fg, bg) int64 flat indices; fg is empty for a scan without nodules.
+        (fg, bg) int64 flat indices; fg is empty for a scan without nodules. With ``max_offset > 0``
+        foreground centres may fall outside the nodule (the patch around them still contains it).
     """
     rng = np.random.default_rng(seed)
     shape = label.shape
@@ -57,7 +65,11 @@ def balanced_indices(
     for c, box in enumerate(ndimage.find_objects(components), start=1):
         local = np.nonzero(components[box] == c)  # indices inside the component's bounding box
         pick = rng.integers(0, local[0].size, size=per_nodule)
-        fg.append(np.ravel_multi_index(tuple(ax[pick] + sl.start for ax, sl in zip(local, box)), shape))
+        centres = np.stack([ax[pick] + sl.start for ax, sl in zip(local, box)], axis=1)
+        if max_offset > 0:
+            centres = centres + rng.integers(-max_offset, max_offset + 1, size=centres.shape)
+            centres = np.clip(centres, 0, np.asarray(shape) - 1)
+        fg.append(np.ravel_multi_index(tuple(centres.T), shape))
     fg_idx = np.concatenate(fg).astype(np.int64) if fg else np.zeros(0, dtype=np.int64)
 
     label_flat, values = label.reshape(-1), image.reshape(-1)
@@ -95,7 +107,8 @@ class NoduleSamplingIndicesd(MapTransform):
     """Add ``{label_key}_fg_indices`` / ``{label_key}_bg_indices`` for ``RandCropByPosNegLabeld``.
 
     ``keys`` is the label key: a (1, i, j, k) 0/1 mask (from :class:`NoduleMaskd`); ``image_key`` the
-    scaled (1, i, j, k) image. See :func:`balanced_indices` for the sampling.
+    scaled (1, i, j, k) image. See :func:`balanced_indices` for the sampling; ``max_offset`` (voxels, 16
+    for 48^3 patches) moves foreground crop centres off the nodule centre.
     """
 
     def __init__(
@@ -108,6 +121,7 @@ class NoduleSamplingIndicesd(MapTransform):
         body_threshold: float = 0.02,
         use_lung_mask: bool = True,
         hu_window=(-1000.0, 400.0),
+        max_offset: int = 16,
         fg_postfix: str = "_fg_indices",
         bg_postfix: str = "_bg_indices",
         allow_missing_keys: bool = False,
@@ -119,6 +133,7 @@ class NoduleSamplingIndicesd(MapTransform):
             num_background=num_background,
             tissue_threshold=tissue_threshold,
             body_threshold=body_threshold,
+            max_offset=max_offset,
         )
         self.fg_postfix, self.bg_postfix = fg_postfix, bg_postfix
         self.use_lung_mask, self.hu_window = use_lung_mask, hu_window
