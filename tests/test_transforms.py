@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import SimpleITK as sitk
 from monai.data import MetaTensor
 from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, Orientationd, RandCropByPosNegLabeld, Spacingd
 
@@ -127,3 +128,31 @@ def test_balanced_indices_offset_moves_crop_centres_around_the_nodule():
     fg, _ = balanced_indices(label, image, per_nodule=200, num_background=10, seed=5, max_offset=16)
     xyz = np.stack(np.unravel_index(fg, label.shape), axis=1)
     assert xyz.min() >= 0 and xyz.max() <= 18
+
+
+def test_nodule_mask_falls_back_to_a_label_file_as_monai_label_hands_it(tmp_path):
+    """MONAI Label trains on {"image": path, "label": path}: the mask comes from the file, on the 1 mm grid."""
+    img = np.full((30, 60, 50), -800, np.int16)  # (z, y, x)
+    lab = np.zeros(img.shape, np.uint8)
+    lab[10:16, 20:30, 15:25] = 1  # a box: z 10..15, y 20..29, x 15..24
+    spacing, origin = (0.7, 0.8, 2.5), (-170.5, -200.25, -310.0)
+    sitk.WriteImage(make_image(img, spacing, origin, rotation_direction()), str(tmp_path / "ct.mha"))
+    sitk.WriteImage(make_image(lab, spacing, origin, rotation_direction()), str(tmp_path / "ct_label.nii.gz"))
+    chain = Compose([
+        LoadImaged("image", reader=SimpleITKReader(), image_only=True), EnsureChannelFirstd("image"),
+        Orientationd("image", "RAS"), Spacingd("image", (1.0, 1.0, 1.0)), NoduleMaskd("label"),
+    ])
+    out = chain({"image": str(tmp_path / "ct.mha"), "label": str(tmp_path / "ct_label.nii.gz")})
+    mask = out["label"]
+    assert mask.shape == out["image"].shape and mask.dtype == torch.uint8
+    # the box holds 6*2.5 x 10*0.8 x 10*0.7 = 840 mm^3: ~840 voxels of 1 mm^3
+    assert 600 < int(mask.sum()) < 1100
+    # every mask voxel lies inside the box in world space (back through SimpleITK's own index mapping)
+    ref = make_image(lab, spacing, origin, rotation_direction())
+    world_lps = index_to_world(np.argwhere(mask[0].numpy() > 0), out["image"].affine.numpy(), space="RAS", points_space="LPS")
+    for x, y, z in world_lps[::25]:
+        i, j, k = ref.TransformPhysicalPointToContinuousIndex((float(x), float(y), float(z)))
+        assert 14 - 0.8 <= i <= 24 + 0.8 and 19 - 0.8 <= j <= 29 + 0.8 and 9 - 0.8 <= k <= 15 + 0.8
+    # with nodules in the entry, they win over a label path
+    out2 = chain({"image": str(tmp_path / "ct.mha"), "label": str(tmp_path / "ct_label.nii.gz"), "nodules": []})
+    assert int(out2["label"].sum()) == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Hashable, Mapping, Sequence
 
 import numpy as np
@@ -76,13 +77,34 @@ def sphere_mask(
     return mask
 
 
+def label_file_mask(path: str | os.PathLike, image: MetaTensor) -> np.ndarray:
+    """A label file (any format :class:`~monai_lung.io.SimpleITKReader` reads) as a (i, j, k) uint8 0/1
+    mask on the grid of ``image`` ((C, i, j, k) MetaTensor with a RAS affine), matched by world position
+    with nearest-neighbour resampling; voxels outside the file are 0."""
+    from monai.transforms import LoadImage
+
+    from monai_lung.io.sitk_reader import SimpleITKReader
+    from monai_lung.transforms.restore import resample_to_grid
+
+    label = LoadImage(reader=SimpleITKReader(), image_only=True, ensure_channel_first=True)(str(path))
+    if str(image.meta.get("space", "RAS")) != "RAS":
+        raise DataError(str(path), "label files need a RAS image grid (run Orientationd/Spacingd from LoadImaged output)")
+    arr = resample_to_grid(np.asarray(label[:1]), label.affine.numpy(), image.affine.numpy(), image.shape[1:], linear=False)
+    return (arr[0] > 0).astype(np.uint8)
+
+
 class NoduleMaskd(MapTransform):
     """Write a 0/1 nodule mask under ``keys`` from the entry's world-coordinate nodules.
 
     Input: ``data[image_key]`` a channel-first MetaTensor (C, i, j, k) whose ``affine`` maps to world mm
     (any grid: before or after ``Orientationd``/``Spacingd``), and ``data[nodules_key]`` a list of
-    ``{"center": [x, y, z] world LPS mm, "diameter_mm": d}`` (missing or empty: an all-zero mask).
+    ``{"center": [x, y, z] world LPS mm, "diameter_mm": d}`` (empty: an all-zero mask).
     Output: ``data[key]`` a uint8 MetaTensor (1, i, j, k) with the image's affine and meta.
+
+    Entries without ``nodules_key`` whose ``data[key]`` is a label file path (what MONAI Label's trainer
+    hands a bundle: ``{"image": ..., "label": ...}`` with masks drawn in Slicer) get that file instead,
+    read with :class:`~monai_lung.io.SimpleITKReader`, resampled (nearest neighbour) onto the image's grid
+    by world position and binarised (label > 0). Without either, the mask is all zero.
     """
 
     def __init__(
@@ -106,11 +128,15 @@ class NoduleMaskd(MapTransform):
         if not isinstance(image, MetaTensor):
             raise TypeError(f"NoduleMaskd needs a MetaTensor under {self.image_key!r} (run LoadImaged first)")
         space = str(image.meta.get("space", "RAS"))
-        centres, diameters = nodule_arrays(d.get(self.nodules_key))
         source = image.meta.get("filename_or_obj")
-        mask = sphere_mask(
-            image.shape[1:], image.affine.numpy(), centres, diameters, space, self.points_space, self.radius_scale, source
-        )
+        label_file = next((d[k] for k in self.keys if isinstance(d.get(k), (str, os.PathLike))), None)
+        if self.nodules_key not in d and label_file is not None:
+            mask = label_file_mask(label_file, image)
+        else:
+            centres, diameters = nodule_arrays(d.get(self.nodules_key))
+            mask = sphere_mask(
+                image.shape[1:], image.affine.numpy(), centres, diameters, space, self.points_space, self.radius_scale, source
+            )
         for key in self.keys:  # the mask key does not exist yet, so not key_iterator
             label = MetaTensor(torch.from_numpy(mask[None]), affine=image.affine.clone(), meta=dict(image.meta))
             d[key] = label
