@@ -18,8 +18,8 @@ scans is timed and reported apart, as it is done once per data set and kept on d
 from __future__ import annotations
 
 import argparse
-import os
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -35,28 +35,10 @@ from monai_lung.detection.detector import DetectorConfig, scan_lung_masks, stage
 from monai_lung.detection.loading import stage_network
 from monai_lung.detection.segment import segment_probability
 from monai_lung.io.coords import world_to_index
+from monai_lung.training.checkpoints import latest_checkpoint
 from monai_lung.transforms import ct_preprocessing, nodule_arrays
 
-
-def tree_cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of process ``pid`` and its live descendants, plus their reaped children (Linux /proc)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    stats = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            # after the name: state ppid ... utime(12) stime(13) cutime(14) cstime(15), 0-based from state
-            stats[int(entry.name)] = (int(fields[1]), sum(int(f) for f in fields[11:15]))
-    total, todo = 0, [pid]
-    while todo:
-        current = todo.pop()
-        if current in stats:
-            total += stats[current][1]
-            todo.extend(child for child, (ppid, _) in stats.items() if ppid == current)
-    return total / tick
+from cpu_time import tree_cpu_seconds
 
 
 def train_with_budget(bundle: Path, work: Path, args: argparse.Namespace) -> Path:
@@ -78,8 +60,6 @@ def train_with_budget(bundle: Path, work: Path, args: argparse.Namespace) -> Pat
         "--max_epochs", str(args.max_epochs), "--val_interval", str(10**6), *args.train_args,
     ]
     log = open(work / "train.log", "w", encoding="utf-8")
-    import resource
-
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
@@ -106,11 +86,11 @@ def train_with_budget(bundle: Path, work: Path, args: argparse.Namespace) -> Pat
         f"(log: {work / 'train.log'})",
         flush=True,
     )
-    checkpoints = sorted((copy / "models").glob("checkpoint_epoch=*.pt"), key=lambda p: int(p.stem.split("=")[1]))
-    if not checkpoints:
+    checkpoint = latest_checkpoint(copy / "models")
+    if checkpoint is None:
         raise SystemExit(f"training produced no checkpoint; see {work / 'train.log'}")
     # the detector loads models/model.pt: the newest epoch's weights (nothing is selected on test data)
-    state = torch.load(checkpoints[-1], map_location="cpu", weights_only=True)
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     torch.save(state["network"], copy / "models" / "model.pt")
     return copy
 

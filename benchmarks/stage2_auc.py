@@ -25,10 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import resource
 import shutil
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -41,6 +38,9 @@ REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundles" / "lung_nodule_ct_classification"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(REPO))
+
+
+from cpu_time import tree_cpu_seconds  # noqa: E402  (after the path set-up above)
 
 
 def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -66,27 +66,6 @@ def network_throughput(repeats: int = 5) -> dict:
     from stage2_speed import bundle_network_kwargs, measure_network
 
     return measure_network(bundle_network_kwargs(), channels_last=True, batch=16, repeats=repeats)
-
-
-def tree_cpu_seconds() -> float:
-    """CPU seconds (user + system) used so far by this process and its children (DataLoader workers).
-
-    The machine is shared, so the training budget is counted in CPU time rather than wall time: other
-    people's work slows the wall clock but does not spend this budget.
-    """
-    total = time.process_time()
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # children already reaped (workers of past epochs)
-    total += usage.ru_utime + usage.ru_stime
-    tick = os.sysconf("SC_CLK_TCK")
-    me = os.getpid()
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue  # the process ended meanwhile
-        if int(fields[1]) == me:  # fields[1] is the parent pid; utime, stime are fields 11 and 12 after the name
-            total += (int(fields[11]) + int(fields[12])) / tick
-    return total
 
 
 def run_training(work: Path, datalist: Path, data_dir: Path, bank: Path, minutes: float, args) -> tuple[torch.nn.Module, dict]:

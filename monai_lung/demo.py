@@ -163,19 +163,12 @@ def compare_final_scores(preds_csv: Path, data_dir: Path, datalist: Path, out_di
     """CPM of the same detection run under each final score (stage-1 peak, stage-2 probability, their
     product), re-ranked from the per-scan JSON results that ``detect`` keeps: shows which stage limits
     the result. Returns {score name: CPM}; each evaluation's files go to ``out_dir/<name>/``."""
-    import pandas as pd
-
-    from monai_lung.detection.batch import scans_dir_for
+    from monai_lung.detection.batch import ledger_findings, scans_dir_for
     from monai_lung.evaluation.run import run_evaluation
     from monai_lung.evaluation.scanlist import read_datalist_seriesuids
     from monai_lung.io.atomic import write_csv_atomic
 
-    findings = []
-    for path in sorted(scans_dir_for(preds_csv).glob("*.json")):
-        result = json.loads(path.read_text(encoding="utf-8"))
-        for f in result.get("findings", []):
-            findings.append((result["seriesuid"], *f["coord"], f["stage1_peak"], f["stage2_prob"]))
-    table = pd.DataFrame(findings, columns=["seriesuid", "coordX", "coordY", "coordZ", "stage1", "stage2"])
+    table = ledger_findings(scans_dir_for(preds_csv)).rename(columns={"stage1_peak": "stage1", "stage2_prob": "stage2"})
     table["product"] = table["stage1"] * table["stage2"]
     uids = read_datalist_seriesuids(datalist, "test")
     cpm = {}

@@ -64,7 +64,7 @@ def test_lung_masks_nest_and_keep_wall_candidates_out():
     wide, tight = lung_masks(vol, (1.0, 1.0, 1.0), (8.0, 4.0), hu_window=None)
     np.testing.assert_array_equal(wide, lung_mask(vol, (1.0, 1.0, 1.0), hu_window=None, margin_mm=8.0))
     assert (wide >= tight).all() and wide.sum() > tight.sum()
-    assert tight[30, 50, 40] and not tight[30, 50, 40 - 40]  # lung yes, 30 mm below it (chest wall) no
+    assert tight[30, 50, 40] and not tight[30, 50, 0]  # lung yes; body 10 mm below the lung's end (beyond 4 mm) no
     # a probability map with a blob in the lung and one deep in the wall: only the lung one is a candidate
     prob = np.zeros(vol.shape, np.float32)
     prob[28:33, 48:53, 38:43] = 0.9  # in the right lung

@@ -80,6 +80,21 @@ def scan_result_rows(result: dict) -> list[dict]:
     ]
 
 
+LEDGER_FINDING_COLUMNS = ["seriesuid", "coordX", "coordY", "coordZ", "diameter_mm", "probability", "stage1_peak", "stage2_prob"]
+
+
+def ledger_findings(scans_dir: str | os.PathLike) -> pd.DataFrame:
+    """Every finding of the per-scan JSON results in ``scans_dir`` (all of a scan's candidates, not only the
+    100 per scan a submission keeps), one row each: :data:`LEDGER_FINDING_COLUMNS` (centre world LPS mm,
+    diameter mm, final probability and both stages' scores). Scans in file-name order, findings as stored."""
+    rows = []
+    for path in sorted(Path(scans_dir).glob("*.json")):
+        result = json.loads(path.read_text(encoding="utf-8"))
+        for f in result.get("findings", []):
+            rows.append((result["seriesuid"], *f["coord"], f["diameter_mm"], f["probability"], f["stage1_peak"], f["stage2_prob"]))
+    return pd.DataFrame(rows, columns=LEDGER_FINDING_COLUMNS)
+
+
 def merge_outputs(items: Sequence[ScanItem], output_csv: str | os.PathLike, world_size: int = 1) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Write ``output_csv`` and ``failures.csv`` from the per-scan JSON files and the ranks' failure files."""
     output_csv = Path(output_csv)

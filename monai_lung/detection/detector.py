@@ -12,7 +12,7 @@ expects: ``detector(inputs, use_inferer=True)`` with a ``network`` attribute.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Sequence
 
 import numpy as np
@@ -110,10 +110,11 @@ def scan_lung_masks(image: torch.Tensor, spacing, cfg: DetectorConfig) -> tuple[
     where sliding windows run and where candidate centres may lie; None where the config turns them off."""
     if not cfg.use_lung_mask:
         return None, None
-    if cfg.candidate_lung_margin_mm is None:
-        return lung_masks(image, spacing, (cfg.window_lung_margin_mm,), hu_window=cfg.hu_window)[0], None
-    window, core = lung_masks(image, spacing, (cfg.window_lung_margin_mm, cfg.candidate_lung_margin_mm), hu_window=cfg.hu_window)
-    return window, core
+    margins = [cfg.window_lung_margin_mm]
+    if cfg.candidate_lung_margin_mm is not None:
+        margins.append(cfg.candidate_lung_margin_mm)
+    masks = lung_masks(image, spacing, margins, hu_window=cfg.hu_window)
+    return masks[0], (masks[1] if len(masks) > 1 else None)
 
 
 def stage1_candidates(

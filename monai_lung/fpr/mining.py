@@ -186,8 +186,7 @@ def mine_hard_negatives(
     Returns:
         DataFrame with :data:`MINED_COLUMNS` (hard negatives: ``label == 0``).
     """
-    from monai_lung.detection.detector import DetectorConfig
-    from monai_lung.transforms.lung_mask import lung_masks
+    from monai_lung.detection.detector import DetectorConfig, scan_lung_masks
     from monai_lung.transforms.preprocessing import ct_preprocessing
 
     log = log or logger.info
@@ -195,6 +194,8 @@ def mine_hard_negatives(
     cache_dir = Path(cache_dir) if cache_dir is not None else output_csv.with_name(output_csv.stem + "_cache")
     cache_dir.mkdir(parents=True, exist_ok=True)
     preprocess = ct_preprocessing("image", spacing=spacing, hu_window=hu_window)
+    # the detector's own masks: windows over the generous one, candidates inside the tight one
+    masks_config = DetectorConfig(hu_window=tuple(hu_window))
     entries = list(entries)
     frames = []
     for n, entry in enumerate(entries, start=1):
@@ -204,12 +205,7 @@ def mine_hard_negatives(
             frames.append(pd.read_csv(cache, dtype={"seriesuid": str}))
             continue
         image = preprocess({"image": entry["image"]})["image"]
-        # the detector's own masks: windows over the generous one, candidates inside the tight one
-        cfg = DetectorConfig()
-        lung, core = lung_masks(
-            image, np.linalg.norm(image.affine.numpy()[:3, :3], axis=0),
-            (cfg.window_lung_margin_mm, cfg.candidate_lung_margin_mm), hu_window=hu_window,
-        )
+        lung, core = scan_lung_masks(image, np.linalg.norm(image.affine.numpy()[:3, :3], axis=0), masks_config)
         mined = miner(image, entry, lung=lung, candidate_mask=core)
         write_csv_atomic(cache, mined)
         frames.append(mined)

@@ -86,9 +86,9 @@ def label_file_mask(path: str | os.PathLike, image: MetaTensor) -> np.ndarray:
     from monai_lung.io.sitk_reader import SimpleITKReader
     from monai_lung.transforms.restore import resample_to_grid
 
-    label = LoadImage(reader=SimpleITKReader(), image_only=True, ensure_channel_first=True)(str(path))
     if str(image.meta.get("space", "RAS")) != "RAS":
         raise DataError(str(path), "label files need a RAS image grid (run Orientationd/Spacingd from LoadImaged output)")
+    label = LoadImage(reader=SimpleITKReader(), image_only=True, ensure_channel_first=True)(str(path))
     arr = resample_to_grid(np.asarray(label[:1]), label.affine.numpy(), image.affine.numpy(), image.shape[1:], linear=False)
     return (arr[0] > 0).astype(np.uint8)
 
