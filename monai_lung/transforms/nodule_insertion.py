@@ -1,0 +1,271 @@
+"""Synthetic nodule insertion: paint soft ellipsoids into lung parenchyma as extra training positives.
+
+A LUNA16 fold trains on ~1,000 nodules; a small data set (or the 20-scan demo) on a few dozen, which a
+network memorises together with their surroundings. Drawing extra nodules into training patches and
+crops gives every epoch new positives of every size and density, at every place of the lung (next to
+vessels, the pleura, the hilum), so the network learns the shape of a nodule (a compact blob) against
+what the real false positives are (vessels, tubes), instead of the few real nodules' contexts.
+
+What is drawn (a prior about nodules, not a copy of any data): a randomly rotated ellipsoid (axes within
++-``elongation`` of the mean radius), diameter log-uniform in ``diameter_mm``, a flat interior at a
+density drawn from ``solid_hu`` (or ``subsolid_hu`` with ``subsolid_prob``), a logistic edge
+``edge_mm`` wide (partial volume and reconstruction blur), the local noise level added inside, and
+max-blended so that denser tissue (a vessel it touches) stays on top. The 0/1 label is the ellipsoid
+itself (the sphere-mask convention of :class:`~monai_lung.transforms.NoduleMaskd`).
+
+The transforms work on the scaled (1, i, j, k) image (the lung window mapped to [0, 1], ``hu_window``),
+on a RAS grid whose voxel size they read from the MetaTensor's affine (1 mm when it has none). Keep the
+probability low on data with many real nodules: the real ones are the better teachers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Hashable, Mapping, Sequence
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.data import MetaTensor
+from monai.transforms import MapTransform, RandomizableTransform
+
+
+def _spacing(img: torch.Tensor) -> np.ndarray:
+    if isinstance(img, MetaTensor):
+        return np.linalg.norm(np.asarray(img.affine, dtype=np.float64)[:3, :3], axis=0)
+    return np.ones(3)
+
+
+def _copy(x) -> tuple[torch.Tensor, torch.Tensor]:
+    """A copy of ``x`` (MetaTensor kept) and a plain-tensor view of it to draw into."""
+    out = x.clone() if isinstance(x, torch.Tensor) else torch.as_tensor(x).clone()
+    return out, (out.as_tensor() if isinstance(out, MetaTensor) else out)
+
+
+def _random_rotation(rng: np.random.RandomState) -> np.ndarray:
+    """A uniformly random 3x3 rotation (QR of a Gaussian matrix, signs fixed)."""
+    q, r = np.linalg.qr(rng.standard_normal((3, 3)))
+    q = q * np.sign(np.diag(r))
+    if np.linalg.det(q) < 0:
+        q[:, 0] = -q[:, 0]
+    return q
+
+
+def paint_nodule(
+    image: torch.Tensor,
+    centre_ijk: Sequence[float],
+    radii_mm: Sequence[float],
+    rotation: np.ndarray,
+    value: float,
+    edge_mm: float,
+    noise_std: float,
+    spacing: Sequence[float],
+    rng: np.random.RandomState,
+) -> tuple[torch.Tensor, tuple[slice, ...], torch.Tensor]:
+    """Draw one soft ellipsoid into ``image`` (i, j, k), in place.
+
+    Args:
+        image: (i, j, k) float tensor, scaled intensities.
+        centre_ijk: centre, voxel index (may be fractional or outside the array).
+        radii_mm: the three semi-axes in mm, along the columns of ``rotation``.
+        rotation: (3, 3) rotation, columns = the ellipsoid's axes in (i, j, k) mm space.
+        value: interior intensity (scaled).
+        edge_mm: width of the logistic edge.
+        noise_std: standard deviation of the Gaussian noise added inside (scaled units).
+        spacing: (3,) voxel size, mm per (i, j, k) step.
+
+    Returns:
+        (image, box, inside): the box of ``image`` that was touched (a tuple of slices; empty slices when the
+        ellipsoid misses the array) and ``inside``, the bool mask of the ellipsoid (normalised radius <= 1) in it.
+    """
+    spacing = np.asarray(spacing, dtype=np.float64)
+    centre = np.asarray(centre_ijk, dtype=np.float64)
+    reach = (max(radii_mm) + 2.0 * edge_mm + 1.0) / spacing
+    lo = np.maximum(np.floor(centre - reach).astype(int), 0)
+    hi = np.minimum(np.ceil(centre + reach).astype(int) + 1, np.asarray(image.shape))
+    box = tuple(slice(int(a), int(max(a, b))) for a, b in zip(lo, hi))
+    if any(s.stop <= s.start for s in box):
+        return image, box, torch.zeros(0, dtype=torch.bool)
+    axes = [(torch.arange(s.start, s.stop, dtype=torch.float32) - float(c)) * float(sp) for s, c, sp in zip(box, centre, spacing)]
+    grid = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1)  # (..., 3) mm offsets from the centre
+    local = grid @ torch.as_tensor(rotation, dtype=torch.float32)  # coordinates along the ellipsoid's axes
+    rho = torch.sqrt(((local / torch.as_tensor(radii_mm, dtype=torch.float32)) ** 2).sum(-1))
+    mean_radius = float(np.mean(radii_mm))
+    alpha = torch.sigmoid((1.0 - rho) * mean_radius / max(edge_mm / 4.0, 1e-3))  # 12 % -> 88 % across edge_mm
+    old = image[box]
+    blob = torch.full_like(old, float(value))
+    if noise_std > 0:
+        blob = blob + torch.as_tensor(rng.standard_normal(old.shape), dtype=old.dtype) * float(noise_std)
+    image[box] = torch.maximum(old, old + alpha.to(old.dtype) * (blob - old))
+    return image, box, rho <= 1.0
+
+
+@dataclass
+class NoduleAppearance:
+    """What a synthetic nodule looks like: the ranges its parameters are drawn from.
+
+    Args:
+        diameter_mm: (min, max) diameter, log-uniform.
+        elongation: semi-axes vary by up to this fraction of the mean radius.
+        solid_hu / subsolid_hu: (min, max) interior density of solid / part-solid and ground-glass nodules.
+        subsolid_prob: share of sub-solid nodules.
+        edge_mm: (min, max) width of the soft edge.
+        hu_window: the window the image was scaled with (``ScaleIntensityRanged``'s a_min, a_max).
+    """
+
+    diameter_mm: Sequence[float] = (3.0, 25.0)
+    elongation: float = 0.2
+    solid_hu: Sequence[float] = (-150.0, 120.0)
+    subsolid_hu: Sequence[float] = (-700.0, -350.0)
+    subsolid_prob: float = 0.2
+    edge_mm: Sequence[float] = (0.5, 2.0)
+    hu_window: Sequence[float] = (-1000.0, 400.0)
+
+    @classmethod
+    def of(cls, value: "NoduleAppearance | Mapping | None") -> "NoduleAppearance":
+        return value if isinstance(value, cls) else cls(**dict(value or {}))
+
+    def draw(self, rng: np.random.RandomState) -> dict:
+        """One nodule: ``diameter_mm``, ``radii_mm`` (3,), ``rotation`` (3, 3), ``value`` (scaled), ``edge_mm``."""
+        d = float(np.exp(rng.uniform(np.log(self.diameter_mm[0]), np.log(self.diameter_mm[1]))))
+        radii = 0.5 * d * (1.0 + rng.uniform(-self.elongation, self.elongation, 3))
+        hu = rng.uniform(*(self.subsolid_hu if rng.uniform() < self.subsolid_prob else self.solid_hu))
+        value = (hu - self.hu_window[0]) / (self.hu_window[1] - self.hu_window[0])
+        return {
+            "diameter_mm": d, "radii_mm": radii, "rotation": _random_rotation(rng),
+            "value": float(np.clip(value, 0.0, 1.0)), "edge_mm": float(rng.uniform(*self.edge_mm)),
+        }
+
+
+def _parenchyma_noise(image: torch.Tensor, parenchyma_max: float) -> float:
+    """Standard deviation of the voxels below ``parenchyma_max`` (lung texture and noise), clipped."""
+    lung = image[image < parenchyma_max]
+    if lung.numel() < 100:
+        return 0.01
+    return float(np.clip(float(lung.float().std()), 0.003, 0.05))
+
+
+class RandNoduleInsertiond(RandomizableTransform, MapTransform):
+    """Draw up to ``max_nodules`` synthetic nodules into a training patch and its segmentation label.
+
+    ``keys``: the scaled (1, i, j, k) image; ``label_key``: its (1, i, j, k) 0/1 nodule mask, set to 1 inside
+    every drawn ellipsoid. Each nodule is centred on a parenchyma voxel (image < ``parenchyma_max``; 0.2
+    is -720 HU in the default window) at least ``border`` voxels from the patch faces and away from the
+    label's nodules; a patch with no such voxel (outside the lungs) is left as it is.
+
+    Args:
+        prob: probability of drawing into a patch (then 1..``max_nodules`` nodules).
+        appearance: a :class:`NoduleAppearance` or a dict of its fields (sizes, densities, edges, ``hu_window``).
+    """
+
+    backend = ["torch"]
+
+    def __init__(
+        self,
+        keys: KeysCollection = "image",
+        label_key: str = "label",
+        prob: float = 0.5,
+        max_nodules: int = 2,
+        appearance: NoduleAppearance | Mapping | None = None,
+        parenchyma_max: float = 0.2,
+        border: int = 4,
+        allow_missing_keys: bool = False,
+    ):
+        MapTransform.__init__(self, keys, allow_missing_keys)
+        RandomizableTransform.__init__(self, prob)
+        self.label_key, self.max_nodules = label_key, int(max_nodules)
+        self.appearance = NoduleAppearance.of(appearance)
+        self.parenchyma_max, self.border = float(parenchyma_max), int(border)
+
+    def _free_spot(self, spots: torch.Tensor, label: torch.Tensor, clearance_mm: float, spacing) -> np.ndarray | None:
+        """A (fractional) voxel centre among ``spots`` (N, 3) with no label voxel within ``clearance_mm``; a few tries."""
+        reach = np.ceil(clearance_mm / np.asarray(spacing)).astype(int)
+        for _ in range(8):
+            c = spots[int(self.R.randint(len(spots)))].numpy()
+            box = tuple(slice(max(0, int(a - r)), int(a + r + 1)) for a, r in zip(c, reach))
+            if not bool((label[box] > 0).any()):
+                return c + self.R.uniform(-0.5, 0.5, 3)
+        return None
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
+        d = dict(data)
+        self.randomize(None)
+        if not self._do_transform:
+            return d
+        for key in self.key_iterator(d):
+            img, img_view = _copy(d[key])
+            label, label_view = _copy(d[self.label_key])
+            spacing = _spacing(d[key])
+            vol, lab = img_view[0], label_view[0]
+            noise = _parenchyma_noise(vol, self.parenchyma_max)
+            b = self.border
+            inner = torch.zeros_like(vol, dtype=torch.bool)
+            inner[b:-b, b:-b, b:-b] = True
+            spots = torch.nonzero(inner & (vol < self.parenchyma_max))
+            if len(spots) == 0:
+                continue
+            for _ in range(int(self.R.randint(1, self.max_nodules + 1))):
+                nodule = self.appearance.draw(self.R)
+                centre = self._free_spot(spots, lab, nodule["diameter_mm"] / 2 + 2.0, spacing)
+                if centre is None:
+                    break
+                _, box, inside = paint_nodule(
+                    vol, centre, nodule["radii_mm"], nodule["rotation"], nodule["value"], nodule["edge_mm"], noise, spacing, self.R
+                )
+                if inside.numel():
+                    lab[box] = torch.where(inside, torch.ones_like(lab[box]), lab[box])
+            d[key], d[self.label_key] = img, label
+        return d
+
+
+class RandCentreNoduled(RandomizableTransform, MapTransform):
+    """Turn a negative stage-2 crop into a positive by drawing a synthetic nodule at its centre.
+
+    ``keys``: the (1, S, S, S) crop, candidate point at voxel S // 2; ``label_key``: its scalar class
+    (only crops with class 0 are changed, to class 1); ``diameter_key`` gets the drawn diameter. The
+    nodule centre is jittered by up to ``jitter_fraction`` of its radius, so that the candidate point
+    lies inside it as the LUNA16 hit rule requires. ``appearance``: as :class:`RandNoduleInsertiond`.
+    """
+
+    backend = ["torch"]
+
+    def __init__(
+        self,
+        keys: KeysCollection = "image",
+        label_key: str = "label",
+        diameter_key: str = "diameter_mm",
+        prob: float = 0.25,
+        appearance: NoduleAppearance | Mapping | None = None,
+        jitter_fraction: float = 0.5,
+        parenchyma_max: float = 0.2,
+        allow_missing_keys: bool = False,
+    ):
+        MapTransform.__init__(self, keys, allow_missing_keys)
+        RandomizableTransform.__init__(self, prob)
+        self.label_key, self.diameter_key = label_key, diameter_key
+        self.appearance = NoduleAppearance.of(appearance)
+        self.jitter_fraction, self.parenchyma_max = float(jitter_fraction), float(parenchyma_max)
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
+        d = dict(data)
+        if int(torch.as_tensor(d[self.label_key])) != 0:
+            return d
+        self.randomize(None)
+        if not self._do_transform:
+            return d
+        nodule = self.appearance.draw(self.R)
+        for key in self.key_iterator(d):
+            img, view = _copy(d[key])
+            vol = view[0]
+            spacing = _spacing(d[key])
+            offset = self.R.standard_normal(3)
+            offset *= self.R.uniform(0, self.jitter_fraction * nodule["diameter_mm"] / 2) / max(np.linalg.norm(offset), 1e-6)
+            centre = np.asarray(vol.shape) // 2 + offset / spacing
+            paint_nodule(
+                vol, centre, nodule["radii_mm"], nodule["rotation"], nodule["value"], nodule["edge_mm"],
+                _parenchyma_noise(vol, self.parenchyma_max), spacing, self.R,
+            )
+            d[key] = img
+        d[self.label_key] = torch.as_tensor(1, dtype=torch.as_tensor(d[self.label_key]).dtype)
+        d[self.diameter_key] = nodule["diameter_mm"]
+        return d

@@ -1,0 +1,84 @@
+"""transforms.nodule_insertion: synthetic nodules drawn into training patches (stage 1) and crops (stage 2)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from monai.data import MetaTensor
+
+from monai_lung.transforms import RandCentreNoduled, RandNoduleInsertiond, paint_nodule
+
+LUNG = 0.1  # scaled lung parenchyma (-860 HU in the default window)
+
+
+def _patch(shape=(48, 48, 48), spacing=(1.0, 1.0, 1.0), value=LUNG):
+    affine = torch.diag(torch.tensor([*spacing, 1.0], dtype=torch.float64))
+    image = MetaTensor(torch.full((1, *shape), value, dtype=torch.float32), affine=affine)
+    label = MetaTensor(torch.zeros((1, *shape), dtype=torch.float32), affine=affine)
+    return image, label
+
+
+@pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (0.7, 0.7, 2.0)])
+def test_paint_nodule_volume_value_and_extent_in_mm(spacing):
+    vol = torch.full((60, 60, 30), LUNG)
+    centre = np.array([30.0, 30.0, 15.0])
+    _, box, inside = paint_nodule(vol, centre, (6.0, 6.0, 6.0), np.eye(3), 0.7, 1.0, 0.0, spacing, np.random.RandomState(0))
+    voxel = float(np.prod(spacing))
+    assert inside.sum().item() * voxel == pytest.approx(4 / 3 * np.pi * 6.0**3, rel=0.08)
+    assert vol[30, 30, 15].item() == pytest.approx(0.7, abs=0.01)
+    # 6 mm radius along each axis, in mm not voxels: 5 mm from the centre inside, 8 mm outside
+    for axis in range(3):
+        step = np.zeros(3, int)
+        step[axis] = 1
+        inner = tuple((centre + step * round(5.0 / spacing[axis])).astype(int))
+        outer = tuple((centre + step * round(8.0 / spacing[axis])).astype(int))
+        assert vol[inner].item() > 0.6 and vol[outer].item() < LUNG + 0.02
+    assert vol[0, 0, 0].item() == pytest.approx(LUNG)  # far away: untouched
+
+
+def test_paint_nodule_keeps_denser_tissue_on_top():
+    vol = torch.full((30, 30, 30), LUNG)
+    vol[:, 14:17, 14:17] = 0.9  # a vessel denser than the nodule
+    paint_nodule(vol, (15, 15, 15), (4.0, 4.0, 4.0), np.eye(3), 0.6, 1.0, 0.0, (1, 1, 1), np.random.RandomState(0))
+    assert vol[15, 15, 15].item() == pytest.approx(0.9)
+    assert vol[15, 12, 15].item() == pytest.approx(0.6, abs=0.02)
+
+
+def test_insertion_labels_what_it_draws_and_keeps_off_real_nodules():
+    image, label = _patch()
+    label[0, 20:28, 20:28, 20:28] = 1  # a real nodule
+    image[0, 20:28, 20:28, 20:28] = 0.7
+    t = RandNoduleInsertiond(prob=1.0, max_nodules=3, appearance={"diameter_mm": (4.0, 8.0)})
+    t.set_random_state(3)
+    out = t({"image": image, "label": label})
+    new = (out["label"][0] > 0) & (label[0] == 0)
+    assert new.sum() > 0
+    assert out["image"][0][new].mean() > 0.4  # drawn voxels are dense
+    assert torch.equal(out["image"][0][label[0] > 0], image[0][label[0] > 0])  # the real nodule is untouched
+    assert isinstance(out["image"], MetaTensor) and torch.equal(out["image"].affine, image.affine)
+    assert torch.equal(image[0, 0, 0], torch.tensor([LUNG] * 48))  # input not modified in place
+
+
+def test_insertion_leaves_patches_without_lung_alone():
+    image, label = _patch(value=0.7)  # soft tissue only: nowhere to put a nodule
+    t = RandNoduleInsertiond(prob=1.0)
+    out = t({"image": image, "label": label})
+    assert torch.equal(out["image"], image) and out["label"].sum() == 0
+
+
+def test_insertion_probability_zero_is_identity():
+    image, label = _patch()
+    out = RandNoduleInsertiond(prob=0.0)({"image": image, "label": label})
+    assert torch.equal(out["image"], image) and out["label"].sum() == 0
+
+
+def test_centre_nodule_turns_negative_crops_into_positives_at_the_centre():
+    image, _ = _patch(shape=(56, 56, 56))
+    t = RandCentreNoduled(prob=1.0, appearance={"diameter_mm": (6.0, 10.0)}, jitter_fraction=0.5)
+    t.set_random_state(5)
+    out = t({"image": image, "label": torch.tensor(0), "diameter_mm": float("nan")})
+    assert int(out["label"]) == 1 and 6.0 <= out["diameter_mm"] <= 10.0
+    assert out["image"][0, 28, 28, 28].item() > 0.4  # the candidate point lies inside the drawn nodule
+    positive = {"image": image, "label": torch.tensor(1), "diameter_mm": 5.0}
+    assert t(positive) is not positive and torch.equal(t(positive)["image"], image)  # positives pass unchanged
