@@ -28,9 +28,9 @@ DEFAULTS = {
     "num_subsets": 4,
     "size": 512,
     "seed": 2026,
-    "stage1_epochs": 50,
+    "stage1_epochs": 80,
     "stage1_val_scans": 3,  # whole-scan validation is slow on a CPU: validate on a few scans, once at the end
-    "stage2_epochs": 12,
+    "stage2_epochs": 16,
     "stage2_epoch_length": 1024,
     "seg_bundle": "bundles/lung_nodule_ct_segmentation",
     "cls_bundle": "bundles/lung_nodule_ct_classification",
