@@ -18,6 +18,7 @@ from monai_lung.io import (
     read_excluded,
     read_predictions,
     sitk_index_to_world,
+    voxel_spacing,
     world_to_index,
     world_to_sitk_index,
     write_image_atomic,
@@ -216,3 +217,14 @@ def test_write_image_atomic_metaimage_pair(tmp_path, rng):
     names = sorted(p.name for p in (tmp_path / "sub").iterdir())
     assert names == ["x.mhd", "x.raw"]
     assert "ElementDataFile = x.raw" in (tmp_path / "sub" / "x.mhd").read_text(encoding="utf-8")
+
+
+def test_voxel_spacing_reads_an_oblique_anisotropic_affine_and_defaults_to_1mm():
+    import torch
+    from monai.data import MetaTensor
+
+    affine = np.eye(4)
+    affine[:3, :3] = rotation_direction(30) @ np.diag([0.7, 0.9, 2.5])
+    image = MetaTensor(torch.zeros(1, 4, 4, 4), affine=torch.as_tensor(affine))
+    np.testing.assert_allclose(voxel_spacing(image), [0.7, 0.9, 2.5])
+    np.testing.assert_allclose(voxel_spacing(torch.zeros(1, 4, 4, 4)), [1.0, 1.0, 1.0])

@@ -23,7 +23,7 @@ def _patch(shape=(48, 48, 48), spacing=(1.0, 1.0, 1.0), value=LUNG):
 def test_paint_nodule_volume_value_and_extent_in_mm(spacing):
     vol = torch.full((60, 60, 30), LUNG)
     centre = np.array([30.0, 30.0, 15.0])
-    _, box, inside = paint_nodule(vol, centre, (6.0, 6.0, 6.0), np.eye(3), 0.7, 1.0, 0.0, spacing, np.random.RandomState(0))
+    box, inside = paint_nodule(vol, centre, (6.0, 6.0, 6.0), np.eye(3), 0.7, 1.0, 0.0, spacing, np.random.RandomState(0))
     voxel = float(np.prod(spacing))
     assert inside.sum().item() * voxel == pytest.approx(4 / 3 * np.pi * 6.0**3, rel=0.08)
     assert vol[30, 30, 15].item() == pytest.approx(0.7, abs=0.01)

@@ -44,7 +44,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from monai_lung.io import DataError, seriesuid_of, world_to_index, index_to_world
+from monai_lung.io import DataError, seriesuid_of, voxel_spacing, world_to_index, index_to_world
 from monai_lung.io.atomic import atomic_path, write_csv_atomic, write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -479,8 +479,7 @@ def build_crop_bank(
             skipped += 1
             continue
         image = preprocess({"image": entry["image"]})["image"]
-        spacing = np.linalg.norm(image.affine.numpy()[:3, :3], axis=0)
-        lung = lung_mask(image, spacing, hu_window=settings.hu_window)
+        lung = lung_mask(image, voxel_spacing(image), hu_window=settings.hu_window)
         hard = hard_groups.get(uid)
         if miner is not None:
             cache = bank.hard_negative_file(uid)

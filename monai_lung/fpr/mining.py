@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from monai_lung.io import DataError, seriesuid_of
+from monai_lung.io import DataError, seriesuid_of, voxel_spacing
 from monai_lung.io.atomic import write_csv_atomic
 
 logger = logging.getLogger(__name__)
@@ -205,7 +205,7 @@ def mine_hard_negatives(
             frames.append(pd.read_csv(cache, dtype={"seriesuid": str}))
             continue
         image = preprocess({"image": entry["image"]})["image"]
-        lung, core = scan_lung_masks(image, np.linalg.norm(image.affine.numpy()[:3, :3], axis=0), masks_config)
+        lung, core = scan_lung_masks(image, voxel_spacing(image), masks_config)
         mined = miner(image, entry, lung=lung, candidate_mask=core)
         write_csv_atomic(cache, mined)
         frames.append(mined)

@@ -7,6 +7,7 @@ from monai_lung.io.coords import (
     lps_to_ras,
     ras_to_lps,
     sitk_index_to_world,
+    voxel_spacing,
     world_to_index,
     world_to_sitk_index,
 )

@@ -41,6 +41,15 @@ def _apply(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
     return out[0] if single else out
 
 
+def voxel_spacing(image) -> np.ndarray:
+    """(3,) mm per (i, j, k) step of a channel-first MONAI image, from its ``affine`` (the column norms);
+    1 mm per step for an array without one."""
+    affine = getattr(image, "affine", None)
+    if affine is None:
+        return np.ones(3)
+    return np.linalg.norm(_affine_np(affine)[:3, :3], axis=0)
+
+
 def world_to_index(points_mm: np.ndarray, affine, space: str = "RAS", points_space: str = "LPS") -> np.ndarray:
     """World points -> continuous MONAI index (i, j, k) of the array whose affine is ``affine``.
 

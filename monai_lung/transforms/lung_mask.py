@@ -17,6 +17,8 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform
 from scipy import ndimage
 
+from monai_lung.io.coords import voxel_spacing
+
 
 def _ball(radius: int) -> np.ndarray:
     r = np.arange(-radius, radius + 1)
@@ -120,7 +122,6 @@ class LungMaskd(MapTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             img = d[key]
-            spacing = np.linalg.norm(img.affine.numpy()[:3, :3], axis=0) if isinstance(img, MetaTensor) else (1.0, 1.0, 1.0)
-            mask = lung_mask(img, spacing, hu_window=self.hu_window, **self.kwargs)
+            mask = lung_mask(img, voxel_spacing(img), hu_window=self.hu_window, **self.kwargs)
             d[self.mask_key] = torch.from_numpy(mask[None])
         return d

@@ -29,11 +29,7 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform, RandomizableTransform
 
-
-def _spacing(img: torch.Tensor) -> np.ndarray:
-    if isinstance(img, MetaTensor):
-        return np.linalg.norm(np.asarray(img.affine, dtype=np.float64)[:3, :3], axis=0)
-    return np.ones(3)
+from monai_lung.io.coords import voxel_spacing
 
 
 def _copy(x) -> tuple[torch.Tensor, torch.Tensor]:
@@ -61,7 +57,7 @@ def paint_nodule(
     noise_std: float,
     spacing: Sequence[float],
     rng: np.random.RandomState,
-) -> tuple[torch.Tensor, tuple[slice, ...], torch.Tensor]:
+) -> tuple[tuple[slice, ...], torch.Tensor]:
     """Draw one soft ellipsoid into ``image`` (i, j, k), in place.
 
     Args:
@@ -75,7 +71,7 @@ def paint_nodule(
         spacing: (3,) voxel size, mm per (i, j, k) step.
 
     Returns:
-        (image, box, inside): the box of ``image`` that was touched (a tuple of slices; empty slices when the
+        (box, inside): the box of ``image`` that was touched (a tuple of slices; empty slices when the
         ellipsoid misses the array) and ``inside``, the bool mask of the ellipsoid (normalised radius <= 1) in it.
     """
     spacing = np.asarray(spacing, dtype=np.float64)
@@ -85,7 +81,7 @@ def paint_nodule(
     hi = np.minimum(np.ceil(centre + reach).astype(int) + 1, np.asarray(image.shape))
     box = tuple(slice(int(a), int(max(a, b))) for a, b in zip(lo, hi))
     if any(s.stop <= s.start for s in box):
-        return image, box, torch.zeros(0, dtype=torch.bool)
+        return box, torch.zeros(0, dtype=torch.bool)
     axes = [(torch.arange(s.start, s.stop, dtype=torch.float32) - float(c)) * float(sp) for s, c, sp in zip(box, centre, spacing)]
     grid = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1)  # (..., 3) mm offsets from the centre
     local = grid @ torch.as_tensor(rotation, dtype=torch.float32)  # coordinates along the ellipsoid's axes
@@ -97,7 +93,7 @@ def paint_nodule(
     if noise_std > 0:
         blob = blob + torch.as_tensor(rng.standard_normal(old.shape), dtype=old.dtype) * float(noise_std)
     image[box] = torch.maximum(old, old + alpha.to(old.dtype) * (blob - old))
-    return image, box, rho <= 1.0
+    return box, rho <= 1.0
 
 
 @dataclass
@@ -195,21 +191,19 @@ class RandNoduleInsertiond(RandomizableTransform, MapTransform):
         for key in self.key_iterator(d):
             img, img_view = _copy(d[key])
             label, label_view = _copy(d[self.label_key])
-            spacing = _spacing(d[key])
+            spacing = voxel_spacing(d[key])
             vol, lab = img_view[0], label_view[0]
-            noise = _parenchyma_noise(vol, self.parenchyma_max)
             b = self.border
-            inner = torch.zeros_like(vol, dtype=torch.bool)
-            inner[b:-b, b:-b, b:-b] = True
-            spots = torch.nonzero(inner & (vol < self.parenchyma_max))
+            spots = torch.nonzero(vol[b:-b, b:-b, b:-b] < self.parenchyma_max) + b  # parenchyma off the faces
             if len(spots) == 0:
                 continue
+            noise = _parenchyma_noise(vol, self.parenchyma_max)
             for _ in range(int(self.R.randint(1, self.max_nodules + 1))):
                 nodule = self.appearance.draw(self.R)
                 centre = self._free_spot(spots, lab, nodule["diameter_mm"] / 2 + 2.0, spacing)
                 if centre is None:
                     break
-                _, box, inside = paint_nodule(
+                box, inside = paint_nodule(
                     vol, centre, nodule["radii_mm"], nodule["rotation"], nodule["value"], nodule["edge_mm"], noise, spacing, self.R
                 )
                 if inside.numel():
@@ -257,7 +251,7 @@ class RandCentreNoduled(RandomizableTransform, MapTransform):
         for key in self.key_iterator(d):
             img, view = _copy(d[key])
             vol = view[0]
-            spacing = _spacing(d[key])
+            spacing = voxel_spacing(d[key])
             offset = self.R.standard_normal(3)
             offset *= self.R.uniform(0, self.jitter_fraction * nodule["diameter_mm"] / 2) / max(np.linalg.norm(offset), 1e-6)
             centre = np.asarray(vol.shape) // 2 + offset / spacing

@@ -26,6 +26,8 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform
 from scipy import ndimage
 
+from monai_lung.io.coords import voxel_spacing
+
 
 def balanced_indices(
     label: np.ndarray,
@@ -146,8 +148,7 @@ class NoduleSamplingIndicesd(MapTransform):
         if self.use_lung_mask:
             from monai_lung.transforms.lung_mask import lung_mask
 
-            affine = np.asarray(img.affine) if hasattr(img, "affine") else np.eye(4)
-            region = lung_mask(image, np.linalg.norm(affine[:3, :3], axis=0), hu_window=self.hu_window)
+            region = lung_mask(image, voxel_spacing(img), hu_window=self.hu_window)
         for key in self.key_iterator(d):
             label = np.asarray(d[key][0])
             seed = zlib.crc32(str(d.get("seriesuid", d[self.image_key].meta.get("filename_or_obj", ""))).encode())
