@@ -28,7 +28,7 @@ DEFAULTS = {
     "num_subsets": 4,
     "size": 512,
     "seed": 2026,
-    "stage1_epochs": 80,
+    "stage1_epochs": 100,
     "stage1_val_scans": 3,  # whole-scan validation is slow on a CPU: validate on a few scans, once at the end
     "stage2_epochs": 16,
     "stage2_epoch_length": 1024,
