@@ -18,9 +18,10 @@ def shutdown_process_group(grace_seconds: float = 0.1) -> None:
     left to do after its last gather (rank > 0 saves no checkpoint) reaches interpreter shutdown within
     milliseconds; a worker that asks for the GIL then is killed mid-destructor and the process aborts
     ("terminate called without an active exception", SIGABRT), after which torchrun stops the other ranks,
-    possibly while rank 0 is still writing its checkpoint. Seen in about 1 of 60 two-rank CPU runs under
-    load. Both the barrier and the sleep release the GIL, so pending frees finish while the interpreter is
-    still whole; destroying the group alone does not help because DistributedDataParallel keeps the group,
+    possibly while rank 0 is still writing its checkpoint. Seen here in about 1 of 100 two-rank bundle runs
+    on a loaded CPU, and in 8 of 15 three-rank runs of a script that exits right after a gather (0 of 15 with
+    this function). Both the barrier and the sleep release the GIL, so pending frees finish while the
+    interpreter is still whole; destroying the group alone does not help because DistributedDataParallel keeps the group,
     and its threads, alive until exit.
 
     Args:
