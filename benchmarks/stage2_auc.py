@@ -181,7 +181,7 @@ def main() -> None:
 
     from monai_lung.datalist import load_datalist_entries
     from monai_lung.fpr import CropBankSettings, build_crop_bank, score_points
-    from monai_lung.io import read_candidates
+    from monai_lung.io import read_candidates, voxel_spacing
     from monai_lung.synthetic import generate_dataset
     from monai_lung.transforms import ct_preprocessing, lung_mask
 
@@ -245,7 +245,7 @@ def main() -> None:
     t_score, n_scored = 0.0, 0
     for entry in load_datalist_entries(datalist, "test", data_dir):
         image = preprocess({"image": entry["image"]})["image"]
-        lung = lung_mask(image, np.linalg.norm(image.affine.numpy()[:3, :3], axis=0))
+        lung = lung_mask(image, voxel_spacing(image))
         pts = test_points(entry, candidates, image, lung, args.random_test_points, args.seed)
         if miner is not None:
             mined = miner(image, entry, lung=lung)

@@ -21,6 +21,7 @@ import torch
 
 from monai_lung.detection.candidates import candidates_inside, extract_candidates
 from monai_lung.detection.segment import segment_probability
+from monai_lung.io.coords import voxel_spacing
 from monai_lung.io.errors import DataError
 from monai_lung.transforms.lung_mask import lung_masks
 
@@ -189,7 +190,7 @@ class TwoStageDetector:
         check_scan(image, source, cfg.crop_size)
         affine = image.affine.numpy() if hasattr(image, "affine") else np.eye(4)
         space = str(image.meta.get("space", "RAS")) if hasattr(image, "meta") else "RAS"
-        spacing = np.linalg.norm(affine[:3, :3], axis=0)
+        spacing = voxel_spacing(image)
         timings = {}
 
         t = time.perf_counter()

@@ -8,6 +8,8 @@ import numpy as np
 import torch
 from monai.inferers import sliding_window_inference
 
+from monai_lung.io.coords import voxel_spacing
+
 
 class LungGatedPredictor(torch.nn.Module):
     """Runs ``network`` only on windows that contain lung.
@@ -146,8 +148,8 @@ class LungSlidingWindowInferer:
             image = inputs[b]
             lung = None
             if self.use_lung_mask:
-                affine = getattr(image, "affine", None)
-                spacing = np.linalg.norm(np.asarray(affine)[:3, :3], axis=0) if affine is not None and np.ndim(affine) == 2 else (1.0, 1.0, 1.0)
+                # a batched (B, 4, 4) affine is not one scan's grid: 1 mm then, as for no affine
+                spacing = voxel_spacing(image) if np.ndim(getattr(image, "affine", None)) == 2 else np.ones(3)
                 lung = lung_mask(image.detach().cpu(), spacing, hu_window=self.hu_window)
             outs.append(
                 lung_gated_logits(
