@@ -60,6 +60,12 @@ def test_insertion_labels_what_it_draws_and_keeps_off_real_nodules():
     assert torch.equal(image[0, 0, 0], torch.tensor([LUNG] * 48))  # input not modified in place
 
 
+def test_insertion_with_no_border_still_draws():
+    image, label = _patch(shape=(24, 24, 24))
+    out = RandNoduleInsertiond(prob=1.0, border=0, appearance={"diameter_mm": (4.0, 6.0)})({"image": image, "label": label})
+    assert out["label"].sum() > 0 and (out["image"] > LUNG + 0.1).any()
+
+
 def test_insertion_leaves_patches_without_lung_alone():
     image, label = _patch(value=0.7)  # soft tissue only: nowhere to put a nodule
     t = RandNoduleInsertiond(prob=1.0)

@@ -194,7 +194,8 @@ class RandNoduleInsertiond(RandomizableTransform, MapTransform):
             spacing = voxel_spacing(d[key])
             vol, lab = img_view[0], label_view[0]
             b = self.border
-            spots = torch.nonzero(vol[b:-b, b:-b, b:-b] < self.parenchyma_max) + b  # parenchyma off the faces
+            inner = tuple(slice(b, n - b) for n in vol.shape)  # not [b:-b], which is empty for border 0
+            spots = torch.nonzero(vol[inner] < self.parenchyma_max) + b  # parenchyma off the faces
             if len(spots) == 0:
                 continue
             noise = _parenchyma_noise(vol, self.parenchyma_max)
