@@ -88,3 +88,30 @@ def test_centre_nodule_turns_negative_crops_into_positives_at_the_centre():
     assert out["image"][0, 28, 28, 28].item() > 0.4  # the candidate point lies inside the drawn nodule
     positive = {"image": image, "label": torch.tensor(1), "diameter_mm": 5.0}
     assert t(positive) is not positive and torch.equal(t(positive)["image"], image)  # positives pass unchanged
+
+
+def test_centre_nodule_inside_dense_tissue_leaves_the_crop_negative():
+    """Painting is max-blended: a nodule drawn inside a denser vessel does not show, so the label must stay 0."""
+    image, _ = _patch(shape=(48, 48, 48))
+    image[0, :, 16:33, 16:33] = 0.85  # a 17 mm thick vessel along i through the centre, denser than any solid nodule
+    t = RandCentreNoduled(prob=1.0, appearance={"diameter_mm": (3.0, 6.0), "solid_hu": (-100.0, 150.0)})
+    for seed in range(5):
+        t.set_random_state(seed)
+        out = t({"image": image, "label": torch.tensor(0), "diameter_mm": float("nan")})
+        assert int(out["label"]) == 0 and torch.equal(out["image"], image) and np.isnan(out["diameter_mm"])
+
+
+def test_centre_nodule_touching_a_vessel_still_counts_when_most_of_it_shows():
+    image, _ = _patch(shape=(48, 48, 48))
+    image[0, :, 22:26, 22:26] = 0.85  # a 4 mm vessel along i, passing the centre
+    t = RandCentreNoduled(prob=1.0, appearance={"diameter_mm": (10.0, 12.0)})
+    t.set_random_state(0)
+    out = t({"image": image, "label": torch.tensor(0), "diameter_mm": float("nan")})
+    assert int(out["label"]) == 1 and 10.0 <= out["diameter_mm"] <= 12.0
+    rise = out["image"][0] - image[0]
+    assert (rise > 0.3).sum() > 200  # the part in the parenchyma was drawn
+
+
+def test_centre_nodule_takes_one_crop_key():
+    with pytest.raises(ValueError, match="one crop"):
+        RandCentreNoduled(keys=["image", "other"])

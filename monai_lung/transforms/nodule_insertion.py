@@ -220,6 +220,14 @@ class RandCentreNoduled(RandomizableTransform, MapTransform):
     (only crops with class 0 are changed, to class 1); ``diameter_key`` gets the drawn diameter. The
     nodule centre is jittered by up to ``jitter_fraction`` of its radius, so that the candidate point
     lies inside it as the LUNA16 hit rule requires. ``appearance``: as :class:`RandNoduleInsertiond`.
+
+    A nodule must show to count: painting is max-blended, so one drawn inside something at least as
+    dense (a vessel or the chest wall under a candidate point, where hard negatives sit) leaves the crop
+    unchanged, and labelling that crop 1 teaches the classifier that a plain vessel is a nodule some of
+    the time (measured on the demo's crop bank: 16% of hard-negative crops changed by less than 0.02 on
+    average in the nodule's box). A drawing counts only when at least ``min_visible_fraction`` of the
+    ellipsoid's voxels rose by ``min_contrast`` (scaled units; 0.04 is 56 HU in the default window);
+    otherwise up to ``max_tries`` new nodules are drawn, and a crop where none shows stays a negative.
     """
 
     backend = ["torch"]
@@ -233,6 +241,9 @@ class RandCentreNoduled(RandomizableTransform, MapTransform):
         appearance: NoduleAppearance | Mapping | None = None,
         jitter_fraction: float = 0.5,
         parenchyma_max: float = 0.2,
+        min_contrast: float = 0.04,
+        min_visible_fraction: float = 0.5,
+        max_tries: int = 3,
         allow_missing_keys: bool = False,
     ):
         MapTransform.__init__(self, keys, allow_missing_keys)
@@ -240,6 +251,34 @@ class RandCentreNoduled(RandomizableTransform, MapTransform):
         self.label_key, self.diameter_key = label_key, diameter_key
         self.appearance = NoduleAppearance.of(appearance)
         self.jitter_fraction, self.parenchyma_max = float(jitter_fraction), float(parenchyma_max)
+        self.min_contrast, self.min_visible_fraction = float(min_contrast), float(min_visible_fraction)
+        self.max_tries = max(1, int(max_tries))
+        if len(self.keys) != 1:
+            raise ValueError(f"RandCentreNoduled draws into one crop, got keys {self.keys}")
+
+    def _draw_visible(self, crop: torch.Tensor) -> tuple[torch.Tensor, float] | None:
+        """A copy of ``crop`` (1, S, S, S) with a visible nodule near its centre and the nodule's diameter, or None."""
+        spacing = voxel_spacing(crop)
+        noise = None
+        for _ in range(self.max_tries):
+            nodule = self.appearance.draw(self.R)
+            img, view = _copy(crop)
+            vol = view[0]
+            if noise is None:
+                noise = _parenchyma_noise(vol, self.parenchyma_max)
+            offset = self.R.standard_normal(3)
+            offset *= self.R.uniform(0, self.jitter_fraction * nodule["diameter_mm"] / 2) / max(np.linalg.norm(offset), 1e-6)
+            centre = np.asarray(vol.shape) // 2 + offset / spacing
+            before = vol.clone()
+            box, inside = paint_nodule(
+                vol, centre, nodule["radii_mm"], nodule["rotation"], nodule["value"], nodule["edge_mm"], noise, spacing, self.R
+            )
+            if inside.numel() == 0 or not bool(inside.any()):
+                continue
+            rise = (vol[box] - before[box])[inside]
+            if float((rise >= self.min_contrast).float().mean()) >= self.min_visible_fraction:
+                return img, nodule["diameter_mm"]
+        return None
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
         d = dict(data)
@@ -248,19 +287,13 @@ class RandCentreNoduled(RandomizableTransform, MapTransform):
         self.randomize(None)
         if not self._do_transform:
             return d
-        nodule = self.appearance.draw(self.R)
-        for key in self.key_iterator(d):
-            img, view = _copy(d[key])
-            vol = view[0]
-            spacing = voxel_spacing(d[key])
-            offset = self.R.standard_normal(3)
-            offset *= self.R.uniform(0, self.jitter_fraction * nodule["diameter_mm"] / 2) / max(np.linalg.norm(offset), 1e-6)
-            centre = np.asarray(vol.shape) // 2 + offset / spacing
-            paint_nodule(
-                vol, centre, nodule["radii_mm"], nodule["rotation"], nodule["value"], nodule["edge_mm"],
-                _parenchyma_noise(vol, self.parenchyma_max), spacing, self.R,
-            )
-            d[key] = img
+        keys = list(self.key_iterator(d))
+        if not keys:
+            return d
+        drawn = self._draw_visible(d[keys[0]])
+        if drawn is None:  # nothing visible could be drawn here (dense tissue under the point): stays negative
+            return d
+        d[keys[0]], diameter = drawn
         d[self.label_key] = torch.as_tensor(1, dtype=torch.as_tensor(d[self.label_key]).dtype)
-        d[self.diameter_key] = nodule["diameter_mm"]
+        d[self.diameter_key] = diameter
         return d
