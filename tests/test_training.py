@@ -64,7 +64,7 @@ assert not dist.is_initialized()
 
 @pytest.mark.slow
 def test_ranks_exit_cleanly_right_after_their_last_gather(tmp_path):
-    """Two-rank gloo runs that end straight after an all_gather: with `shutdown_process_group` every run exits 0.
+    """Three-rank gloo runs that end straight after an all_gather: with `shutdown_process_group` every run exits 0.
 
     With a bare `destroy_process_group()` 8 of 15 such three-rank runs here aborted at interpreter exit (a
     gloo worker freeing the gathered tensors without the GIL: "terminate called without an active

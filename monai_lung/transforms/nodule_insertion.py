@@ -259,21 +259,19 @@ class RandCentreNoduled(RandomizableTransform, MapTransform):
     def _draw_visible(self, crop: torch.Tensor) -> tuple[torch.Tensor, float] | None:
         """A copy of ``crop`` (1, S, S, S) with a visible nodule near its centre and the nodule's diameter, or None."""
         spacing = voxel_spacing(crop)
-        noise = None
+        before = (crop.as_tensor() if isinstance(crop, MetaTensor) else torch.as_tensor(crop))[0]  # never painted into
+        noise = _parenchyma_noise(before, self.parenchyma_max)
         for _ in range(self.max_tries):
             nodule = self.appearance.draw(self.R)
             img, view = _copy(crop)
             vol = view[0]
-            if noise is None:
-                noise = _parenchyma_noise(vol, self.parenchyma_max)
             offset = self.R.standard_normal(3)
             offset *= self.R.uniform(0, self.jitter_fraction * nodule["diameter_mm"] / 2) / max(np.linalg.norm(offset), 1e-6)
             centre = np.asarray(vol.shape) // 2 + offset / spacing
-            before = vol.clone()
             box, inside = paint_nodule(
                 vol, centre, nodule["radii_mm"], nodule["rotation"], nodule["value"], nodule["edge_mm"], noise, spacing, self.R
             )
-            if inside.numel() == 0 or not bool(inside.any()):
+            if not bool(inside.any()):  # also an empty mask: the ellipsoid missed the crop
                 continue
             rise = (vol[box] - before[box])[inside]
             if float((rise >= self.min_contrast).float().mean()) >= self.min_visible_fraction:
