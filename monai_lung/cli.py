@@ -24,7 +24,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
 
 def _cmd_datalist(args: argparse.Namespace) -> int:
-    from monai_lung.datalist import build_datalist, write_datalist
+    from monai_lung.datalist import add_hard_negatives, build_datalist, write_datalist
 
     datalist = build_datalist(
         args.data_dir,
@@ -33,9 +33,13 @@ def _cmd_datalist(args: argparse.Namespace) -> int:
         fold=args.fold,
         allow_missing_scans=args.allow_missing_scans,
     )
+    hard = ""
+    if args.hard_negatives is not None:
+        count = add_hard_negatives(datalist, args.hard_negatives, args.hard_negatives_per_scan, args.hard_negatives_min_peak)
+        hard = f", {count} stage-1 hard negatives"
     write_datalist(args.output, datalist)
     counts = ", ".join(f"{k} {len(datalist[k])}" for k in ("training", "validation", "test"))
-    print(f"wrote {args.output}: fold {args.fold} ({counts} scans)")
+    print(f"wrote {args.output}: fold {args.fold} ({counts} scans{hard})")
     return 0
 
 
@@ -85,6 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fold", type=int, default=0, help="test subset K; validation is the next subset present")
     p.add_argument("--output", type=Path, required=True)
     p.add_argument("--allow-missing-scans", action="store_true", help="skip annotations whose scan is absent")
+    p.add_argument("--hard-negatives", type=Path, default=None, metavar="PATH",
+                   help="mined stage-1 false positives (<crop bank>/hard_negatives, or the CSV of `monai-lung hard-negatives`): "
+                        "added to training and validation entries for stage-1 fine-tuning")
+    p.add_argument("--hard-negatives-per-scan", type=int, default=64, help="highest-scoring false positives kept per scan")
+    p.add_argument("--hard-negatives-min-peak", type=float, default=0.5, help="only false positives with this stage-1 peak or more")
     p.set_defaults(func=_cmd_datalist)
 
     try:

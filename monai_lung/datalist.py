@@ -7,6 +7,12 @@ reads (pass ``base_dir=<data dir>``: image paths are relative to the data folder
      "nodules":  [{"center": [x, y, z], "diameter_mm": d}, ...],   # world LPS mm (LUNA16 convention)
      "excluded": [{"center": [x, y, z], "diameter_mm": d}, ...]}   # annotations_excluded.csv, if given
 
+``monai-lung datalist --hard-negatives DIR`` also gives training and validation entries
+``"hard_negatives": [{"center": [x, y, z]}, ...]`` (world LPS mm): the false-positive components that a
+trained stage 1 found in that scan (``DIR/<seriesuid>.csv`` from ``monai-lung crops``, or the one CSV of
+``monai-lung hard-negatives``), which
+stage-1 fine-tuning samples background patches around (``NoduleSamplingIndicesd``).
+
 Folds follow LUNA16's subsets: fold K tests on subset K, validates on the next subset present after K
 (subset K+1 mod 10 on a full download), and trains on the rest. Scans outside ``subsetK`` folders
 always train.
@@ -143,6 +149,59 @@ def build_datalist(
         )
         out[key].append(entry)
     return out
+
+
+def _read_mined(path: Path) -> pd.DataFrame:
+    try:
+        frame = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise DataError(path, f"cannot read the mined candidates ({str(err).splitlines()[0]})") from None
+    missing = {"seriesuid", "coordX", "coordY", "coordZ", "peak_prob", "label"} - set(frame.columns)
+    if missing:
+        raise DataError(path, f"missing column(s) {', '.join(sorted(missing))}")
+    if not np.isfinite(frame[["coordX", "coordY", "coordZ", "peak_prob"]].to_numpy(dtype=np.float64)).all():
+        raise DataError(path, "non-finite coordinates or peak_prob")
+    frame["seriesuid"] = frame["seriesuid"].astype(str)
+    return frame
+
+
+def add_hard_negatives(
+    datalist: dict,
+    mined: str | os.PathLike,
+    per_scan: int = 64,
+    min_peak: float = 0.5,
+    keys: tuple[str, ...] = ("training", "validation"),
+) -> int:
+    """Give the ``keys`` entries of ``datalist`` (in place) their stage-1 false positives.
+
+    ``mined`` is a mined-candidate table (``seriesuid, coordX, coordY, coordZ`` world LPS mm,
+    ``peak_prob``, ``label``: 0 a false positive, 1 a nodule, -1 an excluded finding), as
+    ``monai-lung hard-negatives`` writes it, or a folder of them per scan (``<seriesuid>.csv``, the crop
+    bank's ``hard_negatives/``). The ``per_scan`` false positives with the highest ``peak_prob`` (at least
+    ``min_peak``) become the entry's ``hard_negatives``; a scan without mined rows gets none. Test entries
+    are never touched. Returns the number of points added.
+    """
+    mined = Path(mined)
+    if not mined.exists():
+        raise DataError(mined, "mined hard negatives not found (run `monai-lung crops` or `monai-lung hard-negatives` first)")
+    per_uid = dict(tuple(_read_mined(mined).groupby("seriesuid"))) if mined.is_file() else None
+    added = 0
+    for key in keys:
+        for entry in datalist.get(key, []):
+            uid = str(entry["seriesuid"])
+            if per_uid is not None and uid in per_uid:
+                frame = per_uid[uid]
+            elif per_uid is None and (mined / f"{uid}.csv").is_file():
+                frame = _read_mined(mined / f"{uid}.csv")
+            else:
+                continue
+            fps = frame[(frame["label"] == 0) & (frame["peak_prob"] >= min_peak)]
+            fps = fps.sort_values("peak_prob", ascending=False, kind="stable").head(per_scan)
+            entry["hard_negatives"] = [
+                {"center": [float(r.coordX), float(r.coordY), float(r.coordZ)]} for r in fps.itertuples()
+            ]
+            added += len(fps)
+    return added
 
 
 def write_datalist(output: str | os.PathLike, datalist: dict) -> None:

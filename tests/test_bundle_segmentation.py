@@ -48,6 +48,41 @@ def test_resume_continues_from_the_last_checkpoint(trained):
 
 
 @pytest.mark.slow
+def test_fine_tuning_starts_from_given_weights_and_trains_on_hard_negatives(trained, tmp_path):
+    """Stage-1 fine-tuning as the demo runs it: `init_weights` + a data list whose entries carry hard negatives."""
+    import json
+
+    import torch
+    from monai.bundle import ConfigParser
+
+    bundle, log1, _, data_dir, datalist = trained
+    weights = tmp_path / "initial.pt"
+    weights.write_bytes((bundle / "models" / "model.pt").read_bytes())
+    parser = ConfigParser()
+    parser.read_config(str(bundle / "configs" / "train.json"))
+    parser.update({"bundle_root": str(bundle), "init_weights": str(weights), "device": "$torch.device('cpu')"})
+    loaded = parser.get_parsed_content("network").state_dict()
+    saved = torch.load(weights, map_location="cpu", weights_only=True)
+    assert all(torch.equal(loaded[k], saved[k]) for k in saved)
+
+    dl = json.loads(datalist.read_text(encoding="utf-8"))
+    for entry in dl["training"]:  # a point in each scan: the world position of its centre voxel
+        img = sitk.ReadImage(str(data_dir / entry["image"]))
+        centre = img.TransformIndexToPhysicalPoint([s // 2 for s in img.GetSize()])
+        entry["hard_negatives"] = [{"center": list(centre)}]
+    hard_list = tmp_path / "hard.json"
+    hard_list.write_text(json.dumps(dl), encoding="utf-8")
+    ft = copy_bundle(NAME, tmp_path / "ft")
+    log = bundle_run("training", [ft / "configs" / "train.json"], {
+        "bundle_root": ft, "dataset_dir": data_dir, "data_list_file_path": hard_list, **FAST, "max_epochs": 1, "val_interval": 1,
+        "init_weights": weights, "hard_negative_fraction": 0.75, "learning_rate": 0.0003,
+    })
+    assert (ft / "models" / "model.pt").is_file()
+    # it starts where the first run ended, not from scratch
+    assert np.mean(epoch_losses(log)[1]) < np.mean(epoch_losses(log1)[1])
+
+
+@pytest.mark.slow
 def test_evaluate_writes_metrics(trained):
     bundle, _, _, data_dir, datalist = trained
     configs = [bundle / "configs" / "train.json", bundle / "configs" / "evaluate.json"]

@@ -130,6 +130,36 @@ def test_balanced_indices_offset_moves_crop_centres_around_the_nodule():
     assert xyz.min() >= 0 and xyz.max() <= 18
 
 
+def test_balanced_indices_draw_hard_negatives_around_known_false_positives():
+    label = np.zeros((80, 80, 80), np.uint8)
+    label[40, 40, 40] = 1
+    image = np.full(label.shape, 0.1, np.float32)
+    hard = np.array([[10.0, 10.0, 10.0], [70.0, 60.0, 20.0], [200.0, 0.0, 0.0]])  # the last one is outside: ignored
+    _, bg = balanced_indices(label, image, num_background=400, seed=5, max_offset=4, hard_points=hard, hard_fraction=0.5)
+    assert len(bg) == 400
+    xyz = np.stack(np.unravel_index(bg, label.shape), axis=1)
+    near = [np.abs(xyz - p).max(axis=1) <= 4 for p in hard[:2]]
+    assert (near[0] | near[1]).sum() >= 200  # half of them (a few random ones may land there too)
+    assert near[0].sum() > 60 and near[1].sum() > 60  # both false positives are used
+    _, plain = balanced_indices(label, image, num_background=400, seed=5, max_offset=4)
+    plain_xyz = np.stack(np.unravel_index(plain, label.shape), axis=1)
+    assert (np.abs(plain_xyz - hard[0]).max(axis=1) <= 4).sum() < 20
+
+
+def test_sampling_indices_put_world_hard_negatives_on_their_voxel():
+    """World LPS mm in the data list -> (i, j, k) of an anisotropic RAS grid with a non-zero origin."""
+    affine = _affine((0.7, 0.8, 2.5), np.diag([1.0, 1.0, 1.0]), (-120.0, 35.5, -300.0))
+    image = MetaTensor(torch.full((1, 40, 50, 30), 0.1), affine=torch.as_tensor(affine))
+    target = np.array([12, 33, 7])
+    world_lps = index_to_world(target.astype(float), affine, space="RAS", points_space="LPS")
+    d = {"image": image, "label": MetaTensor(torch.zeros(1, 40, 50, 30), affine=torch.as_tensor(affine)),
+         "hard_negatives": [{"center": list(map(float, world_lps))}]}
+    out = NoduleSamplingIndicesd("label", num_background=100, max_offset=0, use_lung_mask=False, hard_fraction=0.5)(d)
+    xyz = np.stack(np.unravel_index(out["label_bg_indices"], (40, 50, 30)), axis=1)
+    assert (xyz == target).all(axis=1).sum() == 50
+    np.testing.assert_allclose(world_to_index(world_lps, affine, space="RAS", points_space="LPS"), target, atol=1e-6)
+
+
 def test_nodule_mask_falls_back_to_a_label_file_as_monai_label_hands_it(tmp_path):
     """MONAI Label trains on {"image": path, "label": path}: the mask comes from the file, on the 1 mm grid."""
     img = np.full((30, 60, 50), -800, np.int16)  # (z, y, x)

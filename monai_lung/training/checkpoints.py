@@ -84,3 +84,14 @@ def attach_checkpointing(
 
         trainer.add_event_handler(Events.EPOCH_COMPLETED, keep_only_the_newest)  # runs after the saver's handler
     return path
+
+
+def initial_weights(network, weights: str | os.PathLike | None = None):
+    """``network`` with the weights of ``weights`` (a bundle's ``model.pt``) loaded, or unchanged for None
+    / "": the starting point of a fine-tuning run (e.g. stage 1 again with its own false positives as
+    negatives). ``resume`` still wins: its checkpoint is loaded after this."""
+    if not weights:
+        return network
+    from monai_lung.fpr.scoring import load_weights
+
+    return load_weights(network, weights, map_location="cpu")

@@ -10,6 +10,8 @@ zero padding is: it then finds a nodule in a centred 48^3 patch but not in the 9
 whole-scan inference (measured: p = 0.95 vs 0.04 on the same 8 mm nodule). It also lists a bounded background sample,
 half of it on dense tissue inside the (dilated) lungs (vessels, the pleura: where false positives come
 from) and half anywhere in them, instead of the ~40 M background indices ``RandCropByPosNegLabeld`` would otherwise build per call.
+When the data-list entry names known false positives (``hard_negatives``), a share of the background
+centres is drawn around those instead: stage-1 fine-tuning on its own mistakes.
 
 The indices are flat indices into the spatial (i, j, k) array, the format ``RandCropByPosNegLabeld``'s
 ``fg_indices_key`` / ``bg_indices_key`` take. The sample is seeded from the entry, so the transform is
@@ -26,7 +28,7 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform
 from scipy import ndimage
 
-from monai_lung.io.coords import voxel_spacing
+from monai_lung.io.coords import voxel_spacing, world_to_index
 
 
 def balanced_indices(
@@ -39,6 +41,8 @@ def balanced_indices(
     seed: int = 0,
     region: np.ndarray | None = None,
     max_offset: int = 0,
+    hard_points: np.ndarray | None = None,
+    hard_fraction: float = 0.5,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Flat (i, j, k) indices for foreground and background crop centres.
 
@@ -55,6 +59,12 @@ def balanced_indices(
         max_offset: each foreground centre is a voxel of the nodule moved by a uniform random offset in
             [-max_offset, max_offset] voxels per axis (clipped to the volume), so that the nodule lands
             anywhere in the patch; keep it <= patch_size / 2 - 8 so the drawn voxel stays inside the patch.
+        hard_points: optional (N, 3) voxel indices (i, j, k) of known false positives (a trained stage 1's,
+            see ``monai-lung datalist --hard-negatives``). ``hard_fraction`` of the background indices are
+            drawn around them, moved by the same ``max_offset`` as nodules so that a false positive is not
+            always at the patch centre (that would teach "centre = not a nodule"); points outside the
+            volume are ignored.
+        hard_fraction: share of ``num_background`` taken around ``hard_points`` (when there are any).
 
     Returns:
         (fg, bg) int64 flat indices; fg is empty for a scan without nodules. With ``max_offset > 0``
@@ -74,6 +84,18 @@ def balanced_indices(
         fg.append(np.ravel_multi_index(tuple(centres.T), shape))
     fg_idx = np.concatenate(fg).astype(np.int64) if fg else np.zeros(0, dtype=np.int64)
 
+    hard = np.zeros(0, dtype=np.int64)
+    if hard_points is not None and len(hard_points) and hard_fraction > 0:
+        pts = np.rint(np.asarray(hard_points, dtype=np.float64).reshape(-1, 3)).astype(np.int64)
+        pts = pts[np.all((pts >= 0) & (pts < np.asarray(shape)), axis=1)]
+        if len(pts):
+            centres = pts[rng.integers(0, len(pts), size=int(round(num_background * min(hard_fraction, 1.0))))]
+            if max_offset > 0:
+                centres = centres + rng.integers(-max_offset, max_offset + 1, size=centres.shape)
+            centres = np.clip(centres, 0, np.asarray(shape) - 1)
+            hard = np.ravel_multi_index(tuple(centres.T), shape).astype(np.int64)
+    num_background -= hard.size
+
     label_flat, values = label.reshape(-1), image.reshape(-1)
     inside = np.ones(values.size, dtype=bool) if region is None else np.asarray(region, dtype=bool).reshape(-1)
     tissue = _sample_where(
@@ -83,7 +105,7 @@ def balanced_indices(
     body = _sample_where(
         rng, lambda idx: (values[idx] > body_threshold) & (label_flat[idx] == 0) & inside[idx], values.size, num_background - tissue.size
     )
-    bg = [tissue, body]
+    bg = [hard, tissue, body]
     bg_idx = np.concatenate(bg).astype(np.int64)
     return fg_idx, bg_idx
 
@@ -110,7 +132,10 @@ class NoduleSamplingIndicesd(MapTransform):
 
     ``keys`` is the label key: a (1, i, j, k) 0/1 mask (from :class:`NoduleMaskd`); ``image_key`` the
     scaled (1, i, j, k) image. See :func:`balanced_indices` for the sampling; ``max_offset`` (voxels, 16
-    for 48^3 patches) moves foreground crop centres off the nodule centre.
+    for 48^3 patches) moves foreground crop centres off the nodule centre. When the entry has
+    ``hard_negatives_key`` (a list of ``{"center": [x, y, z]}`` or ``[x, y, z]`` in world LPS mm: a trained
+    stage 1's false positives, see ``monai-lung datalist --hard-negatives``), ``hard_fraction`` of the
+    background centres are drawn around them (moved by the same ``max_offset``).
     """
 
     def __init__(
@@ -124,6 +149,8 @@ class NoduleSamplingIndicesd(MapTransform):
         use_lung_mask: bool = True,
         hu_window=(-1000.0, 400.0),
         max_offset: int = 16,
+        hard_negatives_key: str = "hard_negatives",
+        hard_fraction: float = 0.5,
         fg_postfix: str = "_fg_indices",
         bg_postfix: str = "_bg_indices",
         allow_missing_keys: bool = False,
@@ -139,6 +166,7 @@ class NoduleSamplingIndicesd(MapTransform):
         )
         self.fg_postfix, self.bg_postfix = fg_postfix, bg_postfix
         self.use_lung_mask, self.hu_window = use_lung_mask, hu_window
+        self.hard_negatives_key, self.hard_fraction = hard_negatives_key, hard_fraction
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)
@@ -149,10 +177,17 @@ class NoduleSamplingIndicesd(MapTransform):
             from monai_lung.transforms.lung_mask import lung_mask
 
             region = lung_mask(image, voxel_spacing(img), hu_window=self.hu_window)
+        hard = None
+        if d.get(self.hard_negatives_key):
+            # world LPS mm (x, y, z) as in the data list -> (i, j, k) on this resampled grid
+            world = np.asarray([p["center"] if isinstance(p, Mapping) else p for p in d[self.hard_negatives_key]], dtype=np.float64)
+            hard = world_to_index(world.reshape(-1, 3), img.affine, space=str(img.meta.get("space", "RAS")), points_space="LPS")
         for key in self.key_iterator(d):
             label = np.asarray(d[key][0])
             seed = zlib.crc32(str(d.get("seriesuid", d[self.image_key].meta.get("filename_or_obj", ""))).encode())
-            fg, bg = balanced_indices(label, image, seed=seed, region=region, **self.kwargs)
+            fg, bg = balanced_indices(
+                label, image, seed=seed, region=region, hard_points=hard, hard_fraction=self.hard_fraction, **self.kwargs
+            )
             d[f"{key}{self.fg_postfix}"] = fg
             d[f"{key}{self.bg_postfix}"] = bg
         return d
