@@ -50,7 +50,8 @@ class DetectorConfig:
     tta: bool = True  # stage 2 averages 4 flips: candidate AUC 0.805 -> 0.831 on the demo set, 4x the stage-2 cost
     # final probability: "product" (stage2 * stage-1 peak), "stage2" or "stage1". Demo CPMs (product / stage 1 /
     # stage 2): 0.44 / 0.29 / 0.33 after 50 stage-1 epochs, 0.44 / 0.53 / 0.37 after 80, 0.55 / 0.56 / 0.43 with the
-    # 8..128 UNet after 100, 0.56 / 0.56 / 0.34 with stage-2 positives that must show; the product never came last
+    # 8..128 UNet after 100, 0.56 / 0.56 / 0.34 with stage-2 positives that must show, 0.64 / 0.60 / 0.40 with stage 1
+    # fine-tuned on its own false positives; the product never came last
     score: str = "product"
     min_probability: float = 0.0  # findings below this are not reported
     amp: bool = True  # float16 autocast on CUDA
