@@ -239,6 +239,34 @@ def test_crop_bank_dataset_batches_are_balanced(synthetic, tmp_path):
         CropBankDataset(bank_dir, data=_entries(synthetic, "test"))
 
 
+def test_crop_bank_dataset_skips_meta_tracking_without_changing_the_crops(synthetic, tmp_path):
+    """The classification bundle's own training chain, with and without MONAI's meta tracking: same tensors."""
+    from monai.bundle import ConfigParser
+    from monai.data import get_track_meta
+    from monai.data.meta_tensor import MetaTensor
+
+    from tests.bundle_utils import REPO
+
+    entries = _entries(synthetic, "training")
+    bank_dir = tmp_path / "bank"
+    build_crop_bank(entries, bank_dir, CropBankSettings(crop_size=64, positives_per_nodule=2, random_per_scan=4))
+    parser = ConfigParser()
+    parser.read_config(str(REPO / "bundles" / "lung_nodule_ct_classification" / "configs" / "train.json"))
+    parser.update({"crop_bank_dir": str(bank_dir), "dataset_dir": str(synthetic), "data_list_file_path": str(synthetic / "dl.json")})
+    chain = parser.get_parsed_content("train#preprocessing")
+    items = {}
+    for track in (True, False):
+        ds = CropBankDataset(bank_dir, data=entries, transform=chain, track_meta=track)
+        chain.set_random_state(seed=11)
+        items[track] = [ds[i] for i in range(6)]
+        assert get_track_meta()  # MONAI's process-wide default is back after every item
+    for with_meta, plain in zip(items[True], items[False]):
+        assert not isinstance(plain["image"], MetaTensor)
+        assert plain["image"].shape == (1, 48, 48, 48)
+        assert torch.equal(torch.as_tensor(with_meta["image"]), plain["image"])
+        assert int(with_meta["label"]) == int(plain["label"])
+
+
 class IntensityStage1(torch.nn.Module):
     """A stage-1 stand-in with fixed weights: 'nodule' wherever the scaled CT is dense tissue.
 

@@ -11,7 +11,7 @@ from typing import Callable, Iterator, Mapping, Sequence
 import numpy as np
 import torch
 import torch.distributed as dist
-from monai.data import Dataset
+from monai.data import Dataset, get_track_meta, set_track_meta
 from monai.transforms import apply_transform
 from torch.utils.data.distributed import DistributedSampler
 
@@ -44,6 +44,9 @@ class CropBankDataset(Dataset):
             None: every scan in the bank.
         transform: MONAI transform applied to each item.
         sources: keep only these sources (e.g. ``["nodule", "hard_negative"]``); None: all.
+        track_meta: run ``transform`` on MetaTensors (MONAI's default). Off by default: a stored crop's
+            geometry is fixed (1 mm, candidate at the centre), and MONAI's per-transform meta bookkeeping
+            cost a third of the loading time (202 -> 299 crops/s for the bundle's chain, same tensors).
 
     A scan of ``data`` missing from the bank is an error (the bank is stale or was built for other keys).
     """
@@ -54,8 +57,10 @@ class CropBankDataset(Dataset):
         data: Sequence[Mapping] | None = None,
         transform: Callable | None = None,
         sources: Sequence[str] | None = None,
+        track_meta: bool = False,
     ):
         self.bank = CropBank(bank_dir)
+        self.track_meta = track_meta
         index = self.bank.read_index()
         if data is not None:
             uids = [str(e.get("seriesuid") or seriesuid_of(e["image"])) if isinstance(e, Mapping) else str(e) for e in data]
@@ -104,7 +109,14 @@ class CropBankDataset(Dataset):
         item["image"] = torch.from_numpy(crop)[None]
         item["label"] = torch.tensor(item.pop("label"), dtype=torch.long)
         del item["row"]
-        return apply_transform(self.transform, item) if self.transform is not None else item
+        if self.transform is None:
+            return item
+        previous = get_track_meta()
+        set_track_meta(self.track_meta)  # process-wide in MONAI: restored straight after this item
+        try:
+            return apply_transform(self.transform, item)
+        finally:
+            set_track_meta(previous)
 
 
 class BalancedSampler(DistributedSampler):
