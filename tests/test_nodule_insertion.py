@@ -60,6 +60,23 @@ def test_insertion_labels_what_it_draws_and_keeps_off_real_nodules():
     assert torch.equal(image[0, 0, 0], torch.tensor([LUNG] * 48))  # input not modified in place
 
 
+def test_insertion_on_plain_tensors_takes_the_voxel_size_as_spacing():
+    """Without meta tracking there is no affine: ``spacing`` must give the same drawing as the affine did."""
+    image, label = _patch(shape=(48, 48, 24), spacing=(0.7, 0.7, 2.0))
+    results = []
+    for plain in (False, True):
+        t = RandNoduleInsertiond(prob=1.0, max_nodules=1, appearance={"diameter_mm": (8.0, 10.0)}, spacing=(0.7, 0.7, 2.0))
+        t.set_random_state(4)
+        data = {"image": image.as_tensor(), "label": label.as_tensor()} if plain else {"image": image, "label": label}
+        results.append(t({**data}))
+    assert not isinstance(results[1]["image"], MetaTensor)
+    assert torch.equal(torch.as_tensor(results[0]["image"]), results[1]["image"])
+    assert torch.equal(torch.as_tensor(results[0]["label"]), results[1]["label"])
+    extent = torch.nonzero(results[1]["label"][0]).float()
+    span = (extent.max(0).values - extent.min(0).values + 1) * torch.tensor([0.7, 0.7, 2.0])
+    assert (span > 5.0).all() and (span < 16.0).all()  # an 8-10 mm nodule in mm on every axis, not in voxels
+
+
 def test_insertion_with_no_border_still_draws():
     image, label = _patch(shape=(24, 24, 24))
     out = RandNoduleInsertiond(prob=1.0, border=0, appearance={"diameter_mm": (4.0, 6.0)})({"image": image, "label": label})

@@ -160,6 +160,40 @@ def test_sampling_indices_put_world_hard_negatives_on_their_voxel():
     np.testing.assert_allclose(world_to_index(world_lps, affine, space="RAS", points_space="LPS"), target, atol=1e-6)
 
 
+def test_random_part_runs_without_meta_and_matches_compose(rng):
+    """``ComposeRandomWithoutMeta`` in a ``CacheDataset``: the cached part keeps its MetaTensor, the random
+    part gives plain tensors equal to a ``Compose``'s under the same seed, and the global switch is restored."""
+    from monai.data import CacheDataset, get_track_meta
+    from monai.transforms import EnsureTyped, Lambdad, RandFlipd, RandRotate90d, RandScaleIntensityd
+
+    from monai_lung.transforms import ComposeRandomWithoutMeta
+
+    affine = torch.as_tensor(_affine((0.7, 0.7, 2.5), np.eye(3), (-10.0, 20.0, -30.0)))
+    data = [{"image": MetaTensor(torch.from_numpy(rng.uniform(0, 1, (1, 20, 24, 16)).astype(np.float32)), affine=affine)}]
+
+    def chain(cls, fail=False):
+        random_part = [RandFlipd("image", prob=0.5, spatial_axis=0), RandRotate90d("image", prob=0.5, spatial_axes=(0, 1)),
+                       RandScaleIntensityd("image", factors=0.2, prob=1.0)]
+        if fail:
+            random_part.append(Lambdad("image", lambda x: 1 / 0))
+        return cls([EnsureTyped("image")] + random_part)
+
+    outs = {}
+    for cls in (Compose, ComposeRandomWithoutMeta):
+        ds = CacheDataset(data, chain(cls), progress=False)
+        assert isinstance(ds._cache[0]["image"], MetaTensor)  # the deterministic part kept its affine
+        ds.transform.set_random_state(seed=2)
+        outs[cls] = [ds[0]["image"] for _ in range(4)]
+        assert get_track_meta()
+    assert all(isinstance(x, MetaTensor) for x in outs[Compose])
+    assert not any(isinstance(x, MetaTensor) for x in outs[ComposeRandomWithoutMeta])
+    assert all(torch.equal(a.as_tensor(), b) for a, b in zip(outs[Compose], outs[ComposeRandomWithoutMeta]))
+    assert len({round(float(x.sum()), 3) for x in outs[Compose]}) > 1  # the draws do differ
+    with pytest.raises(Exception):
+        chain(ComposeRandomWithoutMeta, fail=True)(data[0])
+    assert get_track_meta()  # restored after a failing transform too
+
+
 def test_nodule_mask_falls_back_to_a_label_file_as_monai_label_hands_it(tmp_path):
     """MONAI Label trains on {"image": path, "label": path}: the mask comes from the file, on the 1 mm grid."""
     img = np.full((30, 60, 50), -800, np.int16)  # (z, y, x)

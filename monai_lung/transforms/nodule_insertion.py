@@ -14,7 +14,8 @@ max-blended so that denser tissue (a vessel it touches) stays on top. The 0/1 la
 itself (the sphere-mask convention of :class:`~monai_lung.transforms.NoduleMaskd`).
 
 The transforms work on the scaled (1, i, j, k) image (the lung window mapped to [0, 1], ``hu_window``),
-on a RAS grid whose voxel size they read from the MetaTensor's affine (1 mm when it has none). Keep the
+on a RAS grid whose voxel size they read from the MetaTensor's affine, or take as ``spacing`` for plain
+tensors (MONAI's meta tracking off, :class:`~monai_lung.transforms.ComposeRandomWithoutMeta`; 1 mm when neither). Keep the
 probability low on data with many real nodules: the real ones are the better teachers.
 """
 
@@ -141,6 +142,13 @@ def _parenchyma_noise(image: torch.Tensor, parenchyma_max: float) -> float:
     return float(np.clip(float(lung.float().std()), 0.003, 0.05))
 
 
+def _spacing(image, fallback: Sequence[float] | None) -> np.ndarray:
+    """mm per (i, j, k) step: the MetaTensor's affine, else ``fallback``, else 1 mm."""
+    if getattr(image, "affine", None) is None and fallback is not None:
+        return np.asarray(fallback, dtype=np.float64)
+    return voxel_spacing(image)
+
+
 class RandNoduleInsertiond(RandomizableTransform, MapTransform):
     """Draw up to ``max_nodules`` synthetic nodules into a training patch and its segmentation label.
 
@@ -152,6 +160,8 @@ class RandNoduleInsertiond(RandomizableTransform, MapTransform):
     Args:
         prob: probability of drawing into a patch (then 1..``max_nodules`` nodules).
         appearance: a :class:`NoduleAppearance` or a dict of its fields (sizes, densities, edges, ``hu_window``).
+        spacing: (3,) mm per (i, j, k) step for images without an affine (plain tensors); a MetaTensor's
+            affine wins. None: 1 mm.
     """
 
     backend = ["torch"]
@@ -165,10 +175,12 @@ class RandNoduleInsertiond(RandomizableTransform, MapTransform):
         appearance: NoduleAppearance | Mapping | None = None,
         parenchyma_max: float = 0.2,
         border: int = 4,
+        spacing: Sequence[float] | None = None,
         allow_missing_keys: bool = False,
     ):
         MapTransform.__init__(self, keys, allow_missing_keys)
         RandomizableTransform.__init__(self, prob)
+        self.spacing = spacing
         self.label_key, self.max_nodules = label_key, int(max_nodules)
         self.appearance = NoduleAppearance.of(appearance)
         self.parenchyma_max, self.border = float(parenchyma_max), int(border)
@@ -191,7 +203,7 @@ class RandNoduleInsertiond(RandomizableTransform, MapTransform):
         for key in self.key_iterator(d):
             img, img_view = _copy(d[key])
             label, label_view = _copy(d[self.label_key])
-            spacing = voxel_spacing(d[key])
+            spacing = _spacing(d[key], self.spacing)
             vol, lab = img_view[0], label_view[0]
             b = self.border
             inner = tuple(slice(b, n - b) for n in vol.shape)  # not [b:-b], which is empty for border 0
@@ -228,6 +240,7 @@ class RandCentreNoduled(RandomizableTransform, MapTransform):
     average in the nodule's box). A drawing counts only when at least ``min_visible_fraction`` of the
     ellipsoid's voxels rose by ``min_contrast`` (scaled units; 0.04 is 56 HU in the default window);
     otherwise up to ``max_tries`` new nodules are drawn, and a crop where none shows stays a negative.
+    ``spacing``: as :class:`RandNoduleInsertiond`.
     """
 
     backend = ["torch"]
@@ -244,9 +257,11 @@ class RandCentreNoduled(RandomizableTransform, MapTransform):
         min_contrast: float = 0.04,
         min_visible_fraction: float = 0.5,
         max_tries: int = 3,
+        spacing: Sequence[float] | None = None,
         allow_missing_keys: bool = False,
     ):
         MapTransform.__init__(self, keys, allow_missing_keys)
+        self.spacing = spacing
         RandomizableTransform.__init__(self, prob)
         self.label_key, self.diameter_key = label_key, diameter_key
         self.appearance = NoduleAppearance.of(appearance)
@@ -258,7 +273,7 @@ class RandCentreNoduled(RandomizableTransform, MapTransform):
 
     def _draw_visible(self, crop: torch.Tensor) -> tuple[torch.Tensor, float] | None:
         """A copy of ``crop`` (1, S, S, S) with a visible nodule near its centre and the nodule's diameter, or None."""
-        spacing = voxel_spacing(crop)
+        spacing = _spacing(crop, self.spacing)
         before = (crop.as_tensor() if isinstance(crop, MetaTensor) else torch.as_tensor(crop))[0]  # never painted into
         noise = _parenchyma_noise(before, self.parenchyma_max)
         for _ in range(self.max_tries):
