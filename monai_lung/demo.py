@@ -32,7 +32,7 @@ DEFAULTS = {
     "stage1_val_scans": 3,  # whole-scan validation is slow on a CPU: validate on a few scans, once at the end
     # second stage-1 run from the first one's weights, with background patches drawn around the false positives it
     # mined on the training scans (0 epochs: skip). Demo set, stage-1-only CPM: 0.563 -> 0.595 (30 more epochs
-    # without them: 0.571); scores above 0.9 on test-scan false positives: 217 -> 149; demo CPM 0.563 -> 0.643 (+155 s)
+    # without them: 0.571); scores above 0.9 on test-scan false positives: 217 -> 149; demo CPM 0.563 -> 0.643 (+145 s)
     "stage1_finetune_epochs": 30,
     "stage1_finetune_lr": 0.001,
     "stage1_hard_negatives_per_scan": 64,
