@@ -6,7 +6,8 @@ report) -> LUNA16 evaluation (FROC, CPM).
 
 The training steps run ``python -m monai.bundle run training`` exactly as a user would; the others call
 the same functions as the CLI. Each step skips work whose output already exists (``--restart`` redoes
-everything), so an interrupted demo resumes where it stopped. Settings: the defaults below, a JSON file
+everything), so an interrupted demo resumes where it stopped; once a step runs, every later step runs
+again too, since its inputs changed (delete ``<work dir>/.demo_steps/<step>.done`` to redo from there). Settings: the defaults below, a JSON file
 (``--config demo.json``) and ``--set key=value``, in that order. The same steps with real LUNA16 paths
 are the README's recipe for real training.
 """
@@ -72,14 +73,16 @@ def demo_settings(args: argparse.Namespace) -> dict:
 class _Steps:
     def __init__(self, work: Path, restart: bool):
         self.work, self.restart, self.start = work, restart, time.perf_counter()
+        self.redone = False  # a step ran: the later ones must run again on its new output
         self.marks = work / ".demo_steps"
         self.marks.mkdir(parents=True, exist_ok=True)
 
     def run(self, name: str, fn) -> None:
         mark = self.marks / f"{name}.done"
-        if mark.exists() and not self.restart:
+        if mark.exists() and not self.restart and not self.redone:
             print(f"[demo] {name}: done before, kept", flush=True)
             return
+        self.redone = True
         print(f"[demo] {name} ...", flush=True)
         t = time.perf_counter()
         fn()
