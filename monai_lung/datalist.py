@@ -32,6 +32,7 @@ from monai_lung.io import (
     find_scans,
     read_annotations,
     read_excluded,
+    read_mined_candidates,
     world_to_sitk_index,
     write_json_atomic,
 )
@@ -151,20 +152,6 @@ def build_datalist(
     return out
 
 
-def _read_mined(path: Path) -> pd.DataFrame:
-    try:
-        frame = pd.read_csv(path)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise DataError(path, f"cannot read the mined candidates ({str(err).splitlines()[0]})") from None
-    missing = {"seriesuid", "coordX", "coordY", "coordZ", "peak_prob", "label"} - set(frame.columns)
-    if missing:
-        raise DataError(path, f"missing column(s) {', '.join(sorted(missing))}")
-    if not np.isfinite(frame[["coordX", "coordY", "coordZ", "peak_prob"]].to_numpy(dtype=np.float64)).all():
-        raise DataError(path, "non-finite coordinates or peak_prob")
-    frame["seriesuid"] = frame["seriesuid"].astype(str)
-    return frame
-
-
 def add_hard_negatives(
     datalist: dict,
     mined: str | os.PathLike,
@@ -184,7 +171,7 @@ def add_hard_negatives(
     mined = Path(mined)
     if not mined.exists():
         raise DataError(mined, "mined hard negatives not found (run `monai-lung crops` or `monai-lung hard-negatives` first)")
-    per_uid = dict(tuple(_read_mined(mined).groupby("seriesuid"))) if mined.is_file() else None
+    per_uid = dict(tuple(read_mined_candidates(mined).groupby("seriesuid"))) if mined.is_file() else None
     added = 0
     for key in keys:
         for entry in datalist.get(key, []):
@@ -192,7 +179,7 @@ def add_hard_negatives(
             if per_uid is not None and uid in per_uid:
                 frame = per_uid[uid]
             elif per_uid is None and (mined / f"{uid}.csv").is_file():
-                frame = _read_mined(mined / f"{uid}.csv")
+                frame = read_mined_candidates(mined / f"{uid}.csv")
             else:
                 continue
             fps = frame[(frame["label"] == 0) & (frame["peak_prob"] >= min_peak)]

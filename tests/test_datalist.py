@@ -80,10 +80,10 @@ def test_broken_mined_tables_are_named(tiny_dataset, tmp_path):
         add_hard_negatives(dl, tmp_path / "nowhere")
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / f"{uid}.csv").write_text("seriesuid,coordX,coordY\nx,1,2\n", encoding="utf-8")
-    with pytest.raises(DataError, match=rf"{uid}\.csv: missing column\(s\) coordZ, label, peak_prob"):
+    with pytest.raises(DataError, match=rf"{uid}\.csv: mined candidates file misses column\(s\) coordZ, peak_prob, label"):
         add_hard_negatives(dl, tmp_path / "m")
     _mined(tmp_path / "m", uid, [(1.0, float("nan"), 3.0, 0.9, 0)])
-    with pytest.raises(DataError, match="non-finite"):
+    with pytest.raises(DataError, match=r"column coordY has a non-numeric value '' on line 2"):
         add_hard_negatives(dl, tmp_path / "m")
 
 

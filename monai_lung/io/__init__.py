@@ -19,6 +19,7 @@ from monai_lung.io.luna16_csv import (
     read_annotations,
     read_candidates,
     read_excluded,
+    read_mined_candidates,
     read_points,
     read_predictions,
     write_luna_csv,

@@ -4,6 +4,8 @@
   (in ``annotations_excluded.csv`` a negative diameter means "size unknown").
 - ``candidates.csv`` / ``candidates_V2.csv``: ``seriesuid,coordX,coordY,coordZ,class`` (1 nodule, 0 not).
 - predictions / submissions: ``seriesuid,coordX,coordY,coordZ,probability``.
+- mined stage-1 candidates (``monai-lung hard-negatives``, a crop bank's ``hard_negatives/``):
+  ``seriesuid,coordX,coordY,coordZ,peak_prob,label`` (1 nodule, 0 false positive, -1 excluded finding).
 
 Every reader returns a pandas DataFrame with exactly the schema's columns, ``seriesuid`` as str and
 the numeric columns as float64 (``class`` as int64); any problem raises :class:`DataError` naming
@@ -26,6 +28,7 @@ ANNOTATION_COLUMNS = ["seriesuid", *COORD_COLUMNS, "diameter_mm"]
 CANDIDATE_COLUMNS = ["seriesuid", *COORD_COLUMNS, "class"]
 PREDICTION_COLUMNS = ["seriesuid", *COORD_COLUMNS, "probability"]
 POINT_COLUMNS = ["seriesuid", *COORD_COLUMNS]
+MINED_CANDIDATE_COLUMNS = ["seriesuid", *COORD_COLUMNS, "peak_prob", "label"]
 
 
 def _read_csv(path: str | os.PathLike, columns: list[str], kind: str) -> pd.DataFrame:
@@ -92,6 +95,12 @@ def read_predictions(path: str | os.PathLike) -> pd.DataFrame:
 def read_points(path: str | os.PathLike) -> pd.DataFrame:
     """Read a CSV of points ``seriesuid,coordX,coordY,coordZ`` (extra columns are dropped)."""
     return _read_csv(path, POINT_COLUMNS, "points")
+
+
+def read_mined_candidates(path: str | os.PathLike) -> pd.DataFrame:
+    """Read labelled stage-1 candidates ``seriesuid,coordX,coordY,coordZ,peak_prob,label`` (extra columns
+    are dropped)."""
+    return _read_csv(path, MINED_CANDIDATE_COLUMNS, "mined candidates")
 
 
 def write_luna_csv(path: str | os.PathLike, frame: pd.DataFrame, columns: list[str]) -> None:
