@@ -10,8 +10,8 @@ reads (pass ``base_dir=<data dir>``: image paths are relative to the data folder
 ``monai-lung datalist --hard-negatives DIR`` also gives training and validation entries
 ``"hard_negatives": [{"center": [x, y, z]}, ...]`` (world LPS mm): the false-positive components that a
 trained stage 1 found in that scan (``DIR/<seriesuid>.csv`` from ``monai-lung crops``, or the one CSV of
-``monai-lung hard-negatives``), which
-stage-1 fine-tuning samples background patches around (``NoduleSamplingIndicesd``).
+``monai-lung hard-negatives``), which stage-1 fine-tuning samples background patches around
+(``NoduleSamplingIndicesd``).
 
 Folds follow LUNA16's subsets: fold K tests on subset K, validates on the next subset present after K
 (subset K+1 mod 10 on a full download), and trains on the rest. Scans outside ``subsetK`` folders

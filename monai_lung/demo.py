@@ -1,15 +1,16 @@
 """``monai-lung demo`` / ``make demo``: the whole pipeline on a synthetic LUNA16-layout data set.
 
 synthesise -> data list -> train stage 1 (its bundle) -> mine hard negatives and cut the stage-2 crop bank
--> fine-tune stage 1 with its own false positives as extra background patches -> train stage 2 (its bundle) -> assemble the detection bundle -> detect on the test scans (with a
-report) -> LUNA16 evaluation (FROC, CPM).
+-> fine-tune stage 1 with its own false positives as extra background patches -> train stage 2 (its
+bundle) -> assemble the detection bundle -> detect on the test scans (with a report) -> LUNA16 evaluation
+(FROC, CPM).
 
 The training steps run ``python -m monai.bundle run training`` exactly as a user would; the others call
 the same functions as the CLI. Each step skips work whose output already exists (``--restart`` redoes
 everything), so an interrupted demo resumes where it stopped; once a step runs, every later step runs
-again too, since its inputs changed (delete ``<work dir>/.demo_steps/<step>.done`` to redo from there). Settings: the defaults below, a JSON file
-(``--config demo.json``) and ``--set key=value``, in that order. The same steps with real LUNA16 paths
-are the README's recipe for real training.
+again too, since its inputs changed (delete ``<work dir>/.demo_steps/<step>.done`` to redo from there).
+Settings: the defaults below, a JSON file (``--config demo.json``) and ``--set key=value``, in that
+order. The same steps with real LUNA16 paths are the README's recipe for real training.
 """
 
 from __future__ import annotations

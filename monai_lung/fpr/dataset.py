@@ -11,12 +11,13 @@ from typing import Callable, Iterator, Mapping, Sequence
 import numpy as np
 import torch
 import torch.distributed as dist
-from monai.data import Dataset, get_track_meta, set_track_meta
+from monai.data import Dataset
 from monai.transforms import apply_transform
 from torch.utils.data.distributed import DistributedSampler
 
 from monai_lung.fpr.bank import CropBank
 from monai_lung.io import DataError, seriesuid_of
+from monai_lung.transforms.compose import meta_tracking
 
 
 def datalist_seriesuids(datalist_file: str | os.PathLike, key: str) -> list[str]:
@@ -111,12 +112,8 @@ class CropBankDataset(Dataset):
         del item["row"]
         if self.transform is None:
             return item
-        previous = get_track_meta()
-        set_track_meta(self.track_meta)  # process-wide in MONAI: restored straight after this item
-        try:
+        with meta_tracking(self.track_meta):
             return apply_transform(self.transform, item)
-        finally:
-            set_track_meta(previous)
 
 
 class BalancedSampler(DistributedSampler):

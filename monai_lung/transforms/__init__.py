@@ -6,5 +6,5 @@ from monai_lung.transforms.crops import CandidateCropd, crop_bounds, extract_cro
 from monai_lung.transforms.lung_mask import LungMaskd, lung_mask, lung_masks
 from monai_lung.transforms.preprocessing import DEFAULT_HU_WINDOW, DEFAULT_SPACING, ct_preprocessing
 from monai_lung.transforms.restore import RestoreSourceGridd, resample_to_grid
-from monai_lung.transforms.compose import ComposeRandomWithoutMeta
+from monai_lung.transforms.compose import ComposeRandomWithoutMeta, meta_tracking
 from monai_lung.transforms.nodule_insertion import NoduleAppearance, RandCentreNoduled, RandNoduleInsertiond, paint_nodule

@@ -10,6 +10,9 @@ voxel size (``RandNoduleInsertiond``) take it as ``spacing``.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from typing import Iterator
+
 from monai.data import get_track_meta, set_track_meta
 from monai.transforms import Compose, RandomizableTrait, Transform
 
@@ -19,10 +22,21 @@ def _is_random(t) -> bool:
     return isinstance(t, RandomizableTrait) or not isinstance(t, Transform)
 
 
+@contextmanager
+def meta_tracking(enabled: bool) -> Iterator[None]:
+    """MONAI's meta tracking switched to ``enabled`` inside the block, put back as it was afterwards (also
+    on an exception). The switch is process-wide: do not share it with another thread's transforms."""
+    previous = get_track_meta()
+    set_track_meta(enabled)
+    try:
+        yield
+    finally:
+        set_track_meta(previous)
+
+
 class ComposeRandomWithoutMeta(Compose):
     """A ``Compose`` that runs the transforms from its first random one on with MONAI's meta tracking off
-    (``set_track_meta(False)``, put back as it was afterwards; the switch is process-wide, so do not share
-    it with another thread's transforms); outputs of that part are plain ``torch.Tensor``s. Before it,
+    (:func:`meta_tracking`); outputs of that part are plain ``torch.Tensor``s. Before it,
     everything runs as in ``Compose``, and the list stays flat, so ``CacheDataset`` / ``PersistentDataset``
     cache the same deterministic part and random states are derived exactly as for a ``Compose``.
     """
@@ -35,9 +49,5 @@ class ComposeRandomWithoutMeta(Compose):
         if start < first:
             input_ = super().__call__(input_, start, first, threading, lazy)
             start = first
-        previous = get_track_meta()
-        set_track_meta(False)
-        try:
+        with meta_tracking(False):
             return super().__call__(input_, start, stop, threading, lazy)
-        finally:
-            set_track_meta(previous)

@@ -78,10 +78,7 @@ def balanced_indices(
         local = np.nonzero(components[box] == c)  # indices inside the component's bounding box
         pick = rng.integers(0, local[0].size, size=per_nodule)
         centres = np.stack([ax[pick] + sl.start for ax, sl in zip(local, box)], axis=1)
-        if max_offset > 0:
-            centres = centres + rng.integers(-max_offset, max_offset + 1, size=centres.shape)
-            centres = np.clip(centres, 0, np.asarray(shape) - 1)
-        fg.append(np.ravel_multi_index(tuple(centres.T), shape))
+        fg.append(_moved_flat(centres, rng, max_offset, shape))
     fg_idx = np.concatenate(fg).astype(np.int64) if fg else np.zeros(0, dtype=np.int64)
 
     hard = np.zeros(0, dtype=np.int64)
@@ -90,10 +87,7 @@ def balanced_indices(
         pts = pts[np.all((pts >= 0) & (pts < np.asarray(shape)), axis=1)]
         if len(pts):
             centres = pts[rng.integers(0, len(pts), size=int(round(num_background * min(hard_fraction, 1.0))))]
-            if max_offset > 0:
-                centres = centres + rng.integers(-max_offset, max_offset + 1, size=centres.shape)
-            centres = np.clip(centres, 0, np.asarray(shape) - 1)
-            hard = np.ravel_multi_index(tuple(centres.T), shape).astype(np.int64)
+            hard = _moved_flat(centres, rng, max_offset, shape)
     num_background -= hard.size
 
     label_flat, values = label.reshape(-1), image.reshape(-1)
@@ -108,6 +102,15 @@ def balanced_indices(
     bg = [hard, tissue, body]
     bg_idx = np.concatenate(bg).astype(np.int64)
     return fg_idx, bg_idx
+
+
+def _moved_flat(centres: np.ndarray, rng: np.random.Generator, max_offset: int, shape) -> np.ndarray:
+    """Flat int64 indices of (N, 3) voxel ``centres`` (i, j, k) inside ``shape``, each moved by a uniform
+    offset in [-max_offset, max_offset] voxels per axis and clipped to the volume (unmoved for 0)."""
+    if max_offset > 0:
+        centres = centres + rng.integers(-max_offset, max_offset + 1, size=centres.shape)
+        centres = np.clip(centres, 0, np.asarray(shape) - 1)
+    return np.ravel_multi_index(tuple(centres.T), shape).astype(np.int64)
 
 
 def _sample_where(rng: np.random.Generator, accept, n_total: int, count: int) -> np.ndarray:
