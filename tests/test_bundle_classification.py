@@ -165,3 +165,31 @@ def test_train_and_inference_define_the_same_network():
     infer = json.loads((CONFIGS / "inference.json").read_text(encoding="utf-8"))
     assert train["network_def"] == infer["network_def"]
     assert train["patch_size"] == infer["patch_size"]
+
+
+def test_synthetic_nodules_take_the_crop_banks_spacing(data, tmp_path):
+    """Crops are plain tensors: the training chain's RandCentreNoduled must get the bank's voxel size, else it
+    would draw nodules at 1 mm per voxel in a bank cut at another spacing."""
+    import json
+    import shutil
+
+    from monai.bundle import ConfigParser
+
+    from monai_lung.fpr import bank_spacing
+    from monai_lung.io import DataError
+    from monai_lung.transforms import RandCentreNoduled
+
+    assert bank_spacing(data["bank"]) == (1.0, 1.0, 1.0)
+    coarse = tmp_path / "bank"
+    shutil.copytree(data["bank"], coarse)  # the same crops, as if cut at 1.25 x 1.25 x 2 mm
+    record = json.loads((data["bank"] / "bank.json").read_text(encoding="utf-8"))
+    record["settings"]["spacing"] = [1.25, 1.25, 2.0]
+    (coarse / "bank.json").write_text(json.dumps(record), encoding="utf-8")
+    parser = ConfigParser()
+    parser.read_config(CONFIGS / "train.json")
+    parser.update({**_common(tmp_path, data), "crop_bank_dir": str(coarse)})
+    chain = parser.get_parsed_content("train#preprocessing", instantiate=True)
+    inserters = [t for t in chain.transforms if isinstance(t, RandCentreNoduled)]
+    assert len(inserters) == 1 and tuple(inserters[0].spacing) == (1.25, 1.25, 2.0)
+    with pytest.raises(DataError, match="not a crop bank"):
+        bank_spacing(tmp_path / "nothing_here")

@@ -340,6 +340,11 @@ def test_mined_hard_negatives_are_cached_per_scan(synthetic, tmp_path):
     hard = index[index["source"] == "hard_negative"]
     assert len(hard) == min(int((first["label"] == 0).sum()), 64) > 0
     assert (hard["score"] > 0.5).all()
+    # a mined table without the component sizes the bank needs is refused up front, naming file and column
+    broken = tmp_path / "no_sizes.csv"
+    first.drop(columns=["diameter_mm"]).to_csv(broken, index=False)
+    with pytest.raises(DataError, match=r"no_sizes\.csv.*misses column\(s\) diameter_mm"):
+        build_crop_bank(entries, tmp_path / "bank2", CropBankSettings(crop_size=32, random_per_scan=0), hard_negatives=broken)
 
 
 def _network():

@@ -16,6 +16,7 @@ from monai_lung.fpr.bank import (
     CropBank,
     CropBankSettings,
     away_from_findings,
+    bank_spacing,
     build_crop_bank,
     build_scan_crops,
     finding_arrays,

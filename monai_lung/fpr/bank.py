@@ -324,6 +324,15 @@ def build_scan_crops(
     return crops, meta
 
 
+def bank_spacing(bank_dir: str | os.PathLike) -> tuple[float, float, float]:
+    """The (i, j, k) voxel size in mm a crop bank was cut at (its ``bank.json``). Crops are plain tensors
+    without an affine: transforms that work in mm (the synthetic nodules of stage-2 training) take it."""
+    settings = CropBank(bank_dir).settings()
+    if settings is None:
+        raise DataError(bank_dir, "not a crop bank (no bank.json); build one with `monai-lung crops`")
+    return tuple(float(v) for v in settings.spacing)
+
+
 class CropBank:
     """A crop bank folder (see the module docstring for its layout)."""
 
@@ -451,7 +460,7 @@ def build_crop_bank(
     Returns:
         ``{"scans": processed, "skipped": already finished, "crops": rows in the index, "by_source": {...}}``.
     """
-    from monai_lung.io import read_candidates
+    from monai_lung.io import read_candidates, read_mined_candidates
     from monai_lung.transforms.lung_mask import lung_mask
     from monai_lung.transforms.preprocessing import ct_preprocessing
 
@@ -464,7 +473,7 @@ def build_crop_bank(
         candidates = read_candidates(candidates)
     if isinstance(hard_negatives, (str, os.PathLike)):
         extra["hard_negatives"] = _file_fingerprint(hard_negatives)
-        hard_negatives = pd.read_csv(hard_negatives, dtype={"seriesuid": str})
+        hard_negatives = read_mined_candidates(hard_negatives, with_diameter=True)
     if miner is not None:
         extra["stage1"] = miner.fingerprint
     bank.open(settings, extra)
@@ -484,7 +493,7 @@ def build_crop_bank(
         if miner is not None:
             cache = bank.hard_negative_file(uid)
             if cache.is_file():
-                hard = pd.read_csv(cache, dtype={"seriesuid": str})
+                hard = read_mined_candidates(cache, with_diameter=True)
             else:
                 hard = miner(image, entry, lung=lung)
                 write_csv_atomic(cache, hard)

@@ -97,10 +97,11 @@ def read_points(path: str | os.PathLike) -> pd.DataFrame:
     return _read_csv(path, POINT_COLUMNS, "points")
 
 
-def read_mined_candidates(path: str | os.PathLike) -> pd.DataFrame:
+def read_mined_candidates(path: str | os.PathLike, with_diameter: bool = False) -> pd.DataFrame:
     """Read labelled stage-1 candidates ``seriesuid,coordX,coordY,coordZ,peak_prob,label`` (extra columns
-    are dropped)."""
-    return _read_csv(path, MINED_CANDIDATE_COLUMNS, "mined candidates")
+    are dropped); ``with_diameter``: also the component's ``diameter_mm`` (the crop bank needs it)."""
+    columns = MINED_CANDIDATE_COLUMNS + (["diameter_mm"] if with_diameter else [])
+    return _read_csv(path, columns, "mined candidates")
 
 
 def write_luna_csv(path: str | os.PathLike, frame: pd.DataFrame, columns: list[str]) -> None:
