@@ -35,9 +35,9 @@ class CropBankDataset(Dataset):
     """The crops of a crop bank for a set of scans, as MONAI dictionaries.
 
     Each item: ``image`` (1, S, S, S) float32 tensor, the stored crop (S = the bank's ``crop_size``, [0, 1]
-    scaled CT on the 1 mm grid, the candidate point at voxel S // 2); ``label`` int64 scalar (1 nodule,
-    0 not); ``seriesuid``; ``source``; ``point`` (3,) world LPS mm; ``diameter_mm`` (the nodule's for
-    positives, NaN for negatives). ``transform`` then cuts the final crop (jitter, augmentation).
+    scaled CT on the bank's grid, 1 mm by default, the candidate point at voxel S // 2); ``label`` int64
+    scalar (1 nodule, 0 not); ``seriesuid``; ``source``; ``point`` (3,) world LPS mm; ``diameter_mm`` (the
+    nodule's for positives, NaN for negatives). ``transform`` then cuts the final crop (jitter, augmentation).
 
     Args:
         bank_dir: a folder written by :func:`~monai_lung.fpr.bank.build_crop_bank`.
@@ -46,8 +46,9 @@ class CropBankDataset(Dataset):
         transform: MONAI transform applied to each item.
         sources: keep only these sources (e.g. ``["nodule", "hard_negative"]``); None: all.
         track_meta: run ``transform`` on MetaTensors (MONAI's default). Off by default: a stored crop's
-            geometry is fixed (1 mm, candidate at the centre), and MONAI's per-transform meta bookkeeping
-            cost a third of the loading time (202 -> 299 crops/s for the bundle's chain, same tensors).
+            geometry is fixed (the bank's grid, candidate at the centre; transforms that work in mm take
+            :func:`~monai_lung.fpr.bank.bank_spacing`), and MONAI's per-transform meta bookkeeping cost a
+            third of the loading time (202 -> 299 crops/s for the bundle's chain, same tensors).
 
     A scan of ``data`` missing from the bank is an error (the bank is stale or was built for other keys).
     """
