@@ -110,7 +110,7 @@ def probability_maps(bundle: Path, entries: list[dict], args: argparse.Namespace
             z = np.load(path)
             yield entry, z["prob"].astype(np.float32), affine, core, float(z["seconds"])
             continue
-        prob = segment_probability(network, image, lung, roi_size=(args.roi,) * 3, sw_batch_size=4)
+        prob = segment_probability(network, image, lung, roi_size=(args.roi,) * 3, sw_batch_size=4, flip_axes=args.flip_axes)
         seconds = time.perf_counter() - t
         if path is not None:
             np.savez_compressed(path, prob=prob.astype(np.float16), seconds=seconds)
@@ -131,12 +131,17 @@ def main() -> None:
         help="mm; candidate centres must lie in the lungs grown by this (negative: anywhere)",
     )
     p.add_argument("--roi", type=int, default=96)
+    p.add_argument(
+        "--flip-axes", default=",".join(map(str, DetectorConfig.seg_flip_axes)),
+        help="stage-1 flip test-time augmentation as the detector runs it (comma-separated axes; '' for none)",
+    )
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--work-dir", type=Path, default=Path("stage1_bench"), help="trained copy, logs, probability maps")
     p.add_argument("--train-minutes", type=float, default=0.0, help="train a copy of --bundle first (CPU-minutes)")
     p.add_argument("--max-epochs", type=int, default=60, help="epochs the trainer plans for (cosine schedule)")
     p.add_argument("--train-args", nargs=argparse.REMAINDER, default=[], help="extra bundle overrides, e.g. --learning_rate 0.01")
     args = p.parse_args()
+    args.flip_axes = tuple(int(a) for a in args.flip_axes.split(",") if a.strip())
     torch.set_num_threads(args.threads)
     margin = None if args.candidate_lung_margin < 0 else args.candidate_lung_margin
     args.detector_config = DetectorConfig(candidate_lung_margin_mm=margin, min_voxels=args.min_voxels, max_candidates=10**6)
@@ -145,7 +150,7 @@ def main() -> None:
     bundle = args.bundle
     if args.train_minutes > 0:
         bundle = train_with_budget(args.bundle, args.work_dir, args)
-    cache = args.work_dir / "prob"
+    cache = args.work_dir / ("prob" + "".join(f"_flip{a}" for a in args.flip_axes))  # maps differ with the flips
     if cache.exists() and args.train_minutes > 0:
         shutil.rmtree(cache)
     cache.mkdir(exist_ok=True)

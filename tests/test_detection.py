@@ -4,6 +4,7 @@ detection bundle, resume, failure isolation, torchrun equality and the review re
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -50,7 +51,7 @@ def models(tmp_path_factory):
     })
     run_cmd([sys.executable, "-m", "monai_lung", "assemble", "--seg-bundle", str(seg), "--cls-bundle", str(cls), "--output-bundle", str(det)])
     entries = load_datalist_entries(datalist, "test", data)  # absolute image paths
-    return {"root": root, "data": data, "datalist": datalist, "det": det, "entries": entries,
+    return {"root": root, "data": data, "datalist": datalist, "seg": seg, "cls": cls, "det": det, "entries": entries,
             "annotations": pd.read_csv(data / "annotations.csv", dtype={"seriesuid": str})}
 
 
@@ -151,6 +152,28 @@ def test_bad_scans_are_recorded_and_the_run_goes_on(models, tmp_path):
     assert "smaller than" in failures["tiny"]
     assert "garbage.mhd" in failures["garbage"]
     assert (out.with_name("preds_scans") / f"{Path(good['image']).stem}.json").is_file()
+
+
+def test_stage_bundles_with_other_preprocessing_are_refused(models, tmp_path):
+    """Stage 2 scores crops cut from the stage-1 volume: a classifier set up for another voxel size or
+    window must not be assembled or loaded beside it."""
+    from monai_lung.detection import assemble_two_stage, load_detector
+    from monai_lung.io import DataError
+
+    for key, value in (("spacing", [1.25, 1.25, 2.0]), ("hu_window", [-1200.0, 600.0])):
+        cls = tmp_path / key / CLS
+        shutil.copytree(models["cls"], cls)
+        config = cls / "configs" / "inference.json"
+        settings = json.loads(config.read_text())
+        settings[key] = value
+        config.write_text(json.dumps(settings))
+        with pytest.raises(DataError, match=rf"inference.json.*{re.escape(f'{key} {value}')}.*differs"):
+            assemble_two_stage(models["seg"], cls, models["det"])
+        with pytest.raises(DataError, match=rf"{re.escape(f'{key} {value}')}.*differs"):
+            load_detector(seg_bundle=models["seg"], cls_bundle=cls)
+    # the bundles as trained still agree
+    detector, prep = load_detector(seg_bundle=models["seg"], cls_bundle=models["cls"])
+    assert prep == {"spacing": [1.0, 1.0, 1.0], "hu_window": [-1000.0, 400.0]}
 
 
 def test_torchrun_two_ranks_equal_a_single_process(models, first_run, tmp_path):

@@ -106,6 +106,31 @@ def test_segment_probability_with_and_without_lung_mask():
     assert gated[0, 0, 0] < 1e-6  # far from the lungs: not computed, background
 
 
+def test_flip_tta_maps_each_pass_back_onto_the_scan():
+    """Each flipped pass is flipped back before averaging: a per-voxel network (flip-equivariant) gives the
+    plain map, and for the UNet, flipping the scan flips the averaged map."""
+    torch.manual_seed(0)
+    image = torch.rand((1, 48, 48, 48))
+    lung = np.zeros((48, 48, 48), bool)
+    # every window of the grid touches lung; the grid's box (lung + 8 voxels) is off-centre along axis 0, so a
+    # gate left unflipped would leave voxels 0-9 as background in the flipped pass
+    lung[4:30, 8:40, 8:40] = True
+    pointwise = torch.nn.Conv3d(1, 2, kernel_size=1).eval()
+    plain = segment_probability(pointwise, image, lung, roi_size=(32, 32, 32))
+    both = segment_probability(pointwise, image, lung, roi_size=(32, 32, 32), flip_axes=(0, 1))
+    np.testing.assert_allclose(both, plain, atol=1e-6)
+
+    image = image[:, :32, :32, :32]
+
+    net = UNet(3, 1, 2, (4, 8, 16), (2, 2), num_res_units=0).eval()
+    tta = segment_probability(net, image, None, roi_size=(32, 32, 32), flip_axes=(0,))
+    assert np.abs(tta - segment_probability(net, image, None, roi_size=(32, 32, 32))).max() > 1e-4  # it averages something
+    flipped = segment_probability(net, torch.flip(image, dims=(1,)), None, roi_size=(32, 32, 32), flip_axes=(0,))
+    np.testing.assert_allclose(flipped, np.flip(tta, axis=0), atol=1e-5)
+    with pytest.raises(ValueError, match="spatial axes"):
+        segment_probability(net, image, None, roi_size=(32, 32, 32), flip_axes=(3,))
+
+
 def test_background_indices_stay_in_the_region():
     label = np.zeros((40, 40, 40), np.uint8)
     label[20, 20, 20] = 1

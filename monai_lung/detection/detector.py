@@ -36,6 +36,11 @@ class DetectorConfig:
     overlap: float = 0.25
     sw_batch_size: int = 4
     blend_mode: str = "gaussian"
+    # stage-1 test-time augmentation: the sliding window also runs on the scan flipped along these axes of
+    # the RAS grid (0: left-right, 1: front-back, 2: up-down; one pass each) and the probabilities are
+    # averaged; () runs once. Demo models on 20 held-out scans: stage-1-only CPM 0.522 -> 0.576, product
+    # 0.571 -> 0.588, stage-1 false positives -36%, for 3x the sliding-window time
+    seg_flip_axes: tuple[int, ...] = (0, 1)
     seg_threshold: float = 0.3
     min_voxels: int = 3
     max_candidates: int = 600  # per scan, by stage-1 peak probability (stage 2 scores ~300-470 crops/s per flip on 2 CPU cores)
@@ -64,7 +69,7 @@ class DetectorConfig:
         unknown = set(values) - set(cls.__dataclass_fields__)
         if unknown:
             raise ValueError(f"unknown detector parameter(s): {', '.join(sorted(unknown))}")
-        for key in ("hu_window", "roi_size", "crop_size"):
+        for key in ("hu_window", "roi_size", "crop_size", "seg_flip_axes"):
             if key in values:
                 values[key] = tuple(values[key])
         return cls(**values)
@@ -210,6 +215,7 @@ class TwoStageDetector:
             device="cpu" if cfg.keep_volume_on_cpu else self.device,
             sw_device=self.device,
             amp=cfg.amp,
+            flip_axes=cfg.seg_flip_axes,
         )
         timings["sliding_window"] = time.perf_counter() - t
 

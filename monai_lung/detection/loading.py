@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from monai_lung.detection.detector import DetectorConfig, TwoStageDetector, TwoStageNetwork, resolve_device
@@ -35,14 +36,42 @@ def stage_network(bundle_dir: str | os.PathLike) -> torch.nn.Module:
     return load_weights(network, Path(bundle_dir) / "models" / "model.pt")
 
 
+def preprocessing_settings(bundle_dir: str | os.PathLike) -> dict:
+    """A bundle's ``{"spacing": (3,) mm, "hu_window": (2,) HU}`` from its ``configs/inference.json``."""
+    parser = bundle_parser(bundle_dir)
+    return {key: [float(v) for v in parser.get_parsed_content(key)] for key in ("spacing", "hu_window")}
+
+
+def check_same_preprocessing(reference: str | os.PathLike, *others: str | os.PathLike) -> dict:
+    """Refuse bundles whose ``spacing`` or ``hu_window`` differ from ``reference``'s; return the reference's.
+
+    The detector resamples and windows a scan once, with the stage-1 bundle's settings, and cuts the
+    stage-2 crops from that volume: a classifier trained at another voxel size or window would score
+    nodules drawn at the wrong size or contrast without any error.
+    """
+    ref = preprocessing_settings(reference)
+    for other in others:
+        theirs = preprocessing_settings(other)
+        for key in ("spacing", "hu_window"):
+            if not np.allclose(theirs[key], ref[key]):
+                raise DataError(
+                    Path(other) / "configs" / "inference.json",
+                    f"{key} {theirs[key]} differs from {ref[key]} of {reference}: the two stages must share the "
+                    "scan preprocessing (the detector cuts stage-2 crops from the stage-1 volume)",
+                )
+    return ref
+
+
 def assemble_two_stage(seg_bundle: str | os.PathLike, cls_bundle: str | os.PathLike, detection_bundle: str | os.PathLike) -> Path:
     """Write ``detection_bundle/models/model.pt``: the two trained stage networks as one state dict.
 
-    The detection bundle's own ``network_def`` must describe the same architectures; loading the
-    weights into it (strictly) is checked before anything is written.
+    The three bundles must share ``spacing`` and ``hu_window`` (:func:`check_same_preprocessing`), and the
+    detection bundle's own ``network_def`` must describe the same architectures; loading the weights into
+    it (strictly) is checked before anything is written.
     """
     from monai_lung.io.atomic import atomic_path
 
+    check_same_preprocessing(seg_bundle, cls_bundle, detection_bundle)
     combined = TwoStageNetwork(stage_network(seg_bundle), stage_network(cls_bundle))
     target_net = bundle_parser(detection_bundle).get_parsed_content("network_def")
     try:
@@ -77,9 +106,8 @@ def load_detector(
         config = dict(parser.get_parsed_content("detector_config"))
         prep = {"spacing": parser.get_parsed_content("spacing"), "hu_window": parser.get_parsed_content("hu_window")}
     elif seg_bundle is not None and cls_bundle is not None:
+        prep = check_same_preprocessing(seg_bundle, cls_bundle)
         network = TwoStageNetwork(stage_network(seg_bundle), stage_network(cls_bundle))
-        parser = bundle_parser(seg_bundle)
-        prep = {"spacing": parser.get_parsed_content("spacing"), "hu_window": parser.get_parsed_content("hu_window")}
         config = {"hu_window": prep["hu_window"]}
     else:
         raise ValueError("give the detection bundle (models) or both stage bundles (seg_bundle and cls_bundle)")

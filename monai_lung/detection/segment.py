@@ -107,13 +107,30 @@ def segment_probability(
     device: torch.device | str | None = None,
     sw_device: torch.device | str | None = None,
     amp: bool = True,
+    flip_axes: Sequence[int] = (),
 ) -> np.ndarray:
     """Nodule probability of every voxel of a preprocessed (1, i, j, k) scan, as an (i, j, k) float32 array.
 
     See :func:`lung_gated_logits` for the arguments; the probability is the softmax of channel 1.
+    ``flip_axes``: test-time augmentation over spatial axes (0, 1, 2 = i, j, k): the scan (and its lung
+    mask) is also run flipped along each of these axes, one pass per axis, and the flipped-back
+    probabilities are averaged with the plain pass; () runs once.
     """
-    logits = lung_gated_logits(network, image, lung, roi_size, sw_batch_size, overlap, mode, device or "cpu", sw_device or "cpu", amp)
-    return torch.softmax(logits, dim=0)[1].cpu().numpy()
+    img = image.as_tensor() if hasattr(image, "as_tensor") else torch.as_tensor(image)
+    views = [None, *(int(a) for a in flip_axes)]
+    prob = None
+    for axis in views:
+        x, gate = img, lung
+        if axis is not None:
+            if axis not in (0, 1, 2):
+                raise ValueError(f"flip axes are spatial axes 0, 1, 2 of the (i, j, k) grid, got {axis}")
+            x = torch.flip(img, dims=(axis + 1,))
+            gate = None if lung is None else np.ascontiguousarray(np.flip(lung, axis=axis))
+        logits = lung_gated_logits(network, x, gate, roi_size, sw_batch_size, overlap, mode, device or "cpu", sw_device or "cpu", amp)
+        p = torch.softmax(logits, dim=0)[1].cpu()
+        p = p if axis is None else torch.flip(p, dims=(axis,))
+        prob = p if prob is None else prob.add_(p)
+    return prob.div_(len(views)).numpy()
 
 
 class LungSlidingWindowInferer:
