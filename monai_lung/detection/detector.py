@@ -63,6 +63,11 @@ class DetectorConfig:
     device: str = "auto"  # where the networks run: "auto" (CUDA when present), "cpu", "cuda", "cuda:1"
     keep_volume_on_cpu: bool = True  # stitch sliding-window output in host memory (large scans on small GPUs)
 
+    def __post_init__(self):
+        # checked here, not at the first scan: a batch job would otherwise record every scan as failed
+        if any(a not in (0, 1, 2) for a in self.seg_flip_axes) or len(set(self.seg_flip_axes)) != len(self.seg_flip_axes):
+            raise ValueError(f"seg_flip_axes: distinct spatial axes among 0, 1, 2, got {self.seg_flip_axes}")
+
     @classmethod
     def from_dict(cls, values: dict | None) -> "DetectorConfig":
         values = dict(values or {})

@@ -118,12 +118,12 @@ def segment_probability(
     """
     img = image.as_tensor() if hasattr(image, "as_tensor") else torch.as_tensor(image)
     views = [None, *(int(a) for a in flip_axes)]
+    if any(axis not in (None, 0, 1, 2) for axis in views):
+        raise ValueError(f"flip axes are spatial axes 0, 1, 2 of the (i, j, k) grid, got {tuple(flip_axes)}")
     prob = None
     for axis in views:
         x, gate = img, lung
         if axis is not None:
-            if axis not in (0, 1, 2):
-                raise ValueError(f"flip axes are spatial axes 0, 1, 2 of the (i, j, k) grid, got {axis}")
             x = torch.flip(img, dims=(axis + 1,))
             gate = None if lung is None else np.ascontiguousarray(np.flip(lung, axis=axis))
         logits = lung_gated_logits(network, x, gate, roi_size, sw_batch_size, overlap, mode, device or "cpu", sw_device or "cpu", amp)
