@@ -127,10 +127,8 @@ def test_flip_tta_maps_each_pass_back_onto_the_scan():
     assert np.abs(tta - segment_probability(net, image, None, roi_size=(32, 32, 32))).max() > 1e-4  # it averages something
     flipped = segment_probability(net, torch.flip(image, dims=(1,)), None, roi_size=(32, 32, 32), flip_axes=(0,))
     np.testing.assert_allclose(flipped, np.flip(tta, axis=0), atol=1e-5)
-    with pytest.raises(ValueError, match="spatial axes"):
+    with pytest.raises(ValueError, match="flip_axes: distinct spatial axes"):
         segment_probability(net, image, None, roi_size=(32, 32, 32), flip_axes=(3,))
-    from monai_lung.detection.detector import DetectorConfig
-
     assert DetectorConfig.from_dict({"seg_flip_axes": [2]}).seg_flip_axes == (2,)
     for bad in ([3], [0, 0]):
         with pytest.raises(ValueError, match="seg_flip_axes"):

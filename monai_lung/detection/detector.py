@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 
 from monai_lung.detection.candidates import candidates_inside, extract_candidates
-from monai_lung.detection.segment import segment_probability
+from monai_lung.detection.segment import check_flip_axes, segment_probability
 from monai_lung.io.coords import voxel_spacing
 from monai_lung.io.errors import DataError
 from monai_lung.transforms.lung_mask import lung_masks
@@ -65,8 +65,7 @@ class DetectorConfig:
 
     def __post_init__(self):
         # checked here, not at the first scan: a batch job would otherwise record every scan as failed
-        if any(a not in (0, 1, 2) for a in self.seg_flip_axes) or len(set(self.seg_flip_axes)) != len(self.seg_flip_axes):
-            raise ValueError(f"seg_flip_axes: distinct spatial axes among 0, 1, 2, got {self.seg_flip_axes}")
+        check_flip_axes(self.seg_flip_axes, "seg_flip_axes")
 
     @classmethod
     def from_dict(cls, values: dict | None) -> "DetectorConfig":

@@ -36,10 +36,13 @@ def stage_network(bundle_dir: str | os.PathLike) -> torch.nn.Module:
     return load_weights(network, Path(bundle_dir) / "models" / "model.pt")
 
 
+def _preprocessing_of(parser) -> dict:
+    return {key: [float(v) for v in parser.get_parsed_content(key)] for key in ("spacing", "hu_window")}
+
+
 def preprocessing_settings(bundle_dir: str | os.PathLike) -> dict:
     """A bundle's ``{"spacing": (3,) mm, "hu_window": (2,) HU}`` from its ``configs/inference.json``."""
-    parser = bundle_parser(bundle_dir)
-    return {key: [float(v) for v in parser.get_parsed_content(key)] for key in ("spacing", "hu_window")}
+    return _preprocessing_of(bundle_parser(bundle_dir))
 
 
 def check_same_preprocessing(reference: str | os.PathLike, *others: str | os.PathLike) -> dict:
@@ -104,7 +107,7 @@ def load_detector(
         parser = bundle_parser(models)
         network = load_weights(parser.get_parsed_content("network_def"), Path(models) / "models" / "model.pt")
         config = dict(parser.get_parsed_content("detector_config"))
-        prep = {"spacing": parser.get_parsed_content("spacing"), "hu_window": parser.get_parsed_content("hu_window")}
+        prep = _preprocessing_of(parser)
     elif seg_bundle is not None and cls_bundle is not None:
         prep = check_same_preprocessing(seg_bundle, cls_bundle)
         network = TwoStageNetwork(stage_network(seg_bundle), stage_network(cls_bundle))

@@ -95,6 +95,14 @@ def lung_gated_logits(
     return out
 
 
+def check_flip_axes(axes: Sequence[int], name: str = "flip_axes") -> tuple[int, ...]:
+    """``axes`` as a tuple of distinct spatial axes 0, 1, 2 of the (i, j, k) grid, else ValueError naming ``name``."""
+    axes = tuple(int(a) for a in axes)
+    if any(a not in (0, 1, 2) for a in axes) or len(set(axes)) != len(axes):
+        raise ValueError(f"{name}: distinct spatial axes among 0, 1, 2 of the (i, j, k) grid, got {axes}")
+    return axes
+
+
 @torch.no_grad()
 def segment_probability(
     network: torch.nn.Module,
@@ -112,14 +120,12 @@ def segment_probability(
     """Nodule probability of every voxel of a preprocessed (1, i, j, k) scan, as an (i, j, k) float32 array.
 
     See :func:`lung_gated_logits` for the arguments; the probability is the softmax of channel 1.
-    ``flip_axes``: test-time augmentation over spatial axes (0, 1, 2 = i, j, k): the scan (and its lung
-    mask) is also run flipped along each of these axes, one pass per axis, and the flipped-back
+    ``flip_axes``: test-time augmentation over distinct spatial axes (0, 1, 2 = i, j, k): the scan (and its
+    lung mask) is also run flipped along each of these axes, one pass per axis, and the flipped-back
     probabilities are averaged with the plain pass; () runs once.
     """
     img = image.as_tensor() if hasattr(image, "as_tensor") else torch.as_tensor(image)
-    views = [None, *(int(a) for a in flip_axes)]
-    if any(axis not in (None, 0, 1, 2) for axis in views):
-        raise ValueError(f"flip axes are spatial axes 0, 1, 2 of the (i, j, k) grid, got {tuple(flip_axes)}")
+    views = [None, *check_flip_axes(flip_axes)]
     prob = None
     for axis in views:
         x, gate = img, lung
