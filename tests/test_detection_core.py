@@ -11,7 +11,6 @@ from monai.networks.nets import UNet
 
 from monai_lung.detection import LungGatedPredictor, extract_candidates, merge_close_candidates, segment_probability
 from monai_lung.io import index_to_world
-from monai_lung.detection.candidates import candidates_inside
 from monai_lung.detection.detector import DetectorConfig, stage1_candidates
 from monai_lung.transforms import balanced_indices, lung_mask, lung_masks
 
@@ -75,7 +74,26 @@ def test_lung_masks_nest_and_keep_wall_candidates_out():
     in_lung = stage1_candidates(prob, affine, cfg, tight)
     assert len(everywhere) == 2 and len(in_lung) == 1
     assert in_lung.iloc[0].index_i == pytest.approx(30.0)
-    assert len(candidates_inside(everywhere.iloc[:0], tight)) == 0
+
+
+def test_a_large_pleural_nodule_whose_centre_is_outside_the_lung_mask_stays_a_candidate():
+    # a 24 mm nodule bulging from the chest wall (x < 20) into the lung: the mask's closing does not fill a
+    # bite that wide, so its centre (x = 22, 12 mm into the nodule) is outside the tight mask; it reaches in
+    vol = np.full((120, 100, 80), -1000.0, np.float32)
+    vol[5:115, 5:95, :] = 40.0
+    vol[20:100, 20:80, 5:75] = -850.0
+    ii, jj, kk = np.ogrid[:120, :100, :80]
+    ball = (ii - 22) ** 2 + (jj - 50) ** 2 + (kk - 40) ** 2 <= 12**2
+    vol[ball] = 40.0
+    _, tight = lung_masks(vol, (1.0, 1.0, 1.0), (8.0, 4.0), hu_window=None)
+    assert not tight[22, 50, 40] and tight[ball].any()
+    prob = np.where(ball, 0.99, 0.0).astype(np.float32)
+    prob[8:11, 50:53, 38:41] = 0.95  # a blob in the wall at the same height, clear of the lung: still dropped
+    cands = stage1_candidates(prob, np.eye(4), DetectorConfig(seg_threshold=0.5, min_voxels=3), tight)
+    assert len(cands) == 1
+    assert cands.iloc[0].index_i == pytest.approx(22.0, abs=0.5) and cands.iloc[0].diameter_mm > 20
+    with pytest.raises(ValueError, match="region shape"):
+        extract_candidates(prob, np.eye(4), region=tight[:-1])
 
 
 def test_gated_predictor_skips_windows_without_lung():

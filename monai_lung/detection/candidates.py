@@ -22,6 +22,7 @@ def extract_candidates(
     min_voxels: int = 1,
     max_candidates: int | None = 200,
     space: str = "RAS",
+    region: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """Connected components of ``prob > threshold`` as candidates.
 
@@ -31,6 +32,10 @@ def extract_candidates(
         threshold: probability above which a voxel belongs to a component.
         min_voxels: smaller components are dropped (noise).
         max_candidates: keep the components with the highest peak probability (None: all).
+        space: world frame of ``affine`` ("RAS" or "LPS"); the output coordinates are LPS either way.
+        region: optional (i, j, k) bool mask on ``prob``'s grid: only components with at least one voxel
+            in it are kept (the lungs: a large juxta-pleural nodule's centre can lie outside a lung mask, since
+            the mask's closing does not fill a bite that wide, but the nodule always reaches into the lung).
 
     Returns:
         DataFrame with :data:`CANDIDATE_FIELDS`, one row per component, sorted by ``peak_prob``
@@ -53,7 +58,13 @@ def extract_candidates(
     ) / np.maximum(sums_all, 1e-12)[:, None]
     peaks_all = np.zeros(n + 1)
     np.maximum.at(peaks_all, lab, p)
-    index = np.flatnonzero(counts_all >= max(min_voxels, 1))
+    keep = counts_all >= max(min_voxels, 1)
+    if region is not None:
+        region = np.asarray(region, dtype=bool)
+        if region.shape != prob.shape:
+            raise ValueError(f"region shape {region.shape} differs from the probability map's {prob.shape}")
+        keep &= np.bincount(lab, weights=region.ravel()[fg], minlength=n + 1) > 0
+    index = np.flatnonzero(keep)
     index = index[index > 0]
     if index.size == 0:
         return empty
@@ -72,12 +83,3 @@ def extract_candidates(
     frame = frame.sort_values("peak_prob", ascending=False, kind="stable").reset_index(drop=True)
     return frame if max_candidates is None else frame.head(max_candidates).reset_index(drop=True)
 
-
-def candidates_inside(frame: pd.DataFrame, mask: np.ndarray) -> pd.DataFrame:
-    """Rows of a candidate ``frame`` whose centre voxel (``index_i/j/k``, rounded and clipped to the
-    grid) lies in ``mask``, an (i, j, k) bool array on the probability map's grid. Order is kept."""
-    if len(frame) == 0:
-        return frame
-    ijk = np.rint(frame[["index_i", "index_j", "index_k"]].to_numpy(dtype=np.float64)).astype(np.int64)
-    ijk = np.clip(ijk, 0, np.asarray(mask.shape) - 1)
-    return frame[np.asarray(mask)[tuple(ijk.T)]].reset_index(drop=True)

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from monai_lung.detection.candidates import candidates_inside, extract_candidates
+from monai_lung.detection.candidates import extract_candidates
 from monai_lung.detection.segment import check_flip_axes, segment_probability
 from monai_lung.io.coords import voxel_spacing
 from monai_lung.io.errors import DataError
@@ -44,9 +44,10 @@ class DetectorConfig:
     seg_threshold: float = 0.3
     min_voxels: int = 3
     max_candidates: int = 600  # per scan, by stage-1 peak probability (stage 2 scores ~300-470 crops/s per flip on 2 CPU cores)
-    # a candidate's centre must lie in the lungs (closed, so nodules on the pleura count) grown by this many
-    # mm: the UNet's false positives are mostly in the chest wall and mediastinum next to the lungs.
-    # None: anywhere (also when use_lung_mask is off)
+    # a candidate's component must reach into the lungs (closed, so nodules on the pleura count) grown by this
+    # many mm: the UNet's false positives are mostly in the chest wall and mediastinum next to the lungs.
+    # Not the centre: a large juxta-pleural nodule's centre can lie outside the mask. None: anywhere (also
+    # when use_lung_mask is off)
     candidate_lung_margin_mm: float | None = 4.0
     window_lung_margin_mm: float = 8.0  # where sliding windows run: the lungs grown by this
     merge_distance_mm: float = 5.0  # candidates closer than this are one finding (keeps the higher peak)
@@ -133,12 +134,10 @@ def stage1_candidates(
     prob: np.ndarray, affine: np.ndarray, cfg: DetectorConfig, lung_core: np.ndarray | None = None, space: str = "RAS"
 ) -> pd.DataFrame:
     """Candidates of a stage-1 (i, j, k) probability map (grid ``affine``, world ``space``): components
-    above ``cfg.seg_threshold`` with at least ``cfg.min_voxels`` voxels, centres inside ``lung_core``
+    above ``cfg.seg_threshold`` with at least ``cfg.min_voxels`` voxels that reach into ``lung_core``
     (an (i, j, k) bool mask, None: anywhere), near-duplicates merged, the ``cfg.max_candidates`` with the
     highest peak probability. Columns: :data:`~monai_lung.detection.candidates.CANDIDATE_FIELDS`."""
-    cands = extract_candidates(prob, affine, cfg.seg_threshold, cfg.min_voxels, max_candidates=None, space=space)
-    if lung_core is not None:
-        cands = candidates_inside(cands, lung_core)
+    cands = extract_candidates(prob, affine, cfg.seg_threshold, cfg.min_voxels, max_candidates=None, space=space, region=lung_core)
     cands = merge_close_candidates(cands, cfg.merge_distance_mm)
     return cands.head(cfg.max_candidates).reset_index(drop=True)
 

@@ -145,14 +145,13 @@ class HardNegativeMiner:
             image: (1, i, j, k) preprocessed MetaTensor (scaled CT; ``affine`` voxel -> world mm in ``meta["space"]``).
             entry: its data-list entry (``seriesuid``, ``nodules``, ``excluded``; world LPS mm).
             lung: optional (i, j, k) bool lung mask (windows outside it are skipped).
-            candidate_mask: optional (i, j, k) bool mask that candidate centres must lie in (the detector's
-                tight lung mask, so that stage 2 learns the false positives it will be shown).
+            candidate_mask: optional (i, j, k) bool mask that candidate components must reach into (the
+                detector's tight lung mask, so that stage 2 learns the false positives it will be shown).
 
         Returns:
             DataFrame with :data:`MINED_COLUMNS`, most confident first.
         """
         from monai_lung.detection import extract_candidates, segment_probability
-        from monai_lung.detection.candidates import candidates_inside
 
         prob = segment_probability(
             self.network, image, lung=lung, roi_size=self.roi_size, sw_batch_size=self.sw_batch_size,
@@ -160,9 +159,9 @@ class HardNegativeMiner:
         )
         space = str(image.meta.get("space", "RAS")) if hasattr(image, "meta") else "RAS"
         affine = image.affine.numpy() if hasattr(image, "affine") else np.eye(4)
-        cands = extract_candidates(prob, affine, self.threshold, self.min_voxels, max_candidates=None, space=space)
-        if candidate_mask is not None:
-            cands = candidates_inside(cands, candidate_mask)
+        cands = extract_candidates(
+            prob, affine, self.threshold, self.min_voxels, max_candidates=None, space=space, region=candidate_mask
+        )
         if self.max_candidates is not None:
             cands = cands.head(self.max_candidates).reset_index(drop=True)
         cands.insert(0, "seriesuid", str(entry.get("seriesuid") or seriesuid_of(entry["image"])))
