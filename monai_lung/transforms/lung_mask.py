@@ -65,7 +65,7 @@ def lung_masks(
     min_fraction: float = 0.1,
 ) -> list[np.ndarray]:
     """:func:`lung_mask` at several margins from one segmentation, e.g. a generous one for where the
-    sliding window runs and a tight one for where a candidate's centre may lie. Returns one (i, j, k)
+    sliding window runs and a tight one that a candidate's component must reach into. Returns one (i, j, k)
     bool array per entry of ``margins_mm`` (mm); the other arguments are :func:`lung_mask`'s."""
     vol = torch.as_tensor(np.asarray(volume) if not isinstance(volume, torch.Tensor) else volume).float()
     if isinstance(vol, MetaTensor):
