@@ -186,7 +186,7 @@ def run_demo(args: argparse.Namespace) -> int:
     print(f"[demo] CPM {result['cpm']:.3f} on {result.get('counts', {}).get('num_scans', '?')} synthetic test scans")
     print("[demo] sensitivity at " + ", ".join(f"{r['fps_per_scan']:g}: {r['sensitivity']:.3f}" for r in result["sensitivities"]) + " FPs/scan")
     print("[demo] CPM by final score (same candidates): " + ", ".join(f"{k} {v:.3f}" for k, v in by_score.items())
-          + "  (stage1: UNet peak only; stage2: ResNet only; product: both)")
+          + "  (stage1: UNet peak only; stage2: ResNet only; product, odds_product: both)")
     print(f"[demo] FROC plot: {froc / 'froc.png'}   curve: {froc / 'froc.csv'}")
     print(f"[demo] review report: {report / 'index.html'}   predictions: {preds}")
     print(f"[demo] trained bundles: {seg}, {cls}, {det}")
@@ -194,19 +194,23 @@ def run_demo(args: argparse.Namespace) -> int:
 
 
 def compare_final_scores(preds_csv: Path, data_dir: Path, datalist: Path, out_dir: Path, n_bootstrap: int = 100) -> dict:
-    """CPM of the same detection run under each final score (stage-1 peak, stage-2 probability, their
-    product), re-ranked from the per-scan JSON results that ``detect`` keeps: shows which stage limits
-    the result. Returns {score name: CPM}; each evaluation's files go to ``out_dir/<name>/``."""
+    """CPM of the same detection run under each final score (stage-1 peak, stage-2 probability, and the two
+    rules that combine them: see ``detection.detector.final_score``), re-ranked from the per-scan JSON results
+    that ``detect`` keeps: shows which stage limits the result. Returns {score name: CPM}; each evaluation's
+    files go to ``out_dir/<name>/``."""
     from monai_lung.detection.batch import ledger_findings, scans_dir_for
+    from monai_lung.detection.detector import final_score
     from monai_lung.evaluation.run import run_evaluation
     from monai_lung.evaluation.scanlist import read_datalist_seriesuids
     from monai_lung.io.atomic import write_csv_atomic
 
-    table = ledger_findings(scans_dir_for(preds_csv)).rename(columns={"stage1_peak": "stage1", "stage2_prob": "stage2"})
-    table["product"] = table["stage1"] * table["stage2"]
+    table = ledger_findings(scans_dir_for(preds_csv))
+    names = ("stage1", "stage2", "product", "odds_product")
+    for name in names:
+        table[name] = final_score(table["stage1_peak"].to_numpy(), table["stage2_prob"].to_numpy(), name)
     uids = read_datalist_seriesuids(datalist, "test")
     cpm = {}
-    for name in ("stage1", "stage2", "product"):
+    for name in names:
         csv = out_dir / name / "predictions.csv"
         csv.parent.mkdir(parents=True, exist_ok=True)
         write_csv_atomic(csv, table[["seriesuid", "coordX", "coordY", "coordZ"]].assign(probability=table[name]))

@@ -11,7 +11,7 @@ from monai.networks.nets import UNet
 
 from monai_lung.detection import LungGatedPredictor, extract_candidates, merge_close_candidates, segment_probability
 from monai_lung.io import index_to_world
-from monai_lung.detection.detector import DetectorConfig, stage1_candidates
+from monai_lung.detection.detector import FINAL_SCORES, DetectorConfig, final_score, stage1_candidates
 from monai_lung.transforms import balanced_indices, lung_mask, lung_masks
 
 
@@ -161,3 +161,25 @@ def test_background_indices_stay_in_the_region():
     region[5:15, 5:15, 5:15] = True
     _, bg = balanced_indices(label, image, num_background=200, region=region, seed=1)
     assert len(bg) == 200 and region.ravel()[bg].all()
+
+
+def test_final_scores_combine_the_stages_as_documented():
+    s1 = np.array([0.5, 0.9, 0.2, 1.0, 0.0])
+    s2 = np.array([0.7, 0.9, 0.2, 0.3, 0.8])
+    np.testing.assert_allclose(final_score(s1, s2, "product"), s1 * s2)
+    np.testing.assert_allclose(final_score(s1, s2, "stage1"), s1)
+    np.testing.assert_allclose(final_score(s1, s2, "stage2"), s2)
+    odds = final_score(s1, s2, "odds_product")
+    assert odds[0] == pytest.approx(0.7)  # an undecided stage leaves the other's probability as it is
+    assert odds[1] == pytest.approx(0.81 / (0.81 + 0.01))  # two 0.9s: odds 9 x 9 = 81
+    assert odds[2] == pytest.approx(0.04 / (0.04 + 0.64))
+    assert 0.0 < odds[4] < odds[3] < 1.0  # saturated stage-1 peaks are clipped, so stage 2 still orders them
+    # a stage-1 peak of 0.9999999 with a hesitant stage 2 outranks 0.999 with a confident one; the product says otherwise
+    a, b = final_score(np.array([0.9999999, 0.999]), np.array([0.476, 0.9]), "odds_product")
+    assert a > b and 0.9999999 * 0.476 < 0.999 * 0.9
+    with pytest.raises(ValueError, match="score must be one of"):
+        final_score(s1, s2, "mean")
+    with pytest.raises(ValueError, match="score must be one of"):
+        DetectorConfig(score="mean")
+    assert set(FINAL_SCORES) == {"odds_product", "product", "stage1", "stage2"}
+    assert DetectorConfig().score == "odds_product"
