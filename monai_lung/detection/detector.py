@@ -89,7 +89,7 @@ class DetectorConfig:
     # final probability, one of FINAL_SCORES (see final_score). "odds_product" adds the two stages' log-odds, so a
     # stage that is sure outweighs one that hesitates; "product" caps the result at the weaker stage. Demo models
     # with stage-1 flip TTA, CPM odds_product / product / stage 1 alone: 10 test scans 0.603 / 0.587 / 0.587,
-    # 10 validation scans 0.613 / 0.580 / 0.546, 20 new scans 0.537 / 0.491 / 0.526, all 40 0.581 / 0.548 / 0.555
+    # 10 validation scans 0.605 / 0.580 / 0.538, 20 new scans 0.577 / 0.531 / 0.560
     score: str = "odds_product"
     min_probability: float = 0.0  # findings below this are not reported
     amp: bool = True  # float16 autocast on CUDA
