@@ -321,7 +321,8 @@ def test_index_html(tmp_path):
                                report)
     high = render_scan_findings(scan_b, "1.2.3.high", [
         {"coord": list(c + np.array([3.0, 0, 0])), "diameter_mm": 9.96, "probability": 0.71234},
-        {"coord": [-1.234, 5.678, -90.05], "diameter_mm": 3.0, "probability": 0.95},
+        {"coord": [-1.234, 5.678, -90.05], "diameter_mm": 3.0, "probability": 0.95, "stage1_peak": 0.99949,
+         "stage2_prob": 0.47578},
     ], report)
     evil = '1.2.<script>alert("x")</script>'
     scans = [
@@ -365,8 +366,11 @@ def test_index_html(tmp_path):
     # findings of a scan by score: the 0.95 finding's figure comes before the 0.712 one
     section = text[text.index('id="findings"'): text.index('id="all"')]
     assert section.index("0.950") < section.index("0.712")
+    # both stages' scores beside the final one where the finding has them (the caption, and the flat table)
+    assert section.count("(stage 1 0.999, stage 2 0.476)") == 1 and section.count("(stage 1") == 1
     # flat list of all findings by score
     flat = text[text.index('id="all"'):]
+    assert "<th class=\"num\">stage 1</th>" in flat and flat.count(">0.999<") == 1 and flat.count(">0.476<") == 1
     pos = [flat.index(p) for p in ("0.950", "0.712", "0.400")]
     assert pos == sorted(pos)
     # summary: 4 scans, 1 failed, 3 findings

@@ -174,7 +174,7 @@ def _scan_section(report_dir: Path, anchor: str, scan: Mapping[str, Any]) -> str
     if _is_ok(scan) and not findings:
         parts.append('<p class="meta">no findings</p>')
     for k, f in enumerate(findings, start=1):
-        caption = (f"<b>#{k}</b> · probability <b>{_fmt(f.get('probability'), 3)}</b> · "
+        caption = (f"<b>#{k}</b> · probability <b>{_fmt(f.get('probability'), 3)}</b>{_stage_text(f)} · "
                    f"diameter {_fmt(f.get('diameter_mm'), 1)} mm · "
                    f"world LPS (x, y, z) = {_esc(_coord_text(f.get('coord')))} mm")
         alt = f"{uid} finding {k}"
@@ -182,6 +182,15 @@ def _scan_section(report_dir: Path, anchor: str, scan: Mapping[str, Any]) -> str
                      f"<figcaption>{caption}</figcaption></figure>")
     parts.append("</section>")
     return "\n".join(parts)
+
+
+def _stage_text(finding: Mapping[str, Any]) -> str:
+    """`` (stage 1 0.999, stage 2 0.476)`` when the finding carries both stages' scores, else empty: the final
+    score of two sure stages reads 1.000, the stages show why."""
+    s1, s2 = _number(finding.get("stage1_peak")), _number(finding.get("stage2_prob"))
+    if not (math.isfinite(s1) and math.isfinite(s2)):
+        return ""
+    return f" (stage 1 {_fmt(s1, 3)}, stage 2 {_fmt(s2, 3)})"
 
 
 def _all_findings(ordered: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
@@ -197,11 +206,13 @@ def _all_findings(ordered: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
         rows.append(
             f'<tr><td class="num">{rank}</td>'
             f'<td class="num"><a href="#{anchor}-f{k}">{_fmt(f.get("probability"), 3)}</a></td>'
+            f'<td class="num">{_fmt(f.get("stage1_peak"), 3)}</td><td class="num">{_fmt(f.get("stage2_prob"), 3)}</td>'
             f'<td class="num">{_fmt(f.get("diameter_mm"), 1)}</td>'
             f'<td class="num">{_esc(_coord_text(f.get("coord")))}</td>'
             f'<td class="uid"><a href="#{anchor}">{_esc(uid)}</a> #{k}</td></tr>'
         )
-    head = ('<tr><th class="num">rank</th><th class="num">probability</th><th class="num">diameter (mm)</th>'
+    head = ('<tr><th class="num">rank</th><th class="num">probability</th><th class="num">stage 1</th>'
+            '<th class="num">stage 2</th><th class="num">diameter (mm)</th>'
             '<th class="num">world LPS (x, y, z) mm</th><th>scan, finding</th></tr>')
     return f"<table>\n<thead>{head}</thead>\n<tbody>\n" + "\n".join(rows) + "\n</tbody></table>"
 
