@@ -34,6 +34,12 @@ FINAL_SCORES = ("odds_product", "product", "stage2", "stage1")
 _ODDS_EPS = 1e-7
 
 
+def check_final_score(rule: str) -> None:
+    """Refuse a final-score rule that is not one of :data:`FINAL_SCORES`."""
+    if rule not in FINAL_SCORES:
+        raise ValueError(f"score must be one of {', '.join(FINAL_SCORES)}, got {rule!r}")
+
+
 def final_score(stage1_peak, stage2_prob, rule: str = "odds_product") -> np.ndarray:
     """A finding's final probability from its stage-1 peak and stage-2 probability (arrays of equal shape, [0, 1]).
 
@@ -41,6 +47,7 @@ def final_score(stage1_peak, stage2_prob, rule: str = "odds_product") -> np.ndar
     stages taken as independent evidence (each clipped to [1e-7, 1 - 1e-7]); ``"product"``: s1 s2;
     ``"stage2"``, ``"stage1"``: one stage alone. Returns float64 probabilities, same shape.
     """
+    check_final_score(rule)
     s1 = np.asarray(stage1_peak, dtype=np.float64)
     s2 = np.asarray(stage2_prob, dtype=np.float64)
     if rule == "odds_product":
@@ -53,9 +60,7 @@ def final_score(stage1_peak, stage2_prob, rule: str = "odds_product") -> np.ndar
         return s1 * s2
     if rule == "stage2":
         return s2.copy()
-    if rule == "stage1":
-        return s1.copy()
-    raise ValueError(f"score must be one of {', '.join(FINAL_SCORES)}, got {rule!r}")
+    return s1.copy()
 
 
 @dataclass
@@ -99,8 +104,7 @@ class DetectorConfig:
     def __post_init__(self):
         # checked here, not at the first scan: a batch job would otherwise record every scan as failed
         check_flip_axes(self.seg_flip_axes, "seg_flip_axes")
-        if self.score not in FINAL_SCORES:
-            raise ValueError(f"score must be one of {', '.join(FINAL_SCORES)}, got {self.score!r}")
+        check_final_score(self.score)
 
     @classmethod
     def from_dict(cls, values: dict | None) -> "DetectorConfig":
