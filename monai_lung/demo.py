@@ -39,8 +39,11 @@ DEFAULTS = {
     "stage1_finetune_lr": 0.001,
     "stage1_hard_negatives_per_scan": 64,
     "stage1_hard_negative_fraction": 0.75,
-    "stage2_epochs": 16,
+    # stage 2 keeps its last epoch (see the bundle's best_model_name): 16 -> 32 epochs of 1024 crops raised the
+    # candidate AUC of the demo models from 0.88 to 0.95 over 40 held-out scans (+100 s); validation every 8 epochs
+    "stage2_epochs": 32,
     "stage2_epoch_length": 1024,
+    "stage2_val_interval": 8,
     "seg_bundle": "bundles/lung_nodule_ct_segmentation",
     "cls_bundle": "bundles/lung_nodule_ct_classification",
     "det_bundle": "bundles/lung_nodule_ct_two_stage_detection",
@@ -159,7 +162,7 @@ def run_demo(args: argparse.Namespace) -> int:
     def train_stage2():
         _run([py, "-m", "monai.bundle", "run", "training", "--config_file", cls / "configs" / "train.json", "--bundle_root", cls,
               "--dataset_dir", data_dir, "--data_list_file_path", datalist, "--crop_bank_dir", bank, "--max_epochs", s["stage2_epochs"],
-              "--epoch_length", s["stage2_epoch_length"], "--num_workers", s["num_workers"]])
+              "--epoch_length", s["stage2_epoch_length"], "--val_interval", s["stage2_val_interval"], "--num_workers", s["num_workers"]])
 
     def assemble():
         _run([py, "-m", "monai_lung", "assemble", "--seg-bundle", seg, "--cls-bundle", cls, "--output-bundle", det])

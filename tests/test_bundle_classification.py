@@ -58,6 +58,10 @@ def test_training_writes_checkpoints_and_resumes(data, tmp_path):
     assert len(re.findall(r"Epoch: 1/2, Iter: \d+/4 -- train_loss", log)) == 4  # 32 crops per epoch / batch 8
     weights = torch.load(bundle / "models" / "model.pt", weights_only=True)
     assert "fc.weight" in weights and weights["fc.weight"].shape == (2, 128)
+    # model.pt is the last epoch's network (the resumable checkpoint holds the same); the best-validation one is kept beside it
+    last = torch.load(bundle / "models" / "checkpoint_epoch=2.pt", weights_only=False)["network"]
+    assert all(torch.equal(weights[k], last[k]) for k in last)
+    assert (bundle / "models" / "model_best_val_auc.pt").is_file()
     log = bundle_run("training", cfg, {**_common(bundle, data), **FAST, "max_epochs": 3, "resume": True})
     assert "epoch 2 until 3 epochs" in log, "training did not resume from epoch 2"
     assert "Epoch: 1/3" not in log and "Epoch: 3/3" in log

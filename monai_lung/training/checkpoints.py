@@ -13,7 +13,7 @@ def latest_checkpoint(ckpt_dir: str | os.PathLike, prefix: str = "checkpoint") -
     """Path of the newest resumable checkpoint ``<prefix>*<N>.pt`` in ``ckpt_dir`` (highest N), or None.
 
     ``CheckpointSaver(file_prefix=prefix, save_interval=...)`` writes these with the epoch as N; they hold
-    network, optimizer, LR scheduler and trainer state (``model.pt`` holds the best weights only).
+    network, optimizer, LR scheduler and trainer state (``model.pt`` holds the network's weights only).
     """
     folder = Path(ckpt_dir)
     if not folder.is_dir():
