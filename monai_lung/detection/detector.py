@@ -93,8 +93,9 @@ class DetectorConfig:
     tta: bool = True  # stage 2 averages 4 flips: candidate AUC 0.805 -> 0.831 on the demo set, 4x the stage-2 cost
     # final probability, one of FINAL_SCORES (see final_score). "odds_product" adds the two stages' log-odds, so a
     # stage that is sure outweighs one that hesitates; "product" caps the result at the weaker stage. Demo models
-    # with stage-1 flip TTA, CPM odds_product / product / stage 1 alone: 10 test scans 0.603 / 0.587 / 0.587,
-    # 10 validation scans 0.605 / 0.580 / 0.538, 20 new scans 0.577 / 0.531 / 0.560
+    # with stage-1 flip TTA, CPM odds_product / product / stage 1 alone / stage 2 alone: 10 test scans
+    # 0.611 / 0.595 / 0.587 / 0.563, 10 validation scans 0.622 / 0.605 / 0.538 / 0.605, 20 new scans
+    # 0.657 / 0.611 / 0.560 / 0.617
     score: str = "odds_product"
     min_probability: float = 0.0  # findings below this are not reported
     amp: bool = True  # float16 autocast on CUDA
