@@ -40,7 +40,8 @@ DEFAULTS = {
     "stage1_hard_negatives_per_scan": 64,
     "stage1_hard_negative_fraction": 0.75,
     # stage 2 keeps its last epoch (see the bundle's best_model_name): 16 -> 32 epochs of 1024 crops raised the
-    # candidate AUC of the demo models from 0.88 to 0.95 over 40 held-out scans (stage 2 220 s -> 279 s); validation every 8 epochs
+    # candidate AUC of the demo models over 40 held-out scans from 0.88 to 0.91-0.95 (three seeds; stage 2 220 s ->
+    # 279 s); validation every 8 epochs
     "stage2_epochs": 32,
     "stage2_epoch_length": 1024,
     "stage2_val_interval": 8,

@@ -105,6 +105,8 @@ def test_multi_gpu_config_trains_one_epoch_on_two_cpu_ranks(data, tmp_path):
     # epoch_length counts crops over all ranks: 32 crops / 2 ranks / batch 8 = 2 iterations each
     assert len(re.findall(r"Epoch: 1/1, Iter: \d+/2 -- train_loss", log)) == 2, "only rank 0 logs, 2 iterations"
     assert (bundle / "models" / "model.pt").is_file() and _checkpoints(bundle) == [1]
+    weights = torch.load(bundle / "models" / "model.pt", weights_only=True)  # rank 0's final network, unwrapped from DDP
+    assert "fc.weight" in weights and not any(k.startswith("module.") for k in weights)
 
 
 def test_inference_scores_every_point_of_a_csv(data, trained, tmp_path):
