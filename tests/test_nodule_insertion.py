@@ -60,6 +60,37 @@ def test_insertion_labels_what_it_draws_and_keeps_off_real_nodules():
     assert torch.equal(image[0, 0, 0], torch.tensor([LUNG] * 48))  # input not modified in place
 
 
+def test_insertion_labels_only_nodules_that_show_against_the_chest_wall():
+    """A nodule reaching into denser tissue (chest wall, aorta) is invisible there: most of each labelled one must show."""
+    image, label = _patch()
+    image[0, :, :, 30:] = 0.85  # a wall denser than any solid nodule: k >= 30
+    t = RandNoduleInsertiond(prob=1.0, max_nodules=2, appearance={"diameter_mm": (10.0, 25.0)})
+    drawn = 0
+    for seed in range(12):
+        t.set_random_state(seed)
+        out = t({"image": image, "label": label})
+        lab = out["label"][0] > 0
+        if lab.any():
+            drawn += 1
+            shows = (out["image"][0] - image[0])[lab] >= 0.04
+            assert shows.float().mean() >= 0.5
+        near_label = torch.nn.functional.max_pool3d(lab[None].float(), 7, stride=1, padding=3)[0] > 0
+        shown = (out["image"][0] - image[0]) >= 0.04
+        assert not (shown & ~near_label).any()  # an undone drawing leaves nothing behind, labelled or not
+    assert drawn >= 6  # nodules near the parenchyma's middle are still drawn
+
+
+def test_insertion_draws_nothing_that_would_mostly_hide_in_dense_tissue():
+    """A 12 mm pocket of lung in soft tissue holds at most 41% of a 20-25 mm ellipsoid: no drawing may be labelled."""
+    image, label = _patch(value=0.85)
+    image[0, 18:30, 18:30, 18:30] = LUNG
+    t = RandNoduleInsertiond(prob=1.0, max_nodules=2, appearance={"diameter_mm": (20.0, 25.0), "elongation": 0.0})
+    for seed in range(5):
+        t.set_random_state(seed)
+        out = t({"image": image, "label": label})
+        assert out["label"].sum() == 0 and torch.equal(out["image"], image)  # tried, undone, nothing left behind
+
+
 def test_insertion_on_plain_tensors_takes_the_voxel_size_as_spacing():
     """Without meta tracking there is no affine: ``spacing`` must give the same drawing as the affine did."""
     image, label = _patch(shape=(48, 48, 24), spacing=(0.7, 0.7, 2.0))
