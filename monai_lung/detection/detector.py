@@ -94,8 +94,8 @@ class DetectorConfig:
     # final probability, one of FINAL_SCORES (see final_score). "odds_product" adds the two stages' log-odds, so a
     # stage that is sure outweighs one that hesitates; "product" caps the result at the weaker stage. Demo models
     # with stage-1 flip TTA, CPM odds_product / product / stage 1 alone / stage 2 alone: 10 test scans
-    # 0.611 / 0.595 / 0.587 / 0.563, 10 validation scans 0.622 / 0.605 / 0.538 / 0.605, 20 new scans
-    # 0.657 / 0.611 / 0.560 / 0.617
+    # 0.611 / 0.619 / 0.579 / 0.587, 10 validation scans 0.630 / 0.630 / 0.555 / 0.597, 20 new scans
+    # 0.657 / 0.651 / 0.594 / 0.623 (previous stage 1: product 0.595 / 0.605 / 0.611, odds_product ahead on all)
     score: str = "odds_product"
     min_probability: float = 0.0  # findings below this are not reported
     amp: bool = True  # float16 autocast on CUDA
