@@ -11,7 +11,8 @@ What is drawn (a prior about nodules, not a copy of any data): a randomly rotate
 density drawn from ``solid_hu`` (or ``subsolid_hu`` with ``subsolid_prob``), a logistic edge
 ``edge_mm`` wide (partial volume and reconstruction blur), the local noise level added inside, and
 max-blended so that denser tissue (a vessel it touches) stays on top. The 0/1 label is the ellipsoid
-itself (the sphere-mask convention of :class:`~monai_lung.transforms.NoduleMaskd`).
+itself (the sphere-mask convention of :class:`~monai_lung.transforms.NoduleMaskd`); a drawing that mostly
+hides in denser tissue is undone rather than labelled.
 
 The transforms work on the scaled (1, i, j, k) image (the lung window mapped to [0, 1], ``hu_window``),
 on a RAS grid whose voxel size they read from the MetaTensor's affine, or take as ``spacing`` for plain
@@ -173,6 +174,9 @@ class RandNoduleInsertiond(RandomizableTransform, MapTransform):
     Args:
         prob: probability of drawing into a patch (then 1..``max_nodules`` nodules).
         appearance: a :class:`NoduleAppearance` or a dict of its fields (sizes, densities, edges, ``hu_window``).
+        min_contrast: rise (scaled units) that makes a voxel of the drawing count as showing.
+        min_visible_fraction: share of the ellipsoid's voxels that must show for the drawing to be kept.
+        max_tries: drawings tried per nodule before giving it up.
         spacing: (3,) mm per (i, j, k) step for images without an affine (plain tensors); a MetaTensor's
             affine wins. None: 1 mm.
     """
@@ -246,10 +250,10 @@ class RandNoduleInsertiond(RandomizableTransform, MapTransform):
         box, inside = paint_nodule(
             vol, centre, nodule["radii_mm"], nodule["rotation"], nodule["value"], nodule["edge_mm"], noise, spacing, self.R
         )
-        if not bool(inside.any()):
-            return False
-        if _visible_fraction(vol[box], before[box], inside, self.min_contrast) < self.min_visible_fraction:
-            vol[box] = before[box]
+        shows = bool(inside.any())
+        shows = shows and _visible_fraction(vol[box], before[box], inside, self.min_contrast) >= self.min_visible_fraction
+        if not shows:
+            vol[box] = before[box]  # the soft edge may have touched voxels even when the ellipsoid missed
             return False
         lab[box] = torch.where(inside, torch.ones_like(lab[box]), lab[box])
         return True
