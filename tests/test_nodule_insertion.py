@@ -7,7 +7,7 @@ import pytest
 import torch
 from monai.data import MetaTensor
 
-from monai_lung.transforms import RandCentreNoduled, RandNoduleInsertiond, paint_nodule
+from monai_lung.transforms import NoduleAppearance, RandCentreNoduled, RandNoduleInsertiond, paint_nodule
 
 LUNG = 0.1  # scaled lung parenchyma (-860 HU in the default window)
 
@@ -89,6 +89,65 @@ def test_insertion_draws_nothing_that_would_mostly_hide_in_dense_tissue():
         t.set_random_state(seed)
         out = t({"image": image, "label": label})
         assert out["label"].sum() == 0 and torch.equal(out["image"], image)  # tried, undone, nothing left behind
+
+
+def _vessel_patch(radius=1.5):
+    """Lung with one vessel along k through (i, j) = (24, 24), and a chest wall at i >= 40."""
+    image, label = _patch()
+    ii, jj = np.meshgrid(np.arange(48), np.arange(48), indexing="ij")
+    tube = torch.as_tensor((ii - 24.0) ** 2 + (jj - 24.0) ** 2 <= radius**2)
+    image[0][tube] = 0.75
+    image[0, 40:] = 0.8
+    return image, label
+
+
+def _touches_vessel(lab: torch.Tensor, radius=1.5) -> bool:
+    """Does the labelled ellipsoid reach to within 1 voxel of the vessel's surface (the tube of ``_vessel_patch``)?"""
+    idx = torch.nonzero(lab).double()
+    return bool(idx.numel()) and float(torch.sqrt((idx[:, 0] - 24) ** 2 + (idx[:, 1] - 24) ** 2).min()) <= radius + 1.0
+
+
+@pytest.mark.parametrize("vessel_prob", [0.0, 1.0])
+def test_insertion_places_nodules_against_vessels_on_request(vessel_prob):
+    """``vessel_prob`` 1: every drawing overlaps the vessel's side (juxta-vascular), never the chest wall; most
+    of each still shows. 0: random parenchyma voxels, which touch a thin vessel only now and then."""
+    image, label = _vessel_patch()
+    t = RandNoduleInsertiond(prob=1.0, max_nodules=1, vessel_prob=vessel_prob, appearance={"diameter_mm": (3.0, 6.0)})
+    touching, drawn = 0, 0
+    for seed in range(20):
+        t.set_random_state(seed)
+        out = t({"image": image, "label": label})
+        lab = out["label"][0] > 0
+        if not lab.any():
+            continue
+        drawn += 1
+        touching += _touches_vessel(lab)
+        assert not lab[40:].any() or vessel_prob == 0.0  # the wall's face is not a vessel
+        assert ((out["image"][0] - image[0])[lab] >= 0.04).float().mean() >= 0.5
+    assert drawn >= 18
+    if vessel_prob == 1.0:
+        assert touching == drawn
+    else:
+        assert touching <= drawn // 2
+
+
+def test_insertion_without_vessels_falls_back_to_parenchyma():
+    image, label = _patch()
+    t = RandNoduleInsertiond(prob=1.0, max_nodules=1, vessel_prob=1.0, appearance={"diameter_mm": (4.0, 6.0)})
+    t.set_random_state(0)
+    assert t({"image": image, "label": label})["label"].sum() > 0
+    with pytest.raises(ValueError, match="vessel_prob"):
+        RandNoduleInsertiond(vessel_prob=1.5)
+
+
+def test_nodule_diameters_skew_small_with_diameter_power():
+    """Power 1 is log-uniform over 3-25 mm (median sqrt(3 * 25) = 8.7 mm); 1.6 has median 3 * (25 / 3) ** (0.5 ** 1.6) = 6.0 mm."""
+    rng = np.random.RandomState(0)
+    for power, median in ((1.0, 8.66), (1.6, 6.02)):
+        appearance = NoduleAppearance(diameter_mm=(3.0, 25.0), diameter_power=power)
+        d = np.array([appearance.draw(rng)["diameter_mm"] for _ in range(3000)])
+        assert d.min() >= 3.0 and d.max() <= 25.0
+        assert np.median(d) == pytest.approx(median, rel=0.05)
 
 
 def test_insertion_on_plain_tensors_takes_the_voxel_size_as_spacing():
