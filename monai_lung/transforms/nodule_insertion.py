@@ -162,20 +162,23 @@ def _vessel_spots(vol: torch.Tensor, parenchyma_max: float, vessel_min: float, b
     """Vessel voxels of a scaled (i, j, k) patch and, for each, the gradient of the parenchyma share around it
     (per voxel step; it points to the lung side): ((N, 3) int voxel indices at least ``border`` from the
     faces, (N, 3) float). The box is 7 voxels wide, 7 mm on the 1 mm grid the bundles train on."""
-    lung = (vol < parenchyma_max).float()[None, None]
-    share = lung
+    share = (vol < parenchyma_max).float()[None, None]
     for kernel in ((7, 1, 1), (1, 7, 1), (1, 1, 7)):  # separable box mean, ~15x cheaper than a 7^3 one
         share = F.avg_pool3d(share, kernel, stride=1, padding=tuple(k // 2 for k in kernel), count_include_pad=False)
     share = share[0, 0]
-    vessel = (vol >= vessel_min) & (share >= _VESSEL_LUNG_SHARE)
-    b = border
-    inner = torch.zeros_like(vessel)
-    inner[tuple(slice(b, n - b) for n in vol.shape)] = True
-    idx = torch.nonzero(vessel & inner)
+    inner = tuple(slice(border, n - border) for n in vol.shape)
+    idx = torch.nonzero((vol[inner] >= vessel_min) & (share[inner] >= _VESSEL_LUNG_SHARE)) + border
     if len(idx) == 0:
         return np.zeros((0, 3), dtype=int), np.zeros((0, 3))
     grads = torch.stack(torch.gradient(share), dim=-1)[idx[:, 0], idx[:, 1], idx[:, 2]]
     return idx.numpy(), grads.double().numpy()
+
+
+def _clear_of_labels(label: torch.Tensor, centre: np.ndarray, clearance_mm: float, spacing) -> bool:
+    """No voxel of ``label`` (i, j, k) is set in the box reaching ``clearance_mm`` around voxel ``centre`` (int (3,))."""
+    reach = np.ceil(clearance_mm / np.asarray(spacing, dtype=np.float64)).astype(int)
+    box = tuple(slice(max(0, int(a - r)), int(a + r + 1)) for a, r in zip(centre, reach))
+    return not bool((label[box] > 0).any())
 
 
 def _spacing(image, fallback: Sequence[float] | None) -> np.ndarray:
@@ -254,11 +257,9 @@ class RandNoduleInsertiond(RandomizableTransform, MapTransform):
 
     def _free_spot(self, spots: torch.Tensor, label: torch.Tensor, clearance_mm: float, spacing) -> np.ndarray | None:
         """A (fractional) voxel centre among ``spots`` (N, 3) with no label voxel within ``clearance_mm``; a few tries."""
-        reach = np.ceil(clearance_mm / np.asarray(spacing)).astype(int)
         for _ in range(8):
             c = spots[int(self.R.randint(len(spots)))].numpy()
-            box = tuple(slice(max(0, int(a - r)), int(a + r + 1)) for a, r in zip(c, reach))
-            if not bool((label[box] > 0).any()):
+            if _clear_of_labels(label, c, clearance_mm, spacing):
                 return c + self.R.uniform(-0.5, 0.5, 3)
         return None
 
@@ -282,13 +283,14 @@ class RandNoduleInsertiond(RandomizableTransform, MapTransform):
             for _ in range(int(self.R.randint(1, self.max_nodules + 1))):
                 for _ in range(self.max_tries):
                     nodule = self.appearance.draw(self.R)
+                    clearance = nodule["diameter_mm"] / 2 + 2.0
                     centre = None
                     if self.vessel_prob > 0 and self.R.uniform() < self.vessel_prob:
                         if vessels is None:
                             vessels = _vessel_spots(vol, self.parenchyma_max, self.vessel_min, b)
-                        centre = self._beside_vessel(vessels, lab, nodule, spacing, vol.shape)
+                        centre = self._beside_vessel(vessels, lab, nodule, clearance, spacing, vol.shape)
                     if centre is None:
-                        centre = self._free_spot(spots, lab, nodule["diameter_mm"] / 2 + 2.0, spacing)
+                        centre = self._free_spot(spots, lab, clearance, spacing)
                     if centre is None:
                         break
                     if self._paint_visible(vol, lab, centre, nodule, noise, spacing):
@@ -296,15 +298,14 @@ class RandNoduleInsertiond(RandomizableTransform, MapTransform):
             d[key], d[self.label_key] = img, label
         return d
 
-    def _beside_vessel(self, vessels, lab, nodule, spacing, shape) -> np.ndarray | None:
-        """A (fractional) voxel centre 0.5-1 radius from a vessel voxel towards the parenchyma, clear of the
-        label's nodules, inside the patch; None when the patch has no vessel or no such spot is found."""
+    def _beside_vessel(self, vessels, lab, nodule, clearance_mm: float, spacing, shape) -> np.ndarray | None:
+        """A (fractional) voxel centre 0.5-1 radius from a vessel voxel towards the parenchyma, with no label
+        voxel within ``clearance_mm``, inside the patch; None when the patch has no vessel or no such spot is found."""
         spots, towards_lung = vessels
         if len(spots) == 0:
             return None
         spacing = np.asarray(spacing, dtype=np.float64)
         radius = nodule["diameter_mm"] / 2
-        reach = np.ceil((radius + 2.0) / spacing).astype(int)
         for _ in range(4):
             n = int(self.R.randint(len(spots)))
             normal = towards_lung[n] / spacing  # per voxel step -> per mm
@@ -314,9 +315,7 @@ class RandNoduleInsertiond(RandomizableTransform, MapTransform):
             centre = spots[n] + direction * radius * self.R.uniform(0.5, 1.0) / spacing
             if np.any(centre < 0) or np.any(centre > np.asarray(shape) - 1):
                 continue
-            c = np.round(centre).astype(int)
-            box = tuple(slice(max(0, int(a - r)), int(a + r + 1)) for a, r in zip(c, reach))
-            if not bool((lab[box] > 0).any()):
+            if _clear_of_labels(lab, np.round(centre).astype(int), clearance_mm, spacing):
                 return centre
         return None
 
