@@ -176,6 +176,34 @@ def test_stage_bundles_with_other_preprocessing_are_refused(models, tmp_path):
     assert prep == {"spacing": [1.0, 1.0, 1.0], "hu_window": [-1000.0, 400.0]}
 
 
+def test_assembling_refuses_another_crop_size_or_pooling(models, tmp_path):
+    """The classifier's weights fit a ResNet with or without max pooling and at any crop size: a detection
+    bundle that differs from the classification bundle in either would score other features, silently."""
+    from monai_lung.detection import assemble_two_stage, load_detector
+    from monai_lung.detection.loading import classifier_crop_size
+    from monai_lung.io import DataError
+
+    cls_patch = classifier_crop_size(models["cls"])
+    for name, edit, message in (
+        ("crop", lambda c: c["detector_config"].update(crop_size=[48, 48, 48] if cls_patch != (48, 48, 48) else [40, 40, 40]),
+         r"crop_size \[\d+, \d+, \d+\] differs from the classifier's patch_size"),
+        ("pool", lambda c: c["network_def"]["classifier"].update(no_max_pool=True), r"settings of classifier"),
+    ):
+        det = tmp_path / name / DET
+        shutil.copytree(models["det"], det)
+        config = det / "configs" / "inference.json"
+        settings = json.loads(config.read_text())
+        edit(settings)
+        config.write_text(json.dumps(settings))
+        before = (det / "models" / "model.pt").read_bytes()
+        with pytest.raises(DataError, match=message):
+            assemble_two_stage(models["seg"], models["cls"], det)
+        assert (det / "models" / "model.pt").read_bytes() == before  # nothing written
+    # the stage bundles alone: the detector cuts crops of the classifier's own size
+    detector, _ = load_detector(seg_bundle=models["seg"], cls_bundle=models["cls"])
+    assert tuple(detector.config.crop_size) == cls_patch
+
+
 def test_torchrun_two_ranks_equal_a_single_process(models, first_run, tmp_path):
     out, _ = first_run
     merged = tmp_path / "preds.csv"

@@ -262,7 +262,7 @@ def test_crop_bank_dataset_skips_meta_tracking_without_changing_the_crops(synthe
         assert get_track_meta()  # MONAI's process-wide default is back after every item
     for with_meta, plain in zip(items[True], items[False]):
         assert not isinstance(plain["image"], MetaTensor)
-        assert plain["image"].shape == (1, 48, 48, 48)
+        assert plain["image"].shape == (1, *parser.get_parsed_content("patch_size"))
         assert torch.equal(torch.as_tensor(with_meta["image"]), plain["image"])
         assert int(with_meta["label"]) == int(plain["label"])
 
@@ -356,17 +356,20 @@ def _network():
 
 
 def test_score_points_sees_what_validation_sees(tmp_path):
-    """Scoring crops straight from the scan gives what the network gives on the bank's centred 48^3 crops."""
+    """Scoring crops straight from the scan gives what the network gives on the bank's centred crops, at
+    the default crop size (32^3) and at 48^3."""
     path, world = _scan_with_blobs(tmp_path, [(28, 32, 15), (1, 60, 2)], direction=rotation_direction(15.0))
     image = ct_preprocessing("image")({"image": str(path)})["image"]
     entry = {"image": str(path), "seriesuid": "s3", "excluded": [], "nodules": [{"center": w.tolist(), "diameter_mm": 8.0} for w in world]}
     crops, _ = build_scan_crops(image, entry, CropBankSettings(crop_size=64, positives_per_nodule=1, random_per_scan=0))
     net = _network()
-    probs = score_points(net, image, world, batch_size=1)
-    with torch.no_grad():
-        centre = torch.from_numpy(crops[:, None, 8:56, 8:56, 8:56].astype(np.float32))
-        expected = torch.softmax(net(centre), dim=1)[:, 1].numpy()
-    np.testing.assert_allclose(probs, expected, atol=2e-3)  # float16 storage of the bank
+    for size in (48, 32):  # 32 last: the TTA check below uses it through the default
+        lo, hi = 32 - size // 2, 32 + size // 2  # the bank's 64^3 crops hold the point at voxel 32
+        probs = score_points(net, image, world, batch_size=1, crop_size=(size,) * 3)
+        with torch.no_grad():
+            centre = torch.from_numpy(crops[:, None, lo:hi, lo:hi, lo:hi].astype(np.float32))
+            expected = torch.softmax(net(centre), dim=1)[:, 1].numpy()
+        np.testing.assert_allclose(probs, expected, atol=2e-3)  # float16 storage of the bank
     tta = score_points(net, image, world, tta=True)
     with torch.no_grad():
         flips = [centre] + [torch.flip(centre, (d,)) for d in (2, 3, 4)]

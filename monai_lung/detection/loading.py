@@ -29,6 +29,24 @@ def bundle_parser(bundle_dir: str | os.PathLike, config: str = "inference.json",
     return parser
 
 
+def classifier_crop_size(cls_bundle: str | os.PathLike) -> tuple[int, int, int]:
+    """The stage-2 bundle's crop edge (i, j, k) in voxels of the resampled grid: its ``patch_size``."""
+    parser = bundle_parser(cls_bundle)
+    if "patch_size" not in parser.config:
+        raise DataError(Path(cls_bundle) / "configs" / "inference.json", "no patch_size (the classifier's crop size)")
+    return tuple(int(v) for v in parser.get_parsed_content("patch_size"))
+
+
+def _settings_of(module: torch.nn.Module) -> dict:
+    """Plain settings (ints, floats, bools, strings and tuples of them) of a module and its submodules,
+    by submodule name: what a state dict does not show, e.g. ResNet's ``no_max_pool`` or a conv's stride."""
+    plain = (bool, int, float, str, tuple, list, type(None))
+    return {
+        name: {k: v for k, v in vars(sub).items() if not k.startswith("_") and k != "training" and isinstance(v, plain)}
+        for name, sub in module.named_modules()
+    }
+
+
 def stage_network(bundle_dir: str | os.PathLike) -> torch.nn.Module:
     """A stage bundle's ``network_def`` with its ``models/model.pt`` weights, on the CPU."""
     parser = bundle_parser(bundle_dir)
@@ -69,21 +87,31 @@ def assemble_two_stage(seg_bundle: str | os.PathLike, cls_bundle: str | os.PathL
     """Write ``detection_bundle/models/model.pt``: the two trained stage networks as one state dict.
 
     The three bundles must share ``spacing`` and ``hu_window`` (:func:`check_same_preprocessing`), and the
-    detection bundle's own ``network_def`` must describe the same architectures; loading the weights into
-    it (strictly) is checked before anything is written.
+    detection bundle's own ``network_def`` must describe the same architectures (the weights load strictly
+    and every module setting, such as ResNet's ``no_max_pool``, agrees) and its ``detector_config#crop_size``
+    must be the classifier's ``patch_size``; all is checked before anything is written.
     """
     from monai_lung.io.atomic import atomic_path
 
     check_same_preprocessing(seg_bundle, cls_bundle, detection_bundle)
+    config_path = Path(detection_bundle) / "configs" / "inference.json"
     combined = TwoStageNetwork(stage_network(seg_bundle), stage_network(cls_bundle))
-    target_net = bundle_parser(detection_bundle).get_parsed_content("network_def")
+    parser = bundle_parser(detection_bundle)
+    target_net = parser.get_parsed_content("network_def")
     try:
         target_net.load_state_dict(combined.state_dict())
     except RuntimeError as err:
+        raise DataError(config_path, f"network_def does not match the stage bundles' networks ({str(err).splitlines()[0]})") from None
+    # the weights alone can fit a different network (max pooling on or off) or crop size: both change what stage 2 sees
+    if _settings_of(target_net) != _settings_of(combined):
+        diff = sorted(n for n, v in _settings_of(target_net).items() if _settings_of(combined).get(n) != v)
+        raise DataError(config_path, f"network_def differs from the stage bundles' networks in settings of {', '.join(diff) or 'the root'}")
+    crop = tuple(int(v) for v in parser.get_parsed_content("detector_config")["crop_size"])
+    if crop != classifier_crop_size(cls_bundle):
         raise DataError(
-            Path(detection_bundle) / "configs" / "inference.json",
-            f"network_def does not match the stage bundles' networks ({str(err).splitlines()[0]})",
-        ) from None
+            config_path, f"detector_config#crop_size {list(crop)} differs from the classifier's patch_size "
+            f"{list(classifier_crop_size(cls_bundle))} in {cls_bundle}",
+        )
     out = Path(detection_bundle) / "models" / "model.pt"
     with atomic_path(out) as tmp:
         torch.save(combined.state_dict(), tmp)
@@ -101,7 +129,7 @@ def load_detector(
 
     Either ``models`` (the two-stage detection bundle: its ``detector_config``, ``spacing``,
     ``hu_window`` and ``models/model.pt``) or ``seg_bundle`` + ``cls_bundle`` (default detector settings,
-    spacing and window from the segmentation bundle).
+    spacing and window from the segmentation bundle, crop size from the classification bundle's ``patch_size``).
     """
     if models is not None:
         parser = bundle_parser(models)
@@ -111,7 +139,7 @@ def load_detector(
     elif seg_bundle is not None and cls_bundle is not None:
         prep = check_same_preprocessing(seg_bundle, cls_bundle)
         network = TwoStageNetwork(stage_network(seg_bundle), stage_network(cls_bundle))
-        config = {"hu_window": prep["hu_window"]}
+        config = {"hu_window": prep["hu_window"], "crop_size": classifier_crop_size(cls_bundle)}
     else:
         raise ValueError("give the detection bundle (models) or both stage bundles (seg_bundle and cls_bundle)")
     config.update(config_overrides or {})

@@ -3,7 +3,7 @@
 Loading and resampling a LUNA16 scan takes seconds, cutting a crop out of it microseconds, so the bank
 loads each scan once through :func:`~monai_lung.transforms.ct_preprocessing` (1 mm grid, RAS, lung window
 scaled to [0, 1]: the grid and scaling stage 2 scores on) and keeps ``crop_size``^3 float16 crops (64^3 by
-default: room for +-8 voxels of jitter and a zoom around the final 48^3 training crop).
+default: room for +-8 voxels of jitter and a zoom around the final training crop, 32^3 by default).
 
 Layout of a bank folder::
 

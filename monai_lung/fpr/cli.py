@@ -147,7 +147,7 @@ def score_main(args: argparse.Namespace) -> int:
 
     device = _device(args.device)
     network, parser = load_bundle_network(args.bundle, weights=args.weights, device=device)
-    crop = tuple(parser.get_parsed_content("patch_size")) if "patch_size" in parser.config else (48, 48, 48)
+    crop = tuple(parser.get_parsed_content("patch_size")) if "patch_size" in parser.config else (32, 32, 32)
     # the bundle's own preprocessing chain, so that the CLI scores exactly what the bundle scores
     preprocessing = parser.get_parsed_content("preprocessing") if "preprocessing" in parser.config else None
     scans = find_scan_paths(args.data_dir, args.datalist)

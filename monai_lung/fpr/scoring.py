@@ -55,7 +55,7 @@ def score_points(
     device: torch.device | str | None = None,
     amp: bool = True,
     tta: bool = False,
-    crop_size: Sequence[int] = (48, 48, 48),
+    crop_size: Sequence[int] = (32, 32, 32),
     points_space: str = "LPS",
 ) -> np.ndarray:
     """Nodule probability of each point.
@@ -144,7 +144,7 @@ def score_points_csv(
     device: torch.device | str | None = None,
     amp: bool = True,
     tta: bool = False,
-    crop_size: Sequence[int] = (48, 48, 48),
+    crop_size: Sequence[int] = (32, 32, 32),
     log: Callable[[str], None] | None = None,
 ) -> pd.DataFrame:
     """Score a CSV of candidate points and write ``seriesuid,coordX,coordY,coordZ,probability`` atomically.

@@ -16,7 +16,7 @@ from monai_lung.fpr.bank import CropBank
 class ContextSwapd(RandomizableTransform, MapTransform):
     """Give a crop the surroundings of a random negative crop, keeping its centre (and its label).
 
-    A crop's label is decided by its centre, but a network also sees 48 mm of context; with a few dozen
+    A crop's label is decided by its centre, but a network also sees 32-48 mm of context; with a few dozen
     training nodules it learns their surroundings (hilum, pleura, vessel-rich regions) instead of the
     nodules. Replacing everything farther than a core radius from the centre by another scan's
     surroundings breaks that shortcut. The core keeps the whole nodule: its radius is at least the
