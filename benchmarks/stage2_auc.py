@@ -41,6 +41,7 @@ sys.path.insert(0, str(REPO))
 
 
 from cpu_time import tree_cpu_seconds  # noqa: E402  (after the path set-up above)
+from stage2_speed import bundle_patch_edge  # noqa: E402
 
 
 def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -65,7 +66,7 @@ def network_throughput(repeats: int = 5) -> dict:
     """The bundle network's crops/s (see ``stage2_speed.measure_network``), channels-last as the bundle runs it."""
     from stage2_speed import bundle_network_kwargs, measure_network
 
-    return measure_network(bundle_network_kwargs(), channels_last=True, batch=16, repeats=repeats)
+    return measure_network(bundle_network_kwargs(), channels_last=True, batch=16, repeats=repeats, crop=bundle_patch_edge())
 
 
 def run_training(work: Path, datalist: Path, data_dir: Path, bank: Path, minutes: float, args) -> tuple[torch.nn.Module, dict]:
@@ -192,7 +193,7 @@ def main() -> None:
     if not args.skip_speed:
         r = network_throughput()
         figures["network_speed"] = r
-        print(f"[speed] bundle network, batch 16 of 48^3 crops, {args.threads} thread(s): inference {r['infer_wall_median']:.1f} crops/s "
+        print(f"[speed] bundle network, batch 16 of its patch_size crops, {args.threads} thread(s): inference {r['infer_wall_median']:.1f} crops/s "
               f"(best {r['infer_wall_best']:.1f}, {r['infer_cpu_median']:.1f} per CPU-s), training {r['train_wall_median']:.1f} crops/s "
               f"(best {r['train_wall_best']:.1f}, {r['train_cpu_median']:.1f} per CPU-s)", flush=True)
 
@@ -219,6 +220,7 @@ def main() -> None:
     figures["bank"] = summary
     print(f"[bank] {summary['scans']} scans cut in {time.perf_counter() - t:.0f} s ({summary['skipped']} cached): {summary['by_source']}", flush=True)
 
+    crop = (bundle_patch_edge(),) * 3  # the crop size the bundle trains on
     if args.weights is None:
         network, train_fig = run_training(work, datalist, data_dir, bank, args.train_minutes, args)
         figures["training"] = train_fig
@@ -236,6 +238,7 @@ def main() -> None:
         cfg = ConfigParser()
         cfg.read_config(str(own if own.is_file() else BUNDLE / "configs" / "train.json"))
         network = load_weights(cfg.get_parsed_content("network_def"), args.weights)
+        crop = tuple(int(v) for v in cfg.get_parsed_content("patch_size"))
         figures["weights"] = str(args.weights)
 
     network.eval()
@@ -253,10 +256,10 @@ def main() -> None:
             pts = pd.concat([pts, pd.DataFrame({"x": fp.coordX, "y": fp.coordY, "z": fp.coordZ, "label": 0, "source": "stage1_fp"})], ignore_index=True)
         xyz = pts[["x", "y", "z"]].to_numpy()
         t = time.perf_counter()
-        pts["prob"] = score_points(network, image, xyz, batch_size=64)
+        pts["prob"] = score_points(network, image, xyz, batch_size=64, crop_size=crop)
         t_score += time.perf_counter() - t
         n_scored += len(pts)
-        pts["prob_tta"] = np.nan if args.no_tta else score_points(network, image, xyz, batch_size=64, tta=True)
+        pts["prob_tta"] = np.nan if args.no_tta else score_points(network, image, xyz, batch_size=64, tta=True, crop_size=crop)
         pts["seriesuid"] = entry["seriesuid"]
         frames.append(pts)
     test = pd.concat(frames, ignore_index=True)

@@ -1,6 +1,8 @@
-"""Stage-2 network speed on this machine: inference and training crops/s of 3D ResNets on 48^3 crops.
+"""Stage-2 network speed on this machine: inference and training crops/s of 3D ResNets on cubic crops.
 
-    .venv/bin/python benchmarks/stage2_speed.py [--threads 1] [--repeats 5] [--batch 16] [--configs bundle resnet18 ...]
+    .venv/bin/python benchmarks/stage2_speed.py [--threads 1] [--repeats 5] [--batch 16] [--crop 48] [--configs bundle resnet18 ...]
+
+The crop edge defaults to the bundle's ``patch_size`` (32 since classification bundle 0.4.0).
 
 Each figure is the median (and best) of ``--repeats`` timed runs after a warm-up, in crops per second of
 wall time and per second of CPU time of this process. The CPU may be shared with other work: wall
@@ -22,6 +24,10 @@ from monai.networks.nets import ResNet
 BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "lung_nodule_ct_classification" / "configs" / "train.json"
 
 
+def bundle_patch_edge() -> int:
+    return int(json.loads(BUNDLE.read_text())["patch_size"][0])
+
+
 def bundle_network_kwargs() -> dict:
     cfg = json.loads(BUNDLE.read_text())["network_def"]
     return {k: v for k, v in cfg.items() if k not in ("_target_", "spatial_dims", "n_input_channels", "num_classes")}
@@ -33,24 +39,24 @@ def variants() -> dict[str, tuple[dict, bool]]:
     return {
         "bundle": (b, True),
         "bundle_contiguous": (b, False),
-        "no_max_pool": ({**b, "no_max_pool": True}, True),  # layer1 at 24^3, final map 3^3
+        "no_max_pool": ({**b, "no_max_pool": True}, True),  # layer1 at crop/2 (16^3 for 32^3 crops)
         "layers_2222": ({**b, "layers": [2, 2, 2, 2]}, True),
         "widths_x2": ({**b, "block_inplanes": [2 * c for c in b["block_inplanes"]]}, True),
         "resnet18": ({"block": "basic", "layers": [2, 2, 2, 2], "block_inplanes": [64, 128, 256, 512]}, True),
     }
 
 
-def measure_network(kwargs: dict, channels_last: bool = True, batch: int = 16, repeats: int = 5, steps: int = 2) -> dict:
+def measure_network(kwargs: dict, channels_last: bool = True, batch: int = 16, repeats: int = 5, steps: int = 2, crop: int = 32) -> dict:
     """Crops/s of one network: ``infer`` (eval, no grad) and ``train`` (forward, backward, AdamW step).
 
-    Input (batch, 1, 48, 48, 48) float32 uniform noise (speed does not depend on the values). Returns, per
+    Input (batch, 1, crop, crop, crop) float32 uniform noise (speed does not depend on the values). Returns, per
     mode, the median and best over ``repeats`` runs of ``steps`` batches, in crops per wall second and per
     CPU second, plus the parameter count in millions.
     """
     torch.manual_seed(0)
     fmt = torch.channels_last_3d if channels_last else torch.contiguous_format
     net = ResNet(spatial_dims=3, n_input_channels=1, num_classes=2, **kwargs).to(memory_format=fmt)
-    x = torch.rand(batch, 1, 48, 48, 48).contiguous(memory_format=fmt)
+    x = torch.rand(batch, 1, crop, crop, crop).contiguous(memory_format=fmt)
     y = torch.randint(0, 2, (batch,))
     opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
 
@@ -84,15 +90,16 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--crop", type=int, default=bundle_patch_edge(), help="crop edge in voxels (default: the bundle's patch_size)")
     parser.add_argument("--configs", nargs="*", default=list(variants()))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     table = variants()
-    print(f"torch {torch.__version__}, {args.threads} thread(s), batch {args.batch}, {args.repeats} repeats (CPU may be shared)")
+    print(f"torch {torch.__version__}, {args.threads} thread(s), batch {args.batch} of {args.crop}^3 crops, {args.repeats} repeats (CPU may be shared)")
     print(f"{'network':<19}{'params':>8} | {'infer crops/s':>14}{'best':>7}{'per CPU-s':>11} | {'train crops/s':>14}{'best':>7}{'per CPU-s':>11}")
     for name in args.configs:
         kwargs, cl = table[name]
-        r = measure_network(kwargs, cl, args.batch, 2 if name == "resnet18" else args.repeats, steps=1 if name == "resnet18" else 2)
+        r = measure_network(kwargs, cl, args.batch, 2 if name == "resnet18" else args.repeats, steps=1 if name == "resnet18" else 2, crop=args.crop)
         print(
             f"{name:<19}{r['params_M']:>7.2f}M | {r['infer_wall_median']:>14.1f}{r['infer_wall_best']:>7.1f}{r['infer_cpu_median']:>11.1f}"
             f" | {r['train_wall_median']:>14.1f}{r['train_wall_best']:>7.1f}{r['train_cpu_median']:>11.1f}",
