@@ -103,15 +103,13 @@ def assemble_two_stage(seg_bundle: str | os.PathLike, cls_bundle: str | os.PathL
     except RuntimeError as err:
         raise DataError(config_path, f"network_def does not match the stage bundles' networks ({str(err).splitlines()[0]})") from None
     # the weights alone can fit a different network (max pooling on or off) or crop size: both change what stage 2 sees
-    if _settings_of(target_net) != _settings_of(combined):
-        diff = sorted(n for n, v in _settings_of(target_net).items() if _settings_of(combined).get(n) != v)
+    theirs, ours = _settings_of(combined), _settings_of(target_net)
+    if ours != theirs:
+        diff = sorted(name for name, values in ours.items() if theirs.get(name) != values)
         raise DataError(config_path, f"network_def differs from the stage bundles' networks in settings of {', '.join(diff) or 'the root'}")
-    crop = tuple(int(v) for v in parser.get_parsed_content("detector_config")["crop_size"])
-    if crop != classifier_crop_size(cls_bundle):
-        raise DataError(
-            config_path, f"detector_config#crop_size {list(crop)} differs from the classifier's patch_size "
-            f"{list(classifier_crop_size(cls_bundle))} in {cls_bundle}",
-        )
+    crop, patch = tuple(int(v) for v in parser.get_parsed_content("detector_config")["crop_size"]), classifier_crop_size(cls_bundle)
+    if crop != patch:
+        raise DataError(config_path, f"detector_config#crop_size {list(crop)} differs from the classifier's patch_size {list(patch)} in {cls_bundle}")
     out = Path(detection_bundle) / "models" / "model.pt"
     with atomic_path(out) as tmp:
         torch.save(combined.state_dict(), tmp)
