@@ -220,9 +220,9 @@ def main() -> None:
     figures["bank"] = summary
     print(f"[bank] {summary['scans']} scans cut in {time.perf_counter() - t:.0f} s ({summary['skipped']} cached): {summary['by_source']}", flush=True)
 
-    crop = (bundle_patch_edge(),) * 3  # the crop size the bundle trains on
     if args.weights is None:
         network, train_fig = run_training(work, datalist, data_dir, bank, args.train_minutes, args)
+        crop = (bundle_patch_edge(),) * 3  # the crop size the bundle trains on
         figures["training"] = train_fig
         print(f"[train] {train_fig['epochs_run']} epochs, {train_fig['crops_seen']} crops in {train_fig['train_cpu_s'] / 60:.1f} CPU-min "
               f"({train_fig['train_s']:.0f} s wall): {train_fig['crops_seen'] / train_fig['train_s']:.1f} crops/s wall, "
