@@ -66,7 +66,7 @@ def network_throughput(repeats: int = 5) -> dict:
     """The bundle network's crops/s (see ``stage2_speed.measure_network``), channels-last as the bundle runs it."""
     from stage2_speed import bundle_network_kwargs, measure_network
 
-    return measure_network(bundle_network_kwargs(), channels_last=True, batch=16, repeats=repeats, crop=bundle_patch_edge())
+    return measure_network(bundle_network_kwargs(), channels_last=True, batch=16, repeats=repeats)
 
 
 def run_training(work: Path, datalist: Path, data_dir: Path, bank: Path, minutes: float, args) -> tuple[torch.nn.Module, dict]:

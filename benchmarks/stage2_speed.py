@@ -46,13 +46,16 @@ def variants() -> dict[str, tuple[dict, bool]]:
     }
 
 
-def measure_network(kwargs: dict, channels_last: bool = True, batch: int = 16, repeats: int = 5, steps: int = 2, crop: int = 32) -> dict:
+def measure_network(
+    kwargs: dict, channels_last: bool = True, batch: int = 16, repeats: int = 5, steps: int = 2, crop: int | None = None
+) -> dict:
     """Crops/s of one network: ``infer`` (eval, no grad) and ``train`` (forward, backward, AdamW step).
 
-    Input (batch, 1, crop, crop, crop) float32 uniform noise (speed does not depend on the values). Returns, per
-    mode, the median and best over ``repeats`` runs of ``steps`` batches, in crops per wall second and per
-    CPU second, plus the parameter count in millions.
+    Input (batch, 1, crop, crop, crop) float32 uniform noise (speed does not depend on the values); ``crop``
+    is the bundle's patch edge unless given. Returns, per mode, the median and best over ``repeats`` runs of
+    ``steps`` batches, in crops per wall second and per CPU second, plus the parameter count in millions.
     """
+    crop = bundle_patch_edge() if crop is None else crop
     torch.manual_seed(0)
     fmt = torch.channels_last_3d if channels_last else torch.contiguous_format
     net = ResNet(spatial_dims=3, n_input_channels=1, num_classes=2, **kwargs).to(memory_format=fmt)
