@@ -93,12 +93,14 @@ class DetectorConfig:
     # at 48^3); the detection bundle must carry its classifier's, which `assemble` checks
     crop_size: tuple[int, int, int] = (32, 32, 32)
     cls_batch_size: int = 64
-    tta: bool = True  # stage 2 averages 4 flips: candidate AUC 0.805 -> 0.831 on the demo set, 4x the stage-2 cost
+    # stage 2 averages 4 flips (4x the stage-2 cost): demo candidates on 40 held-out scans, three stage-2 seeds,
+    # AUC 0.924-0.986 -> 0.951-0.989 and odds_product CPM 0.660-0.707 -> 0.676-0.719
+    tta: bool = True
     # final probability, one of FINAL_SCORES (see final_score). "odds_product" adds the two stages' log-odds, so a
-    # stage that is sure outweighs one that hesitates; "product" caps the result at the weaker stage. Demo models
-    # with stage-1 flip TTA, CPM odds_product / product / stage 1 alone / stage 2 alone: 10 test scans
-    # 0.611 / 0.619 / 0.579 / 0.587, 10 validation scans 0.630 / 0.630 / 0.555 / 0.597, 20 new scans
-    # 0.657 / 0.651 / 0.594 / 0.623 (previous stage 1: product 0.595 / 0.605 / 0.611, odds_product ahead on all)
+    # stage that is sure outweighs one that hesitates; "product" caps the result at the weaker stage. Demo's stage
+    # 1 (no flips) with three stage-2 seeds, 40 held-out scans: odds_product first in 7 of 9 seed-and-group CPMs
+    # (e.g. 20 new scans 0.874 / 0.851 / 0.709 / 0.754 for odds_product / product / stage 1 / stage 2, default
+    # seed); the detection bundle's guide has the table
     score: str = "odds_product"
     min_probability: float = 0.0  # findings below this are not reported
     amp: bool = True  # float16 autocast on CUDA
