@@ -183,3 +183,44 @@ def test_final_scores_combine_the_stages_as_documented():
         DetectorConfig(score="mean")
     assert set(FINAL_SCORES) == {"odds_product", "product", "stage1", "stage2"}
     assert DetectorConfig().score == "odds_product"
+
+
+@pytest.mark.parametrize("prefetch", [0, 2])
+def test_batch_prefetch_gives_each_scan_its_own_volume_and_records_bad_ones(tmp_path, prefetch):
+    """Scans prepared ahead in a background thread reach the detection step in data-list order, each with its own
+    resampled volume; a scan whose preparation fails is recorded and the run goes on."""
+    import SimpleITK as sitk
+
+    from monai_lung.detection.batch import items_from_paths, run_batch
+    from monai_lung.synthetic import generate_dataset
+    from monai_lung.transforms import ct_preprocessing
+
+    data = tmp_path / "data"
+    generate_dataset(data, num_scans=3, seed=5, size=64, num_subsets=1)
+    scans = sorted(data.glob("subset0/*.mhd"))
+    bad = tmp_path / "broken.mhd"
+    bad.write_text("not a header")
+    items = items_from_paths([scans[0], bad, scans[1], scans[2]])
+    preprocess = ct_preprocessing("image")
+
+    def prepare(item):
+        return preprocess({"image": item.image})["image"]
+
+    seen = []
+
+    def detect(item, image):
+        seen.append(item.seriesuid)
+        return {"findings": [], "grid_shape": list(image.shape[1:]), "mean": float(image.mean())}
+
+    out = tmp_path / "preds.csv"
+    stats = run_batch(detect, items, out, progress=False, prepare=prepare, prefetch=prefetch)
+    assert stats["processed"] == 3 and stats["failed"] == 1
+    assert seen == [s.stem for s in scans]
+    failures = pd.read_csv(out.with_name("failures.csv"), dtype=str, keep_default_na=False)
+    assert failures["seriesuid"].tolist() == ["broken"] and "broken.mhd" in failures["error"].iloc[0]
+    for scan in scans:  # the grid each scan was detected on is its own, resampled to 1 mm
+        result = pd.read_json(out.with_name("preds_scans") / f"{scan.stem}.json", typ="series")
+        header = sitk.ReadImage(str(scan))
+        extent = np.array(header.GetSize()) * np.array(header.GetSpacing())
+        assert np.all(np.abs(np.array(result["grid_shape"]) - extent) <= 2), (result["grid_shape"], extent)
+        assert 0.0 < result["mean"] < 1.0

@@ -22,7 +22,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import pandas as pd
 
@@ -118,6 +118,28 @@ def merge_outputs(items: Sequence[ScanItem], output_csv: str | os.PathLike, worl
     return preds, fail
 
 
+def _prepared_stream(items: Sequence[ScanItem], prepare: Callable[[ScanItem], Any] | None, prefetch: int) -> Iterator[tuple]:
+    """``(index, item, prepare(item) or None, error or None)`` for each item in order; with ``prefetch`` > 0 and a
+    ``prepare``, the preparing runs that many items ahead in a background thread. Errors are yielded, not raised,
+    so that one bad scan does not end the stream."""
+
+    def stream():
+        for index, item in enumerate(items):
+            if prepare is None:
+                yield index, item, None, None
+                continue
+            try:
+                yield index, item, prepare(item), None
+            except Exception as err:
+                yield index, item, None, err
+
+    if prepare is None or prefetch <= 0:
+        return stream()
+    from monai.data import ThreadBuffer
+
+    return iter(ThreadBuffer(stream(), buffer_size=prefetch))
+
+
 def run_batch(
     detect_scan: Callable[[ScanItem], dict],
     items: Sequence[ScanItem],
@@ -127,15 +149,21 @@ def run_batch(
     progress: bool = True,
     on_scan_done: Callable[[dict], None] | None = None,
     barrier: Callable[[], None] | None = None,
+    prepare: Callable[[ScanItem], Any] | None = None,
+    prefetch: int = 0,
 ) -> dict:
     """Run ``detect_scan`` over this rank's share of ``items`` and write the outputs (module docstring).
 
     Args:
         detect_scan: ``item -> {"findings": [{"coord": [x, y, z] world LPS mm, "probability", ...}], "timings_s": {...}, ...}``;
-            raising marks the scan failed.
+            raising marks the scan failed. With ``prepare``: ``(item, prepare(item)) -> result``.
         rank, world_size: this process's share is ``items[rank::world_size]``.
         on_scan_done: called with each finished scan's result (report pictures).
         barrier: waits for all ranks before rank 0 merges (``torch.distributed.barrier``).
+        prepare: optional first step of a scan (reading, resampling: CPU work); raising marks the scan failed.
+        prefetch: with ``prepare``, how many scans it may run ahead of ``detect_scan``, in a background thread
+            (MONAI's ``ThreadBuffer``), so that a GPU does not wait while the next scan is read; 0: one scan at a
+            time. Up to ``prefetch + 1`` prepared volumes wait in memory beside the one being detected.
 
     Returns:
         ``{"processed", "skipped", "failed", "predictions" (rank 0: rows in the merged CSV), "seconds"}``.
@@ -150,24 +178,31 @@ def run_batch(
     failures: list[dict] = []
     stats = {"processed": 0, "skipped": 0, "failed": 0}
     start = time.perf_counter()
-    bar = tqdm(mine, desc=f"detect (rank {rank}/{world_size})" if world_size > 1 else "detect", unit="scan", disable=not progress)
-    for item in bar:
-        result_path = scans_dir / f"{item.seriesuid}.json"
-        if result_path.is_file():
+    todo = []
+    for item in mine:
+        if (scans_dir / f"{item.seriesuid}.json").is_file():
             stats["skipped"] += 1
-            continue
-        try:
-            result = detect_scan(item)
-        except Exception as err:  # one bad scan must not stop a run over thousands
-            message = short_error(err)
-            logger.warning("scan %s failed: %s", item.seriesuid, message)
-            logger.debug("scan %s failed", item.seriesuid, exc_info=True)
-            failures.append({"seriesuid": item.seriesuid, "image": item.image, "error": message})
-            write_csv_atomic(failures_part, pd.DataFrame(failures, columns=["seriesuid", "image", "error"]))
-            stats["failed"] += 1
-            continue
+        else:
+            todo.append(item)
+
+    def record_failure(item: ScanItem, message: str) -> None:
+        logger.warning("scan %s failed: %s", item.seriesuid, message)
+        failures.append({"seriesuid": item.seriesuid, "image": item.image, "error": message})
+        write_csv_atomic(failures_part, pd.DataFrame(failures, columns=["seriesuid", "image", "error"]))
+        stats["failed"] += 1
+
+    def process(item: ScanItem, prepared: Any, error: BaseException | None) -> None:
+        if error is None:
+            try:
+                result = detect_scan(item) if prepare is None else detect_scan(item, prepared)
+            except Exception as err:  # one bad scan must not stop a run over thousands
+                error = err
+        if error is not None:
+            logger.debug("scan %s failed", item.seriesuid, exc_info=error)
+            record_failure(item, short_error(error))
+            return
         result = {"seriesuid": item.seriesuid, "image": item.image, "status": "ok", **result}
-        write_json_atomic(result_path, result)
+        write_json_atomic(scans_dir / f"{item.seriesuid}.json", result)
         stats["processed"] += 1
         timings = result.get("timings_s", {})
         logger.info(
@@ -176,6 +211,18 @@ def run_batch(
         )
         if on_scan_done is not None:
             on_scan_done(result)
+
+    reached: set[int] = set()
+    bar = tqdm(total=len(todo), desc=f"detect (rank {rank}/{world_size})" if world_size > 1 else "detect", unit="scan", disable=not progress)
+    for index, item, prepared, error in _prepared_stream(todo, prepare, prefetch):
+        reached.add(index)
+        process(item, prepared, error)
+        prepared = None  # free this volume before waiting for the next one
+        bar.update(1)
+    bar.close()
+    for index, item in enumerate(todo):  # only if the preparing thread died: say so rather than lose the scan quietly
+        if index not in reached:
+            record_failure(item, "not processed: the background thread preparing scans stopped (see the log)")
     if not failures and failures_part.exists():
         failures_part.unlink()  # this run's failures replace an earlier run's
     if barrier is not None:
@@ -188,17 +235,23 @@ def run_batch(
     return stats
 
 
-def scan_detector(detector, preprocess: Callable[[dict], dict], report_dir: str | os.PathLike | None = None, max_report_findings: int = 10):
-    """``item -> result dict`` for :func:`run_batch`: preprocess, detect, and (optionally) draw the report pictures.
+def scan_steps(detector, preprocess: Callable[[dict], dict], report_dir: str | os.PathLike | None = None, max_report_findings: int = 10):
+    """The two steps of one scan for :func:`run_batch`: ``prepare(item) -> (image, seconds)`` (read, resample,
+    window: CPU only, so it can run ahead in a background thread) and ``detect(item, prepared) -> result dict``
+    (both stages, and optionally the report pictures).
 
     ``detector`` is a :class:`~monai_lung.detection.detector.TwoStageDetector`; ``preprocess`` the CT chain
-    (``{"image": path} -> {"image": (1, i, j, k) MetaTensor}``). Findings are world LPS mm.
+    (``{"image": path} -> {"image": (1, i, j, k) MetaTensor}``, RAS grid, windowed to [0, 1]). Findings are
+    world LPS mm.
     """
 
-    def detect_scan(item: ScanItem) -> dict:
+    def prepare(item: ScanItem):
         t = time.perf_counter()
         image = preprocess({"image": item.image})["image"]
-        total_prep = time.perf_counter() - t
+        return image, time.perf_counter() - t
+
+    def detect(item: ScanItem, prepared) -> dict:
+        image, total_prep = prepared
         read_s, resample_s = float(image.meta.get("read_s", 0.0)), float(image.meta.get("resample_s", 0.0))
         out = detector.detect(image)
         findings = [
@@ -233,7 +286,13 @@ def scan_detector(detector, preprocess: Callable[[dict], dict], report_dir: str 
             result["timings_s"]["report"] = time.perf_counter() - t
         return result
 
-    return detect_scan
+    return prepare, detect
+
+
+def scan_detector(detector, preprocess: Callable[[dict], dict], report_dir: str | os.PathLike | None = None, max_report_findings: int = 10):
+    """``item -> result dict`` for :func:`run_batch`: both steps of :func:`scan_steps` in turn, in this thread."""
+    prepare, detect = scan_steps(detector, preprocess, report_dir, max_report_findings)
+    return lambda item: detect(item, prepare(item))
 
 
 def write_report_index(output_csv: str | os.PathLike, report_dir: str | os.PathLike, items: Sequence[ScanItem]) -> Path:
@@ -269,11 +328,14 @@ def detect_items(
     world_size: int = 1,
     progress: bool = True,
     barrier: Callable[[], None] | None = None,
+    prefetch: int = 1,
 ) -> dict:
-    """Detect over ``items`` and write every output (the CLI's ``detect`` and the detection bundle's ``run``)."""
+    """Detect over ``items`` and write every output (the CLI's ``detect`` and the detection bundle's ``run``);
+    ``prefetch`` scans are read and resampled ahead in a background thread (:func:`run_batch`)."""
+    prepare, detect = scan_steps(detector, preprocess, report_dir, max_report_findings)
     stats = run_batch(
-        scan_detector(detector, preprocess, report_dir, max_report_findings), items, output_csv,
-        rank=rank, world_size=world_size, progress=progress, barrier=barrier,
+        detect, items, output_csv, rank=rank, world_size=world_size, progress=progress, barrier=barrier,
+        prepare=prepare, prefetch=prefetch,
     )
     if rank == 0 and report_dir is not None:
         write_report_index(output_csv, report_dir, items)

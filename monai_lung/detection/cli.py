@@ -28,6 +28,10 @@ def add_detect_arguments(p: argparse.ArgumentParser) -> None:
         "--set", action="append", default=[], metavar="KEY=VALUE",
         help="detector parameter override, e.g. --set seg_threshold=0.3 --set roi_size=[128,128,128] (JSON values)",
     )
+    p.add_argument(
+        "--prefetch", type=int, default=1,
+        help="scans read and resampled ahead in a background thread while the current one is detected (0: none)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -65,6 +69,8 @@ def detect_main(args: argparse.Namespace) -> int:
     from monai_lung.detection.loading import load_detector
     from monai_lung.transforms.preprocessing import ct_preprocessing
 
+    if args.prefetch < 0:
+        raise SystemExit(f"monai-lung detect: --prefetch must be 0 or more, got {args.prefetch}")
     if bool(args.images) == bool(args.datalist):
         raise SystemExit("monai-lung detect: give either IMAGES or --datalist")
     if args.models is None and not (args.seg_bundle and args.cls_bundle):
@@ -90,7 +96,7 @@ def detect_main(args: argparse.Namespace) -> int:
     torch.set_grad_enabled(False)
     stats = detect_items(
         detector, preprocess, items, args.output, report_dir=args.report_dir, max_report_findings=args.max_report_findings,
-        rank=rank, world_size=world, progress=not args.no_progress, barrier=barrier,
+        rank=rank, world_size=world, progress=not args.no_progress, barrier=barrier, prefetch=args.prefetch,
     )
     if rank == 0:
         print(
