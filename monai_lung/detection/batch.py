@@ -212,17 +212,16 @@ def run_batch(
         if on_scan_done is not None:
             on_scan_done(result)
 
-    reached: set[int] = set()
+    reached = 0  # the stream keeps the order, so the scans reached are a prefix of todo
     bar = tqdm(total=len(todo), desc=f"detect (rank {rank}/{world_size})" if world_size > 1 else "detect", unit="scan", disable=not progress)
     for index, item, prepared, error in _prepared_stream(todo, prepare, prefetch):
-        reached.add(index)
+        reached = index + 1
         process(item, prepared, error)
         prepared = None  # free this volume before waiting for the next one
         bar.update(1)
     bar.close()
-    for index, item in enumerate(todo):  # only if the preparing thread died: say so rather than lose the scan quietly
-        if index not in reached:
-            record_failure(item, "not processed: the background thread preparing scans stopped (see the log)")
+    for item in todo[reached:]:  # only if the preparing thread died: say so rather than lose the scan quietly
+        record_failure(item, "not processed: the background thread preparing scans stopped (see the log)")
     if not failures and failures_part.exists():
         failures_part.unlink()  # this run's failures replace an earlier run's
     if barrier is not None:
