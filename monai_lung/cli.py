@@ -61,6 +61,14 @@ def _cmd_assemble(args: argparse.Namespace) -> int:
     return assemble_main(args)
 
 
+def _cmd_markups(args: argparse.Namespace) -> int:
+    from monai_lung.report.slicer import csv_to_markups
+
+    written = csv_to_markups(args.csv, args.output_dir, min_probability=args.min_probability, max_per_scan=args.max_per_scan)
+    print(f"wrote {len(written)} 3D Slicer point lists (<seriesuid>.mrk.json, world LPS mm) to {args.output_dir}")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from monai_lung.demo import run_demo
 
@@ -135,6 +143,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("score", help="stage-2 probability of each point of a CSV (world mm)")
     add_score_arguments(p)
     p.set_defaults(func=score_main)
+
+    p = sub.add_parser("markups", help="3D Slicer point lists (.mrk.json), one per scan, from a predictions or annotations CSV")
+    p.add_argument("csv", type=Path, help="LUNA16 predictions (...,probability) or annotations (...,diameter_mm), world mm")
+    p.add_argument("--output-dir", type=Path, required=True, help="writes <seriesuid>.mrk.json here")
+    p.add_argument("--min-probability", type=float, default=float("-inf"), help="predictions: keep points scoring at least this")
+    p.add_argument("--max-per-scan", type=int, default=None, help="predictions: keep the N best points per scan")
+    p.set_defaults(func=_cmd_markups)
 
     p = sub.add_parser("demo", help="the whole pipeline on a synthetic data set (what `make demo` runs)")
     from monai_lung.demo import add_demo_arguments

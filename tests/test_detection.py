@@ -107,6 +107,15 @@ def test_per_scan_json_and_report(models, first_run):
         assert entry["seriesuid"] in html
     pngs = list((models["root"] / "run1" / "report" / "images").glob("*.png"))
     assert len(pngs) == min(10, len(preds)) or len(pngs) >= len(set(preds.seriesuid))
+    # one 3D Slicer point list per scan: its 10 best findings, world LPS mm as in the JSON, linked from the page
+    for path in scans:
+        res = json.loads(path.read_text(encoding="utf-8"))
+        assert res["markups"] == f"slicer/{res['seriesuid']}.mrk.json" and res["markups"] in html
+        doc = json.loads((models["root"] / "run1" / "report" / res["markups"]).read_text(encoding="utf-8"))
+        (markup,) = doc["markups"]
+        assert markup["coordinateSystem"] == "LPS"
+        best = sorted(res["findings"], key=lambda f: -f["probability"])[:10]
+        assert [cp["position"] for cp in markup["controlPoints"]] == [f["coord"] for f in best]
 
 
 def test_rerun_resumes_without_duplicating_rows(models, first_run, tmp_path):

@@ -9,6 +9,8 @@ Outputs for ``--output preds.csv``:
   and no row is ever duplicated;
 - ``failures.csv`` beside ``preds.csv``: ``seriesuid,image,error`` for scans that could not be processed
   (unreadable, not 3D, NaNs, smaller than a patch...). The run goes on with the other scans.
+- with a report dir: ``index.html``, a PNG per shown finding (``images/``) and per scan a 3D Slicer point list
+  of the same findings (``slicer/<seriesuid>.mrk.json``, world LPS mm).
 
 Under ``torchrun`` each rank takes every WORLD_SIZE-th scan and writes its own JSON files and
 ``failures.rank<R>.csv``; rank 0 merges them when all ranks are done.
@@ -282,10 +284,24 @@ def scan_steps(detector, preprocess: Callable[[dict], dict], report_dir: str | o
                 result["report"] = render_scan_findings(item.image, item.seriesuid, findings, report_dir, max_report_findings)
             except Exception as err:  # a picture must not cost the detections
                 result["report_error"] = short_error(err)
+            try:
+                result["markups"] = write_scan_markups(report_dir, item.seriesuid, findings, max_report_findings)
+            except Exception as err:  # neither may the Slicer file
+                result["report_error"] = "; ".join(filter(None, [result.get("report_error"), short_error(err)]))
             result["timings_s"]["report"] = time.perf_counter() - t
         return result
 
     return prepare, detect
+
+
+def write_scan_markups(report_dir: str | os.PathLike, seriesuid: str, findings: Sequence[dict], max_findings: int) -> str:
+    """``report_dir/slicer/<seriesuid>.mrk.json``: the scan's ``max_findings`` best findings (world LPS mm) as a
+    3D Slicer point list; returns its path relative to ``report_dir``."""
+    from monai_lung.report.slicer import MARKUPS_SUFFIX, finding_points, point_list_markups, write_markups
+
+    relative = Path("slicer") / f"{seriesuid}{MARKUPS_SUFFIX}"
+    write_markups(Path(report_dir) / relative, point_list_markups(finding_points(findings, max_findings), f"{seriesuid} findings"))
+    return relative.as_posix()
 
 
 def scan_detector(detector, preprocess: Callable[[dict], dict], report_dir: str | os.PathLike | None = None, max_report_findings: int = 10):
@@ -309,7 +325,8 @@ def write_report_index(output_csv: str | os.PathLike, report_dir: str | os.PathL
         if path.is_file():
             res = json.loads(path.read_text(encoding="utf-8"))
             scans.append({"seriesuid": item.seriesuid, "image": item.image, "status": "ok", "error": res.get("report_error"),
-                          "findings": res.get("report", []), "timings_s": res.get("timings_s", {})})
+                          "findings": res.get("report", []), "timings_s": res.get("timings_s", {}),
+                          "markups": res.get("markups")})
         elif item.seriesuid in errors:
             scans.append({"seriesuid": item.seriesuid, "image": item.image, "status": "failed", "error": errors[item.seriesuid],
                           "findings": [], "timings_s": {}})

@@ -163,7 +163,7 @@ def _scan_section(report_dir: Path, anchor: str, scan: Mapping[str, Any]) -> str
     uid = scan.get("seriesuid", "")
     timings, _ = _timings_text(scan.get("timings_s"))
     parts = [f'<section id="{anchor}">', f"<h3>{_esc(uid)}</h3>",
-             f'<p class="meta">{_esc(scan.get("image", ""))}</p>',
+             f'<p class="meta">{_esc(scan.get("image", ""))}{_markups_link(report_dir, scan.get("markups"))}</p>',
              f'<p class="meta">status: {_esc(scan.get("status", "ok"))}'
              + (f" · {_esc(timings)}" if timings else "") + "</p>"]
     if not _is_ok(scan):
@@ -182,6 +182,13 @@ def _scan_section(report_dir: Path, anchor: str, scan: Mapping[str, Any]) -> str
                      f"<figcaption>{caption}</figcaption></figure>")
     parts.append("</section>")
     return "\n".join(parts)
+
+
+def _markups_link(report_dir: Path, markups: Any) -> str:
+    """`` · 3D Slicer points`` linking the scan's ``.mrk.json`` (path relative to report_dir), when it exists."""
+    if not markups or not (report_dir / str(markups)).is_file():
+        return ""
+    return f' · <a href="{_esc(quote(Path(str(markups)).as_posix(), safe="/"))}">3D Slicer points (.mrk.json)</a>'
 
 
 def _stage_text(finding: Mapping[str, Any]) -> str:
@@ -233,7 +240,8 @@ def write_index_html(report_dir: str | os.PathLike, scans: Sequence[Mapping[str,
         report_dir: report folder; the findings' ``"png"`` paths are relative to it.
         scans: ``[{"seriesuid", "image": scan path, "status": "ok" | "failed", "error": str | None,
             "findings": [dicts from :func:`monai_lung.report.findings.render_scan_findings`: "png", "coord"
-            (world LPS x, y, z mm), "diameter_mm", "probability", ...], "timings_s": {stage: seconds}}]``.
+            (world LPS x, y, z mm), "diameter_mm", "probability", ...], "timings_s": {stage: seconds},
+            "markups": optional path of the scan's 3D Slicer ``.mrk.json``, relative to report_dir}]``.
             An "ok" scan's "error" (e.g. its pictures failed) is shown too.
         title: page heading.
 
