@@ -267,6 +267,43 @@ def test_crop_bank_dataset_skips_meta_tracking_without_changing_the_crops(synthe
         assert int(with_meta["label"]) == int(plain["label"])
 
 
+def test_bank_view_changes_the_cost_not_the_training_crops(synthetic, tmp_path):
+    """The bundle's chain on the central bank_view_size^3 of each stored crop gives the very crops it gives on the
+    whole stored crop (zoom and synthetic nodules off, as they resample and estimate noise over the volume); the
+    view keeps the candidate at its centre voxel, also for an odd size."""
+    from monai.bundle import ConfigParser
+
+    from monai_lung.fpr import centre_view
+    from tests.bundle_utils import REPO
+
+    entries = _entries(synthetic, "training")
+    bank_dir = tmp_path / "bank"
+    build_crop_bank(entries, bank_dir, CropBankSettings(crop_size=64, positives_per_nodule=2, random_per_scan=4))
+    parser = ConfigParser()
+    parser.read_config(str(REPO / "bundles" / "lung_nodule_ct_classification" / "configs" / "train.json"))
+    parser.update({"crop_bank_dir": str(bank_dir), "dataset_dir": str(synthetic), "data_list_file_path": str(synthetic / "dl.json"),
+                   "synthetic_nodule_prob": 0.0})
+    assert parser.get_parsed_content("bank_view_size") == 44  # 32 + 2 * 2 jitter, / 0.85 zoom-out, rounded up to even
+    chain = parser.get_parsed_content("train#preprocessing")
+    zoom = [t for t in chain.transforms if type(t).__name__ == "RandZoomd"]
+    assert len(zoom) == 1
+    zoom[0].prob = 0.0
+    crops = {}
+    for view in (None, 44):
+        ds = CropBankDataset(bank_dir, data=entries, transform=chain, view_size=view)
+        chain.set_random_state(seed=5)
+        crops[view] = [ds[i]["image"] for i in range(8)]
+    for whole, viewed in zip(crops[None], crops[44]):
+        assert torch.equal(whole, viewed)
+    stored = CropBankDataset(bank_dir, data=entries)[0]["image"]
+    for size in (44, 31):
+        block = centre_view(stored, size)
+        assert block.shape == (1, size, size, size)
+        assert torch.equal(block[0, size // 2, size // 2, size // 2], stored[0, 32, 32, 32])
+        assert torch.equal(CropBankDataset(bank_dir, data=entries, view_size=size)[0]["image"], block)
+    assert centre_view(stored, 80) is stored
+
+
 class IntensityStage1(torch.nn.Module):
     """A stage-1 stand-in with fixed weights: 'nodule' wherever the scaled CT is dense tissue.
 
@@ -445,5 +482,13 @@ def test_context_swap_keeps_the_candidate_and_replaces_its_surroundings(syntheti
         donor = swap._donor_crop()
         np.testing.assert_allclose(after[outer], donor[outer], atol=3e-3)
         assert not np.allclose(after[outer], before[outer], atol=1e-2)
+    # on a central view (the classification bundle's bank_view_size) the donors are cut to the same view
+    view = CropBankDataset(bank_dir, data=entries, view_size=30)
+    item = view[pos]
+    out = swap(item)
+    assert out["image"].shape == (1, 30, 30, 30)
+    axes = np.meshgrid(*[np.arange(30) - 15] * 3, indexing="ij")
+    outer = np.sqrt(sum(a**2 for a in axes)) >= max(8.0, item["diameter_mm"] / 2 + 4.0) + 2.0
+    np.testing.assert_allclose(np.asarray(out["image"][0])[outer], swap._donor_crop()[5:35, 5:35, 5:35][outer], atol=3e-3)
     # donors are negatives only
     assert set(ds.index.set_index(["seriesuid", "row"]).loc[list(zip(swap.donor_uid, swap.donor_row)), "label"]) == {0}

@@ -17,6 +17,7 @@ from monai_lung.fpr.bank import (
     CropBankSettings,
     away_from_findings,
     bank_spacing,
+    centre_view,
     build_crop_bank,
     build_scan_crops,
     finding_arrays,

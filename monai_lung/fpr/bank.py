@@ -509,3 +509,14 @@ def build_crop_bank(
         "crops": int(len(index)),
         "by_source": {str(k): int(v) for k, v in index["source"].value_counts().items()} if len(index) else {},
     }
+
+
+def centre_view(crop, size: int | None):
+    """The central ``size``³ block of a (..., S, S, S) crop (a view, no copy), the candidate point moving from
+    voxel S // 2 to voxel size // 2; the whole crop when ``size`` is None or not smaller than S."""
+    full = crop.shape[-1]
+    if size is None or int(size) >= full:
+        return crop
+    start = full // 2 - int(size) // 2
+    block = slice(start, start + int(size))
+    return crop[..., block, block, block]

@@ -15,7 +15,7 @@ from monai.data import Dataset
 from monai.transforms import apply_transform
 from torch.utils.data.distributed import DistributedSampler
 
-from monai_lung.fpr.bank import CropBank
+from monai_lung.fpr.bank import CropBank, centre_view
 from monai_lung.io import DataError, seriesuid_of
 from monai_lung.transforms.compose import meta_tracking
 
@@ -34,7 +34,7 @@ def datalist_seriesuids(datalist_file: str | os.PathLike, key: str) -> list[str]
 class CropBankDataset(Dataset):
     """The crops of a crop bank for a set of scans, as MONAI dictionaries.
 
-    Each item: ``image`` (1, S, S, S) float32 tensor, the stored crop (S = the bank's ``crop_size``, [0, 1]
+    Each item: ``image`` (1, S, S, S) float32 tensor, the stored crop (S = the bank's ``crop_size`` or ``view_size``, [0, 1]
     scaled CT on the bank's grid, 1 mm by default, the candidate point at voxel S // 2); ``label`` int64
     scalar (1 nodule, 0 not); ``seriesuid``; ``source``; ``point`` (3,) world LPS mm; ``diameter_mm`` (the
     nodule's for positives, NaN for negatives). ``transform`` then cuts the final crop (jitter, augmentation).
@@ -49,6 +49,10 @@ class CropBankDataset(Dataset):
             geometry is fixed (the bank's grid, candidate at the centre; transforms that work in mm take
             :func:`~monai_lung.fpr.bank.bank_spacing`), and MONAI's per-transform meta bookkeeping cost a
             third of the loading time (202 -> 299 crops/s for the bundle's chain, same tensors).
+        view_size: hand ``transform`` only the central ``view_size``³ of each stored crop (:func:`centre_view`;
+            None: all of it). Training needs no more than the final crop plus its jitter and zoom margin, and
+            every transform's cost grows with the volume: 44³ instead of 64³ made the classification bundle's
+            training chain ~2x cheaper.
 
     A scan of ``data`` missing from the bank is an error (the bank is stale or was built for other keys).
     """
@@ -60,9 +64,11 @@ class CropBankDataset(Dataset):
         transform: Callable | None = None,
         sources: Sequence[str] | None = None,
         track_meta: bool = False,
+        view_size: int | None = None,
     ):
         self.bank = CropBank(bank_dir)
         self.track_meta = track_meta
+        self.view_size = None if view_size is None else int(view_size)
         index = self.bank.read_index()
         if data is not None:
             uids = [str(e.get("seriesuid") or seriesuid_of(e["image"])) if isinstance(e, Mapping) else str(e) for e in data]
@@ -107,7 +113,7 @@ class CropBankDataset(Dataset):
         uid = item["seriesuid"]
         if uid not in self._crops:
             self._crops[uid] = self.bank.load_crops(uid)
-        crop = np.asarray(self._crops[uid][item["row"]], dtype=np.float32)
+        crop = np.asarray(centre_view(self._crops[uid][item["row"]], self.view_size), dtype=np.float32)
         item["image"] = torch.from_numpy(crop)[None]
         item["label"] = torch.tensor(item.pop("label"), dtype=torch.long)
         del item["row"]

@@ -10,7 +10,7 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, RandomizableTransform
 
-from monai_lung.fpr.bank import CropBank
+from monai_lung.fpr.bank import CropBank, centre_view
 
 
 class ContextSwapd(RandomizableTransform, MapTransform):
@@ -105,7 +105,7 @@ class ContextSwapd(RandomizableTransform, MapTransform):
         for key in self.key_iterator(d):
             img = d[key]
             size = img.shape[1:]
-            donor = torch.from_numpy(self._donor_crop()).to(img.dtype)
+            donor = torch.from_numpy(np.ascontiguousarray(centre_view(self._donor_crop(), size[-1]))).to(img.dtype)
             if tuple(donor.shape) != tuple(size):
                 raise ValueError(f"donor crop {tuple(donor.shape)} does not match the crop {tuple(size)}")
             keep = self._keep_mask(tuple(size), radius).to(img.dtype)
