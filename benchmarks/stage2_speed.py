@@ -1,6 +1,11 @@
 """Stage-2 network speed on this machine: inference and training crops/s of 3D ResNets on cubic crops.
 
     .venv/bin/python benchmarks/stage2_speed.py [--threads 1] [--repeats 5] [--batch 16] [--crop 48] [--configs bundle resnet18 ...]
+    .venv/bin/python benchmarks/stage2_speed.py --chain demo_output/crop_bank --datalist demo_output/datalist_fold0.json
+
+With ``--chain BANK`` it times the bundle's training transform chain instead (``train#dataset`` as the bundle
+builds it: crops read from the bank, augmented, on plain tensors) over the same items, once on the whole stored
+crop and once on the bundle's ``bank_view_size`` view, in crops per second on this process's threads.
 
 The crop edge defaults to the bundle's ``patch_size`` (32 since classification bundle 0.4.0).
 
@@ -88,6 +93,34 @@ def measure_network(
     return out
 
 
+def measure_chain(bank_dir: Path, datalist: Path, items: int = 400, repeats: int = 3) -> dict:
+    """Crops/s of the bundle's training chain (``train#dataset``) on ``items`` random training items of a crop bank,
+    with ``view_size`` None (the whole stored crop) and the bundle's ``bank_view_size``: median and best of
+    ``repeats`` passes after a warm-up pass (which also loads the crops into memory, as training does)."""
+    import numpy as np
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLE))
+    parser.update({"bundle_root": str(BUNDLE.parents[1]), "crop_bank_dir": str(bank_dir), "data_list_file_path": str(datalist),
+                   "dataset_dir": str(datalist.parent)})
+    dataset = parser.get_parsed_content("train#dataset")
+    view = dataset.view_size
+    picks = np.random.default_rng(0).choice(len(dataset), min(items, len(dataset)), replace=False)
+    out = {"view_size": view}
+    for name, size in (("whole", None), ("view", view)):
+        dataset.view_size = size
+        [dataset[int(i)] for i in picks]
+        rates = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            for i in picks:
+                dataset[int(i)]
+            rates.append(len(picks) / (time.perf_counter() - t))
+        out[name] = (statistics.median(rates), max(rates))
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1)
@@ -95,8 +128,18 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--crop", type=int, default=bundle_patch_edge(), help="crop edge in voxels (default: the bundle's patch_size)")
     parser.add_argument("--configs", nargs="*", default=list(variants()))
+    parser.add_argument("--chain", type=Path, metavar="BANK", help="time the training transform chain on this crop bank instead")
+    parser.add_argument("--datalist", type=Path, help="with --chain: the data list whose training scans the bank holds")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.chain is not None:
+        if args.datalist is None:
+            parser.error("--chain needs --datalist")
+        r = measure_chain(args.chain, args.datalist, repeats=args.repeats)
+        print(f"training chain, {args.threads} thread(s), crops/s (median, best of {args.repeats}):")
+        print(f"  whole stored crop      {r['whole'][0]:7.1f} {r['whole'][1]:7.1f}")
+        print(f"  central {r['view_size']}^3 view      {r['view'][0]:7.1f} {r['view'][1]:7.1f}")
+        return
     table = variants()
     print(f"torch {torch.__version__}, {args.threads} thread(s), batch {args.batch} of {args.crop}^3 crops, {args.repeats} repeats (CPU may be shared)")
     print(f"{'network':<19}{'params':>8} | {'infer crops/s':>14}{'best':>7}{'per CPU-s':>11} | {'train crops/s':>14}{'best':>7}{'per CPU-s':>11}")
