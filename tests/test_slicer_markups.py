@@ -93,6 +93,10 @@ def test_bad_csv_names_the_file(tmp_path, capsys):
     points.write_text("seriesuid,coordX,coordY,coordZ\n1.2,1,2,3\n", encoding="utf-8")
     with pytest.raises(DataError, match="neither a predictions CSV"):
         csv_to_markups(points, tmp_path / "out")
+    escape = tmp_path / "escape.csv"
+    escape.write_text("seriesuid,coordX,coordY,coordZ,probability\n1.2.3,1,2,3,0.5\n../evil,1,2,3,0.5\n", encoding="utf-8")
+    with pytest.raises(DataError, match="not usable as a file name"):
+        csv_to_markups(escape, tmp_path / "out")
     nan = tmp_path / "nan.csv"
     nan.write_text("seriesuid,coordX,coordY,coordZ,probability\n1.2,1,nan,3,0.5\n", encoding="utf-8")
     assert main(["markups", str(nan), "--output-dir", str(tmp_path / "out")]) == 2

@@ -137,6 +137,9 @@ def csv_to_markups(
         raise DataError(csv_path, "neither a predictions CSV (…,probability) nor an annotations CSV (…,diameter_mm)")
     output_dir = Path(output_dir)
     written: dict[str, Path] = {}
+    for uid in frame["seriesuid"].unique():  # checked before anything is written
+        if Path(uid).name != uid or uid in (".", ".."):  # it names a file in output_dir, nothing else
+            raise DataError(csv_path, f"seriesuid {uid!r} is not usable as a file name")
     for uid, rows in frame.groupby("seriesuid", sort=False):
         coords = rows[["coordX", "coordY", "coordZ"]].to_numpy(np.float64)
         if kind == "findings":
