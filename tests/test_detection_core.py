@@ -181,6 +181,18 @@ def test_final_scores_combine_the_stages_as_documented():
         final_score(s1, s2, "mean")
     with pytest.raises(ValueError, match="score must be one of"):
         DetectorConfig(score="mean")
+    # a lighter stage-1 vote: half its log-odds; none leaves stage 2 alone; other rules ignore the weight
+    half = final_score(s1[:3], s2[:3], "odds_product", stage1_weight=0.5)
+    np.testing.assert_allclose(half, 1 / (1 + np.exp(-(0.5 * np.log(s1[:3] / (1 - s1[:3])) + np.log(s2[:3] / (1 - s2[:3]))))))
+    assert half[1] == pytest.approx(0.9 * 3 / (0.9 * 3 + 0.1))  # odds 3 x 9 = 27
+    np.testing.assert_allclose(final_score(s1, s2, "odds_product", stage1_weight=0.0), s2)
+    np.testing.assert_allclose(final_score(s1, s2, "product", stage1_weight=0.5), s1 * s2)
+    for bad in (-0.5, float("nan")):
+        with pytest.raises(ValueError, match="stage1_weight"):
+            final_score(s1, s2, "odds_product", stage1_weight=bad)
+        with pytest.raises(ValueError, match="stage1_weight"):
+            DetectorConfig(stage1_weight=bad)
+    assert DetectorConfig.from_dict({"stage1_weight": 0.5}).stage1_weight == 0.5
     assert set(FINAL_SCORES) == {"odds_product", "product", "stage1", "stage2"}
     assert DetectorConfig().score == "odds_product"
 
