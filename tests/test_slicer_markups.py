@@ -84,19 +84,23 @@ def test_finding_description_and_bad_coordinates():
         point_list_markups([{"coord": [1.0, 2.0], "label": "x"}], "scan")
 
 
-def test_bad_csv_names_the_file(tmp_path, capsys):
-    empty = tmp_path / "empty.csv"
-    empty.write_text("", encoding="utf-8")
-    with pytest.raises(DataError, match="empty.csv"):
-        csv_to_markups(empty, tmp_path / "out")
-    points = tmp_path / "points.csv"
-    points.write_text("seriesuid,coordX,coordY,coordZ\n1.2,1,2,3\n", encoding="utf-8")
-    with pytest.raises(DataError, match="neither a predictions CSV"):
-        csv_to_markups(points, tmp_path / "out")
-    escape = tmp_path / "escape.csv"
-    escape.write_text("seriesuid,coordX,coordY,coordZ,probability\n1.2.3,1,2,3,0.5\n../evil,1,2,3,0.5\n", encoding="utf-8")
-    with pytest.raises(DataError, match="not usable as a file name"):
-        csv_to_markups(escape, tmp_path / "out")
+@pytest.mark.parametrize(
+    "name, text, match",
+    [
+        ("empty.csv", "", "empty.csv"),
+        ("points.csv", "seriesuid,coordX,coordY,coordZ\n1.2,1,2,3\n", "neither a predictions CSV"),
+        ("escape.csv", "seriesuid,coordX,coordY,coordZ,probability\n1.2.3,1,2,3,0.5\n../evil,1,2,3,0.5\n", "not usable as a file name"),
+    ],
+)
+def test_bad_csv_is_refused_before_anything_is_written(tmp_path, name, text, match):
+    bad = tmp_path / name
+    bad.write_text(text, encoding="utf-8")
+    with pytest.raises(DataError, match=match):
+        csv_to_markups(bad, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_names_the_file_and_the_column(tmp_path, capsys):
     nan = tmp_path / "nan.csv"
     nan.write_text("seriesuid,coordX,coordY,coordZ,probability\n1.2,1,nan,3,0.5\n", encoding="utf-8")
     assert main(["markups", str(nan), "--output-dir", str(tmp_path / "out")]) == 2
