@@ -76,11 +76,12 @@ class ContextSwapd(RandomizableTransform, MapTransform):
         self._donor = int(self.R.randint(len(self.donor_row)))
         self._radius = float(self.R.uniform(*self.radius_mm))
 
-    def _donor_crop(self) -> np.ndarray:
+    def _donor_crop(self, size: int | None = None) -> np.ndarray:
+        """The drawn donor's stored crop, its central ``size``³ (:func:`centre_view`; None: whole), as float32."""
         uid = self.donor_uid[self._donor]
         if uid not in self._crops:
             self._crops[uid] = self.bank.load_crops(uid)
-        return np.asarray(self._crops[uid][self.donor_row[self._donor]], dtype=np.float32)
+        return np.asarray(centre_view(self._crops[uid][self.donor_row[self._donor]], size), dtype=np.float32)
 
     def _keep_mask(self, size: tuple, radius: float) -> torch.Tensor:
         """(S, S, S) weight of the own crop: ~1 within ``radius`` mm of the centre voxel S // 2, ~0 beyond.
@@ -105,7 +106,7 @@ class ContextSwapd(RandomizableTransform, MapTransform):
         for key in self.key_iterator(d):
             img = d[key]
             size = img.shape[1:]
-            donor = torch.from_numpy(np.ascontiguousarray(centre_view(self._donor_crop(), size[-1]))).to(img.dtype)
+            donor = torch.from_numpy(self._donor_crop(size[-1])).to(img.dtype)
             if tuple(donor.shape) != tuple(size):
                 raise ValueError(f"donor crop {tuple(donor.shape)} does not match the crop {tuple(size)}")
             keep = self._keep_mask(tuple(size), radius).to(img.dtype)

@@ -84,10 +84,10 @@ def finding_points(findings: Sequence[Mapping[str, Any]], max_points: int | None
     points = []
     for rank, f in enumerate(kept, start=1):
         parts = [f"probability {float(f['probability']):.3f}"]
-        for key, text, digits in (("stage1_peak", "stage 1", 3), ("stage2_prob", "stage 2", 3), ("diameter_mm", "diameter", 1)):
+        for key, text, digits, unit in (("stage1_peak", "stage 1", 3, ""), ("stage2_prob", "stage 2", 3, ""), ("diameter_mm", "diameter", 1, " mm")):
             value = _fmt(f.get(key), digits)
             if value is not None:
-                parts.append(f"{text} {value}" + (" mm" if key == "diameter_mm" else ""))
+                parts.append(f"{text} {value}{unit}")
         points.append({"coord": f["coord"], "label": f"{rank} p{float(f['probability']):.2f}", "description": ", ".join(parts)})
     return points
 
