@@ -33,8 +33,8 @@ import torch
 from monai_lung.datalist import load_datalist_entries
 from monai_lung.detection.detector import DetectorConfig, scan_lung_masks, stage1_candidates
 from monai_lung.detection.loading import stage_network
-from monai_lung.detection.segment import segment_probability
-from monai_lung.io.coords import world_to_index
+from monai_lung.detection.segment import segment_probability, zoom_to_spacing
+from monai_lung.io.coords import voxel_spacing, world_to_index
 from monai_lung.training.checkpoints import latest_checkpoint
 from monai_lung.transforms import ct_preprocessing, nodule_arrays
 
@@ -96,15 +96,17 @@ def train_with_budget(bundle: Path, work: Path, args: argparse.Namespace) -> Pat
 
 
 def probability_maps(bundle: Path, entries: list[dict], args: argparse.Namespace, cache: Path | None):
-    """Yields (entry, prob (i, j, k) float32 on the 1 mm RAS grid, affine 4x4 RAS, candidate mask (i, j, k)
-    bool or None, seconds) per test scan."""
+    """Yields (entry, prob (i, j, k) float32 on the 1 mm RAS grid (``--seg-spacing`` mm when given), affine 4x4
+    RAS, candidate mask (i, j, k) bool or None, seconds) per test scan."""
     network = stage_network(str(bundle)).eval()
     prep = ct_preprocessing()
     for entry in entries:
         path = cache / f"{entry['seriesuid']}.npz" if cache else None
         t = time.perf_counter()
         image = prep({"image": entry["image"]})["image"]
-        lung, core = scan_lung_masks(image, (1.0, 1.0, 1.0), args.detector_config)
+        if args.seg_spacing:  # the detector's seg_spacing: stage 1 on a finer grid than it was trained on
+            image = zoom_to_spacing(image, (args.seg_spacing,) * 3)
+        lung, core = scan_lung_masks(image, voxel_spacing(image), args.detector_config)
         affine = image.affine.numpy()
         if path is not None and path.exists():
             z = np.load(path)
@@ -131,6 +133,7 @@ def main() -> None:
         help="mm; candidate centres must lie in the lungs grown by this (negative: anywhere)",
     )
     p.add_argument("--roi", type=int, default=96)
+    p.add_argument("--seg-spacing", type=float, default=None, help="run stage 1 on this isotropic grid (mm), as the detector's seg_spacing")
     p.add_argument(
         "--flip-axes", default=",".join(map(str, DetectorConfig.seg_flip_axes)),
         help="stage-1 flip test-time augmentation as the detector runs it (comma-separated axes; '' for none)",
@@ -150,7 +153,8 @@ def main() -> None:
     bundle = args.bundle
     if args.train_minutes > 0:
         bundle = train_with_budget(args.bundle, args.work_dir, args)
-    cache = args.work_dir / ("prob" + "".join(f"_flip{a}" for a in args.flip_axes))  # maps differ with the flips
+    # maps differ with the flips and the grid
+    cache = args.work_dir / ("prob" + "".join(f"_flip{a}" for a in args.flip_axes) + (f"_grid{args.seg_spacing:g}" if args.seg_spacing else ""))
     if cache.exists() and args.train_minutes > 0:
         shutil.rmtree(cache)
     cache.mkdir(exist_ok=True)

@@ -194,25 +194,38 @@ def run_demo(args: argparse.Namespace) -> int:
     for name, fn in [("synthesise", synth), ("datalist", make_datalist), ("train_stage1", train_stage1), ("crop_bank", crop_bank),
                      ("finetune_stage1", finetune_stage1), ("train_stage2", train_stage2), ("assemble", assemble), ("detect", detect), ("evaluate", evaluate)]:
         steps.run(name, fn)
-    by_score = compare_final_scores(preds, data_dir, datalist, work / "froc_by_score")
+    weight = detector_stage1_weight(det)
+    by_score = compare_final_scores(preds, data_dir, datalist, work / "froc_by_score", stage1_weight=weight)
 
     result = json.loads((froc / "froc.json").read_text(encoding="utf-8"))
     print(f"\n[demo] finished in {time.perf_counter() - steps.start:.0f} s")
     print(f"[demo] CPM {result['cpm']:.3f} on {result.get('counts', {}).get('num_scans', '?')} synthetic test scans")
     print("[demo] sensitivity at " + ", ".join(f"{r['fps_per_scan']:g}: {r['sensitivity']:.3f}" for r in result["sensitivities"]) + " FPs/scan")
     print("[demo] CPM by final score (same candidates): " + ", ".join(f"{k} {v:.3f}" for k, v in by_score.items())
-          + "  (stage1: UNet peak only; stage2: ResNet only; product, odds_product: both)")
+          + f"  (stage1: UNet peak only; stage2: ResNet only; product, odds_product: both, stage-1 weight {weight:g})")
     print(f"[demo] FROC plot: {froc / 'froc.png'}   curve: {froc / 'froc.csv'}")
     print(f"[demo] review report: {report / 'index.html'}   predictions: {preds}")
     print(f"[demo] trained bundles: {seg}, {cls}, {det}")
     return 0
 
 
-def compare_final_scores(preds_csv: Path, data_dir: Path, datalist: Path, out_dir: Path, n_bootstrap: int = 100) -> dict:
+def detector_stage1_weight(det_bundle: Path) -> float:
+    """The detection bundle's ``detector_config#stage1_weight`` (the detector's default when it has none)."""
+    from monai_lung.detection.detector import DetectorConfig
+    from monai_lung.detection.loading import bundle_parser
+
+    config = dict(bundle_parser(det_bundle).get_parsed_content("detector_config"))
+    return float(config.get("stage1_weight", DetectorConfig.stage1_weight))
+
+
+def compare_final_scores(
+    preds_csv: Path, data_dir: Path, datalist: Path, out_dir: Path, n_bootstrap: int = 100, stage1_weight: float = 1.0
+) -> dict:
     """CPM of the same detection run under each final score (stage-1 peak, stage-2 probability, and the two
-    rules that combine them: see ``detection.detector.final_score``), re-ranked from the per-scan JSON results
-    that ``detect`` keeps: shows which stage limits the result. Returns {score name: CPM}; each evaluation's
-    files go to ``out_dir/<name>/``."""
+    rules that combine them: see ``detection.detector.final_score``; ``stage1_weight`` is odds_product's, give
+    the detector's so that its CPM is the run's), re-ranked from the per-scan JSON results that ``detect`` keeps:
+    shows which stage limits the result. Returns {score name: CPM}; each evaluation's files go to
+    ``out_dir/<name>/``."""
     from monai_lung.detection.batch import ledger_findings, scans_dir_for
     from monai_lung.detection.detector import final_score
     from monai_lung.evaluation.run import run_evaluation
@@ -222,7 +235,7 @@ def compare_final_scores(preds_csv: Path, data_dir: Path, datalist: Path, out_di
     table = ledger_findings(scans_dir_for(preds_csv))
     names = ("stage1", "stage2", "product", "odds_product")
     for name in names:
-        table[name] = final_score(table["stage1_peak"].to_numpy(), table["stage2_prob"].to_numpy(), name)
+        table[name] = final_score(table["stage1_peak"].to_numpy(), table["stage2_prob"].to_numpy(), name, stage1_weight)
     uids = read_datalist_seriesuids(datalist, "test")
     cpm = {}
     for name in names:

@@ -37,7 +37,10 @@ def test_demo_runs_every_step_and_a_redone_step_redoes_the_later_ones(tmp_path):
     log = _demo(work, bundles)
     assert [s for s in STEPS if f"[demo] {s} ..." in log] == STEPS
     assert re.search(r"\[demo\] CPM \d\.\d{3} on 2 synthetic test scans", log)
-    assert re.search(r"CPM by final score .*product \d\.\d{3}, odds_product \d\.\d{3}", log)
+    by_score = re.search(r"CPM by final score .*product \d\.\d{3}, odds_product (\d\.\d{3}) .*stage-1 weight 0\.5\)", log)
+    assert by_score, "the comparison re-ranks with the detection bundle's stage1_weight"
+    # the detector scores by odds_product with that weight, so the comparison's odds_product is the run's CPM
+    assert by_score.group(1) == re.search(r"\[demo\] CPM (\d\.\d{3})", log).group(1)
     for path in ("froc/froc.json", "froc/froc.png", "froc/froc.csv", "report/index.html", "predictions.csv",
                  "stage1_before_finetune.pt", "datalist_fold0_hard_negatives.json"):
         assert (work / path).is_file(), path

@@ -192,7 +192,7 @@ def test_final_scores_combine_the_stages_as_documented():
             final_score(s1, s2, "odds_product", stage1_weight=bad)
         with pytest.raises(ValueError, match="stage1_weight"):
             DetectorConfig(stage1_weight=bad)
-    assert DetectorConfig.from_dict({"stage1_weight": 0.5}).stage1_weight == 0.5
+    assert DetectorConfig.from_dict({"stage1_weight": 0.25}).stage1_weight == 0.25
     assert set(FINAL_SCORES) == {"odds_product", "product", "stage1", "stage2"}
     assert DetectorConfig().score == "odds_product"
 
@@ -236,3 +236,89 @@ def test_batch_prefetch_gives_each_scan_its_own_volume_and_records_bad_ones(tmp_
         extent = np.array(header.GetSize()) * np.array(header.GetSpacing())
         assert np.all(np.abs(np.array(result["grid_shape"]) - extent) <= 2), (result["grid_shape"], extent)
         assert 0.0 < result["mean"] < 1.0
+
+
+def test_the_detection_bundle_states_the_detector_defaults():
+    """`detect --models` (the bundle's detector_config) and `detect --seg-bundle --cls-bundle` (DetectorConfig's
+    defaults) must score alike: every literal setting in the bundle equals the dataclass default."""
+    import dataclasses
+    import json
+
+    from tests.bundle_utils import REPO
+
+    config = json.loads((REPO / "bundles/lung_nodule_ct_two_stage_detection/configs/inference.json").read_text())["detector_config"]
+    defaults = {f.name: f.default for f in dataclasses.fields(DetectorConfig)}
+    literal = {k: v for k, v in config.items() if not (isinstance(v, str) and v[:1] in "@$")}
+    assert set(literal) <= set(defaults), set(literal) - set(defaults)
+    differ = {k: (v, defaults[k]) for k, v in literal.items() if DetectorConfig.from_dict({k: v}) != DetectorConfig()}
+    assert not differ, differ
+    assert literal["stage1_weight"] == 0.5 and literal["score"] == "odds_product"
+
+
+def test_zoom_to_spacing_keeps_world_positions():
+    """The finer stage-1 grid: about the asked voxel size, first voxel centre in place, a blob where it was in world mm."""
+    from monai.data import MetaTensor
+
+    from monai_lung.detection.segment import zoom_to_spacing
+    from monai_lung.io.coords import voxel_spacing
+
+    affine = np.array([[0.0, -1.0, 0.0, 40.0], [1.0, 0.0, 0.0, -25.0], [0.0, 0.0, 1.25, -80.0], [0.0, 0.0, 0.0, 1.0]])  # i, j swapped
+    ijk = np.stack(np.meshgrid(*[np.arange(n) for n in (70, 60, 50)], indexing="ij"), -1).astype(np.float64)
+    centre = np.array([31.3, 22.6, 17.2])
+    blob = np.exp(-(((ijk - centre) * [1.0, 1.0, 1.25]) ** 2).sum(-1) / (2 * 2.0**2))
+    image = MetaTensor(torch.as_tensor(blob[None], dtype=torch.float32), affine=torch.as_tensor(affine), meta={"space": "RAS"})
+    fine = zoom_to_spacing(image, (0.75, 0.75, 0.75))
+    np.testing.assert_allclose(voxel_spacing(fine), 0.75, rtol=0.02)
+    assert fine.shape[1:] == (93, 79, 82)  # floor((n - 1) * s / 0.75) + 1 and fine.meta["space"] == "RAS"
+    np.testing.assert_allclose(fine.affine.numpy()[:3, 3], affine[:3, 3])  # voxel 0 stays where it was
+    last = np.asarray(fine.shape[1:]) - 1.0
+    np.testing.assert_allclose(index_to_world(last, fine.affine.numpy()), index_to_world(np.array([69.0, 59.0, 49.0]), affine), atol=1e-6)
+
+    def world_centroid(img):
+        arr = img[0].numpy().astype(np.float64)
+        idx = np.stack(np.meshgrid(*[np.arange(n) for n in arr.shape], indexing="ij"), -1)
+        return index_to_world((idx * arr[..., None]).sum((0, 1, 2)) / arr.sum(), img.affine.numpy())
+
+    np.testing.assert_allclose(world_centroid(fine), world_centroid(image), atol=0.05)
+    np.testing.assert_allclose(world_centroid(image), index_to_world(centre, affine), atol=0.05)
+    assert zoom_to_spacing(image, (1.0, 1.0, 1.25)) is image  # already on that grid
+    with pytest.raises(ValueError, match="spacing_mm"):
+        zoom_to_spacing(image, (0.75, 0.0, 0.75))
+
+
+def test_detector_finds_the_same_world_point_on_its_own_stage1_grid():
+    """seg_spacing moves stage 1 to a finer grid; candidates come back in world LPS mm, stage 2 crops the 1 mm scan."""
+    from monai.data import MetaTensor
+
+    from monai_lung.detection.detector import TwoStageDetector, TwoStageNetwork
+
+    segmenter = torch.nn.Conv3d(1, 2, kernel_size=1)
+    with torch.no_grad():  # nodule logit 40 (x - 0.5): an intensity threshold the detector cannot tell from a UNet
+        segmenter.weight.zero_()
+        segmenter.bias.zero_()
+        segmenter.weight[1] = 40.0
+        segmenter.bias[1] = -20.0
+    classifier = torch.nn.Sequential(torch.nn.AdaptiveAvgPool3d(1), torch.nn.Flatten(), torch.nn.Linear(1, 2))
+    ijk = np.stack(np.meshgrid(*[np.arange(48)] * 3, indexing="ij"), -1)
+    centre = np.array([20.4, 27.0, 23.6])
+    ball = (np.linalg.norm(ijk - centre, axis=-1) <= 3.5).astype(np.float32)
+    affine = np.eye(4)
+    affine[:3, 3] = [-30.0, 12.0, -100.0]  # RAS, 1 mm
+    image = MetaTensor(torch.as_tensor(ball[None]), affine=torch.as_tensor(affine), meta={"space": "RAS"})
+    expected_lps = index_to_world(centre, affine, space="RAS", points_space="LPS")
+    found = {}
+    for spacing in (None, [0.75, 0.75, 0.75]):
+        config = {"use_lung_mask": False, "roi_size": [32, 32, 32], "crop_size": [16, 16, 16], "seg_spacing": spacing,
+                  "tta": False, "device": "cpu", "merge_distance_mm": 0.0}
+        result = TwoStageDetector(TwoStageNetwork(segmenter, classifier), config).detect(image)
+        findings = result["findings"]
+        assert result["num_candidates"] == 1 and len(findings) == 1
+        np.testing.assert_allclose(findings[["coordX", "coordY", "coordZ"]].to_numpy()[0], expected_lps, atol=0.35)
+        found[str(spacing)] = findings.iloc[0]
+    # the same ball, counted in finer voxels: (4/3)^3 as many, the same volume in mm^3
+    assert found[str([0.75] * 3)].num_voxels > 2.0 * found["None"].num_voxels
+    assert found[str([0.75] * 3)].volume_mm3 == pytest.approx(found["None"].volume_mm3, rel=0.15)
+    assert DetectorConfig.from_dict({"seg_spacing": [0.8, 0.8, 0.8]}).seg_spacing == (0.8, 0.8, 0.8)
+    for bad in ([0.75, 0.75], [0.75, -1.0, 0.75], [float("nan")] * 3):
+        with pytest.raises(ValueError, match="seg_spacing"):
+            DetectorConfig.from_dict({"seg_spacing": bad})
