@@ -210,12 +210,12 @@ def run_demo(args: argparse.Namespace) -> int:
 
 
 def detector_stage1_weight(det_bundle: Path) -> float:
-    """The detection bundle's ``detector_config#stage1_weight`` (the detector's default when it has none)."""
+    """The ``stage1_weight`` the detection bundle's detector scores with (its ``detector_config`` read as the
+    detector reads it: the default where the bundle has none)."""
     from monai_lung.detection.detector import DetectorConfig
     from monai_lung.detection.loading import bundle_parser
 
-    config = dict(bundle_parser(det_bundle).get_parsed_content("detector_config"))
-    return float(config.get("stage1_weight", DetectorConfig.stage1_weight))
+    return DetectorConfig.from_dict(dict(bundle_parser(det_bundle).get_parsed_content("detector_config"))).stage1_weight
 
 
 def compare_final_scores(
