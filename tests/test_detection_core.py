@@ -324,3 +324,64 @@ def test_detector_finds_the_same_world_point_on_its_own_stage1_grid():
     for bad in ([0.75, 0.75], [0.75, -1.0, 0.75], [float("nan")] * 3):
         with pytest.raises(ValueError, match="seg_spacing"):
             DetectorConfig.from_dict({"seg_spacing": bad})
+
+
+class _CentreVoxel(torch.nn.Module):
+    """Stage-2 stand-in: nodule logit 20 (x - 0.5) at the crop's centre voxel (crop_size // 2)."""
+
+    def forward(self, x):
+        c = [s // 2 for s in x.shape[2:]]
+        v = x[:, 0, c[0], c[1], c[2]]
+        return torch.stack([torch.zeros_like(v), 20.0 * (v - 0.5)], dim=1)
+
+
+class _BrightVoxels(torch.nn.Module):
+    """Stage-2 stand-in: nodule logit (number of voxels above 0.5 in the crop - threshold) / 4."""
+
+    def __init__(self, threshold: float):
+        super().__init__()
+        self.threshold = threshold
+
+    def forward(self, x):
+        n = (x[:, 0] > 0.5).flatten(1).sum(1).float()
+        return torch.stack([torch.zeros_like(n), (n - self.threshold) / 4.0], dim=1)
+
+
+def test_stage2_crops_its_own_grid_around_the_candidates_world_point():
+    """cls_spacing: stage 2 cuts its crops from the scan zoomed to that grid, centred on the same world point."""
+    from monai.data import MetaTensor
+
+    from monai_lung.detection.detector import TwoStageDetector, TwoStageNetwork
+
+    segmenter = torch.nn.Conv3d(1, 2, kernel_size=1)
+    with torch.no_grad():
+        segmenter.weight.zero_()
+        segmenter.bias.zero_()
+        segmenter.weight[1] = 40.0
+        segmenter.bias[1] = -20.0
+    ijk = np.stack(np.meshgrid(*[np.arange(56)] * 3, indexing="ij"), -1)
+    centre = np.array([36.4, 41.0, 33.6])  # far from voxel 0: a 1 mm index read on a 0.8 mm grid misses by 7-10 voxels
+    ball = (np.linalg.norm(ijk - centre, axis=-1) <= 3.0).astype(np.float32)  # 113 voxels of 1 mm^3
+    affine = np.diag([1.0, 1.0, 1.0, 1.0])
+    affine[:3, 3] = [-30.0, 12.0, -100.0]
+    image = MetaTensor(torch.as_tensor(ball[None]), affine=torch.as_tensor(affine), meta={"space": "RAS"})
+    base = {"use_lung_mask": False, "roi_size": [32, 32, 32], "crop_size": [16, 16, 16], "seg_spacing": None,
+            "seg_threshold": 0.3, "tta": False, "device": "cpu", "merge_distance_mm": 0.0}
+    for spacing in (None, [0.8, 0.8, 0.8], [0.6, 0.7, 0.9]):
+        result = TwoStageDetector(TwoStageNetwork(segmenter, _CentreVoxel()), {**base, "cls_spacing": spacing}).detect(image)
+        assert result["num_candidates"] == 1
+        assert result["findings"].stage2_prob.iloc[0] > 0.99, spacing  # the crop's centre is the ball's
+        assert "stage2_grid" in result["timings_s"]
+    # counted in 0.8 mm voxels the ball has ~1/0.512 times as many: the crops come from the finer grid
+    probs = {}
+    for spacing in (None, [0.8, 0.8, 0.8]):
+        net = TwoStageNetwork(segmenter, _BrightVoxels(threshold=160.0))
+        probs[str(spacing)] = TwoStageDetector(net, {**base, "cls_spacing": spacing}).detect(image)["findings"].stage2_prob.iloc[0]
+    assert probs["None"] < 0.01 and probs[str([0.8] * 3)] > 0.99, probs
+    # stage 1 and stage 2 on one grid share it (no second zoom), with the same result as a separate zoom
+    same = TwoStageDetector(TwoStageNetwork(segmenter, _CentreVoxel()), {**base, "seg_spacing": [0.8] * 3, "cls_spacing": [0.8] * 3})
+    assert same.detect(image)["findings"].stage2_prob.iloc[0] > 0.99
+    assert DetectorConfig.from_dict({"cls_spacing": [0.8, 0.8, 0.8]}).cls_spacing == (0.8, 0.8, 0.8)
+    for bad in ([0.8, 0.8], [0.8, 0.0, 0.8], [float("inf")] * 3):
+        with pytest.raises(ValueError, match="cls_spacing"):
+            DetectorConfig.from_dict({"cls_spacing": bad})
