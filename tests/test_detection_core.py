@@ -286,25 +286,36 @@ def test_zoom_to_spacing_keeps_world_positions():
         zoom_to_spacing(image, (0.75, 0.0, 0.75))
 
 
-def test_detector_finds_the_same_world_point_on_its_own_stage1_grid():
-    """seg_spacing moves stage 1 to a finer grid; candidates come back in world LPS mm, stage 2 crops the 1 mm scan."""
-    from monai.data import MetaTensor
-
-    from monai_lung.detection.detector import TwoStageDetector, TwoStageNetwork
-
+def _threshold_segmenter() -> torch.nn.Module:
+    """Stage-1 stand-in: nodule logit 40 (x - 0.5), an intensity threshold the detector cannot tell from a UNet."""
     segmenter = torch.nn.Conv3d(1, 2, kernel_size=1)
-    with torch.no_grad():  # nodule logit 40 (x - 0.5): an intensity threshold the detector cannot tell from a UNet
+    with torch.no_grad():
         segmenter.weight.zero_()
         segmenter.bias.zero_()
         segmenter.weight[1] = 40.0
         segmenter.bias[1] = -20.0
-    classifier = torch.nn.Sequential(torch.nn.AdaptiveAvgPool3d(1), torch.nn.Flatten(), torch.nn.Linear(1, 2))
-    ijk = np.stack(np.meshgrid(*[np.arange(48)] * 3, indexing="ij"), -1)
-    centre = np.array([20.4, 27.0, 23.6])
-    ball = (np.linalg.norm(ijk - centre, axis=-1) <= 3.5).astype(np.float32)
+    return segmenter
+
+
+def _ball_scan(size: int, centre_ijk: np.ndarray, radius_vox: float):
+    """A (1, size, size, size) 0/1 ball MetaTensor on a 1 mm RAS grid offset from the origin, and its 4x4 affine."""
+    from monai.data import MetaTensor
+
+    ijk = np.stack(np.meshgrid(*[np.arange(size)] * 3, indexing="ij"), -1)
+    ball = (np.linalg.norm(ijk - centre_ijk, axis=-1) <= radius_vox).astype(np.float32)
     affine = np.eye(4)
-    affine[:3, 3] = [-30.0, 12.0, -100.0]  # RAS, 1 mm
-    image = MetaTensor(torch.as_tensor(ball[None]), affine=torch.as_tensor(affine), meta={"space": "RAS"})
+    affine[:3, 3] = [-30.0, 12.0, -100.0]
+    return MetaTensor(torch.as_tensor(ball[None]), affine=torch.as_tensor(affine), meta={"space": "RAS"}), affine
+
+
+def test_detector_finds_the_same_world_point_on_its_own_stage1_grid():
+    """seg_spacing moves stage 1 to a finer grid; candidates come back in world LPS mm for stage 2 to crop its own grid."""
+    from monai_lung.detection.detector import TwoStageDetector, TwoStageNetwork
+
+    segmenter = _threshold_segmenter()
+    classifier = torch.nn.Sequential(torch.nn.AdaptiveAvgPool3d(1), torch.nn.Flatten(), torch.nn.Linear(1, 2))
+    centre = np.array([20.4, 27.0, 23.6])
+    image, affine = _ball_scan(48, centre, 3.5)
     expected_lps = index_to_world(centre, affine, space="RAS", points_space="LPS")
     found = {}
     for spacing in (None, [0.75, 0.75, 0.75]):
@@ -349,22 +360,11 @@ class _BrightVoxels(torch.nn.Module):
 
 def test_stage2_crops_its_own_grid_around_the_candidates_world_point():
     """cls_spacing: stage 2 cuts its crops from the scan zoomed to that grid, centred on the same world point."""
-    from monai.data import MetaTensor
-
     from monai_lung.detection.detector import TwoStageDetector, TwoStageNetwork
 
-    segmenter = torch.nn.Conv3d(1, 2, kernel_size=1)
-    with torch.no_grad():
-        segmenter.weight.zero_()
-        segmenter.bias.zero_()
-        segmenter.weight[1] = 40.0
-        segmenter.bias[1] = -20.0
-    ijk = np.stack(np.meshgrid(*[np.arange(56)] * 3, indexing="ij"), -1)
-    centre = np.array([36.4, 41.0, 33.6])  # far from voxel 0: a 1 mm index read on a 0.8 mm grid misses by 7-10 voxels
-    ball = (np.linalg.norm(ijk - centre, axis=-1) <= 3.0).astype(np.float32)  # 113 voxels of 1 mm^3
-    affine = np.diag([1.0, 1.0, 1.0, 1.0])
-    affine[:3, 3] = [-30.0, 12.0, -100.0]
-    image = MetaTensor(torch.as_tensor(ball[None]), affine=torch.as_tensor(affine), meta={"space": "RAS"})
+    segmenter = _threshold_segmenter()
+    # far from voxel 0: a 1 mm index read on a 0.8 mm grid misses by 7-10 voxels; 113 voxels of 1 mm^3
+    image, _ = _ball_scan(56, np.array([36.4, 41.0, 33.6]), 3.0)
     base = {"use_lung_mask": False, "roi_size": [32, 32, 32], "crop_size": [16, 16, 16], "seg_spacing": None,
             "seg_threshold": 0.3, "tta": False, "device": "cpu", "merge_distance_mm": 0.0}
     for spacing in (None, [0.8, 0.8, 0.8], [0.6, 0.7, 0.9]):
@@ -378,9 +378,11 @@ def test_stage2_crops_its_own_grid_around_the_candidates_world_point():
         net = TwoStageNetwork(segmenter, _BrightVoxels(threshold=160.0))
         probs[str(spacing)] = TwoStageDetector(net, {**base, "cls_spacing": spacing}).detect(image)["findings"].stage2_prob.iloc[0]
     assert probs["None"] < 0.01 and probs[str([0.8] * 3)] > 0.99, probs
-    # stage 1 and stage 2 on one grid share it (no second zoom), with the same result as a separate zoom
-    same = TwoStageDetector(TwoStageNetwork(segmenter, _CentreVoxel()), {**base, "seg_spacing": [0.8] * 3, "cls_spacing": [0.8] * 3})
-    assert same.detect(image)["findings"].stage2_prob.iloc[0] > 0.99
+    # stage 1 and stage 2 on one grid share it (no second zoom): centred, and counted in 0.8 mm voxels as above
+    shared = {**base, "seg_spacing": [0.8] * 3, "cls_spacing": [0.8] * 3}
+    for classifier in (_CentreVoxel(), _BrightVoxels(threshold=160.0)):
+        result = TwoStageDetector(TwoStageNetwork(segmenter, classifier), shared).detect(image)
+        assert result["findings"].stage2_prob.iloc[0] > 0.99, type(classifier).__name__
     assert DetectorConfig.from_dict({"cls_spacing": [0.8, 0.8, 0.8]}).cls_spacing == (0.8, 0.8, 0.8)
     for bad in ([0.8, 0.8], [0.8, 0.0, 0.8], [float("inf")] * 3):
         with pytest.raises(ValueError, match="cls_spacing"):

@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 
 from monai_lung.detection.candidates import extract_candidates
-from monai_lung.detection.segment import check_flip_axes, check_seg_spacing, segment_probability, zoom_to_spacing
+from monai_lung.detection.segment import check_flip_axes, check_grid_spacing, segment_probability, zoom_to_spacing
 from monai_lung.io.coords import voxel_spacing
 from monai_lung.io.errors import DataError
 from monai_lung.transforms.lung_mask import lung_masks
@@ -138,8 +138,8 @@ class DetectorConfig:
     def __post_init__(self):
         # checked here, not at the first scan: a batch job would otherwise record every scan as failed
         check_flip_axes(self.seg_flip_axes, "seg_flip_axes")
-        self.seg_spacing = check_seg_spacing(self.seg_spacing)
-        self.cls_spacing = check_seg_spacing(self.cls_spacing, "cls_spacing")
+        self.seg_spacing = check_grid_spacing(self.seg_spacing, "seg_spacing")
+        self.cls_spacing = check_grid_spacing(self.cls_spacing, "cls_spacing")
         check_final_score(self.score)
         check_stage1_weight(self.stage1_weight)
 
@@ -318,10 +318,10 @@ class TwoStageDetector:
 
         t = time.perf_counter()
         # stage 2's own grid (cls_spacing): the candidates are world mm, so any grid over the same scan will do
-        shared = cfg.cls_spacing is not None and cfg.cls_spacing == cfg.seg_spacing
-        cls_image = seg_image if shared else None
-        del seg_image  # before the next zoom: a LUNA16-size scan on a fine grid takes a few hundred MB
-        if cls_image is None:
+        if cfg.cls_spacing is not None and cfg.cls_spacing == cfg.seg_spacing:
+            cls_image = seg_image  # one zoom serves both stages
+        else:
+            del seg_image  # before the next zoom: a LUNA16-size scan on a fine grid takes a few hundred MB
             cls_image = image if cfg.cls_spacing is None else zoom_to_spacing(image, cfg.cls_spacing)
         timings["stage2_grid"] = time.perf_counter() - t
 

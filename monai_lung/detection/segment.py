@@ -95,7 +95,7 @@ def lung_gated_logits(
     return out
 
 
-def check_seg_spacing(spacing, name: str = "seg_spacing") -> tuple[float, float, float] | None:
+def check_grid_spacing(spacing, name: str) -> tuple[float, float, float] | None:
     """``spacing`` as three positive finite mm values (or None), else ValueError naming ``name``."""
     if spacing is None:
         return None
@@ -117,7 +117,7 @@ def zoom_to_spacing(image: torch.Tensor, spacing_mm: Sequence[float]) -> torch.T
     """
     from monai.data import MetaTensor
 
-    spacing_mm = check_seg_spacing(spacing_mm, "spacing_mm")
+    spacing_mm = check_grid_spacing(spacing_mm, "spacing_mm")
     source = np.asarray(voxel_spacing(image), dtype=np.float64) if isinstance(image, MetaTensor) else np.ones(3)
     n = np.asarray(image.shape[1:], dtype=np.int64)
     m = np.maximum(np.floor((n - 1) * source / np.asarray(spacing_mm) + 1e-6).astype(np.int64) + 1, 1)
