@@ -46,6 +46,22 @@ def test_a_fresh_run_beside_a_stale_checkpoint_keeps_its_own_newest(tmp_path):
     torch.testing.assert_close(net2.weight, torch.load(tmp_path / "checkpoint_epoch=5.pt", weights_only=True)["network"]["weight"])
 
 
+def test_the_checkpoint_just_written_is_kept_whatever_the_timestamps_say(tmp_path):
+    # a leftover with a later modification time (a copied folder, clock skew, or two files within one coarse
+    # timestamp tick): the run must keep its own file, not the leftover, and go on saving
+    stale = tmp_path / "checkpoint_epoch=7.pt"
+    torch.save({"stale": True}, stale)
+    future = stale.stat().st_mtime + 3600
+    os.utime(stale, (future, future))
+    net = torch.nn.Linear(3, 1)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    engine = _engine(net, opt)
+    attach_checkpointing(engine, tmp_path, {"network": net, "optimizer": opt})
+    state = engine.run([torch.ones(2, 3)] * 2, max_epochs=3)
+    assert state.epoch == 3
+    assert sorted(p.name for p in tmp_path.glob("checkpoint*.pt")) == ["checkpoint_epoch=3.pt"]
+
+
 RANK_SCRIPT = """
 import sys, torch, torch.distributed as dist
 from monai_lung.training.distributed import shutdown_process_group

@@ -72,15 +72,18 @@ def attach_checkpointing(
             epoch_level=True,
         ).attach(trainer)
 
-        def keep_only_the_newest(_engine) -> None:
+        def keep_only_the_newest(engine) -> None:
             # n_saved=1 covers this run's files only: drop what a run before left (the one resumed from,
-            # or a stale run's higher epochs). The file just written is the most recently modified one.
-            numbered = [p for p in Path(ckpt_dir).glob(f"{prefix}*.pt") if _NUMBER.search(p.name)]
-            if numbered:
-                newest = max(numbered, key=lambda p: p.stat().st_mtime_ns)
-                for old in numbered:
-                    if old != newest:
-                        old.unlink(missing_ok=True)
+            # or a stale run's higher epochs). The saver has just written this epoch's file (its number is
+            # the epoch); modification times cannot tell it apart: a file written a few ms earlier can carry
+            # the same coarse timestamp, and deleting the new file made the saver fail an epoch later
+            epoch = engine.state.epoch
+            numbered = {p: int(m.group(1)) for p in Path(ckpt_dir).glob(f"{prefix}*.pt") if (m := _NUMBER.search(p.name))}
+            if epoch not in numbered.values():
+                return  # not a save epoch (save_interval > 1): nothing new to keep
+            for old, number in numbered.items():
+                if number != epoch:
+                    old.unlink(missing_ok=True)
 
         trainer.add_event_handler(Events.EPOCH_COMPLETED, keep_only_the_newest)  # runs after the saver's handler
     return path
