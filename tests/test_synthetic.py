@@ -27,6 +27,7 @@ from monai_lung.io import (
     world_to_index,
 )
 from monai_lung.synthetic import CENTRE_HU_RANGE, KINDS, UID_PREFIX, SyntheticScan, generate_dataset, generate_scan
+from monai_lung.synthetic.nodules import sample_diameter
 
 UID_RE = re.compile(r"^" + re.escape(UID_PREFIX) + r"[1-9]\d{29}$")
 # any nodule kind's centre voxel lies in this HU range (the union of CENTRE_HU_RANGE)
@@ -215,6 +216,20 @@ def test_counts_sizes_and_empty_scans(small_scans):
         assert all(c["class"] in (0, 1) and c["source"] in ("nodule", "vessel", "lung", "wall") for c in scan.candidates)
         assert sum(c["class"] for c in scan.candidates) == len(scan.nodules)
     assert sum(len(s.excluded) for s in small_scans) > 0
+
+
+def test_nodule_diameters_follow_luna16s_size_distribution():
+    """Shares per size bin of LUNA16's annotated nodules (1,117 rows of its annotations.csv: 4% at 3-4 mm,
+    19% at 4-5 mm and at 5-6 mm, 23% at 6-8 mm, 11% at 8-10 mm, 13% at 10-15 mm, 11% above 15 mm), within a
+    few points; the old law put 27% at 3-4 mm and 3% at 5-6 mm. A small scan's cap is a hard limit."""
+    rng = np.random.default_rng(0)
+    d = np.array([sample_diameter(rng, 30.0) for _ in range(20000)])
+    shares = np.histogram(d, [3, 4, 5, 6, 8, 10, 15, 31])[0] / d.size
+    luna16 = np.array([0.043, 0.186, 0.192, 0.235, 0.107, 0.131, 0.107])
+    assert np.abs(shares - luna16).max() < 0.04, shares.round(3)
+    assert 6.0 <= np.median(d) <= 7.2 and d.min() >= 3.0 and d.max() <= 30.0
+    capped = np.array([sample_diameter(rng, 9.0) for _ in range(2000)])
+    assert capped.max() <= 9.0 and np.median(capped) < np.median(d)
 
 
 # ------------------------------------------------------------------------------------------------ realistic default scan
