@@ -130,6 +130,22 @@ def test_scan_i_does_not_depend_on_num_scans(dataset, tmp_path):
         assert Path(s_all["path"]).with_suffix(".raw").read_bytes() == Path(s_few["path"]).with_suffix(".raw").read_bytes()
 
 
+def test_the_bundled_demo_data_list_matches_what_the_generator_writes(tmp_path):
+    """data_lists/demo_fold0.json names the demo set's nodules (the bundles' default data list): its first
+    scan, regenerated, must have the same seriesuid, nodules and excluded findings. A generator change that
+    moves or resizes nodules fails here until the list is regenerated (data_lists/README.md)."""
+    listed = json.loads((Path(__file__).resolve().parents[1] / "data_lists" / "demo_fold0.json").read_text(encoding="utf-8"))
+    summary = generate_dataset(tmp_path / "demo", num_scans=1, seed=2026, size=512, num_subsets=4)  # the demo's settings
+    uid = summary["scans"][0]["seriesuid"]
+    entry = next(e for key in ("training", "validation", "test") for e in listed[key] if e["seriesuid"] == uid)
+    for field, csv in (("nodules", "annotations.csv"), ("excluded", "annotations_excluded.csv")):
+        rows = [r for r in (tmp_path / "demo" / csv).read_text(encoding="utf-8").splitlines()[1:] if r.startswith(uid)]
+        written = sorted(tuple(float(v) for v in r.split(",")[1:5]) for r in rows)
+        in_list = sorted((*n["center"], n["diameter_mm"]) for n in entry[field])
+        assert np.allclose(written, in_list, atol=1e-3) if written else not in_list, (field, written, in_list)
+    assert entry["nodules"], "the first demo scan has nodules: the check above compared something"
+
+
 def test_generate_scan_is_deterministic_and_small_scans_are_fast():
     t0 = time.perf_counter()
     scans = [generate_scan(np.random.default_rng(11), size=64, seriesuid="1.2.3") for _ in range(2)]
