@@ -6,7 +6,7 @@
 A nodule is found when a candidate's centre lies within its radius (the LUNA16 hit rule), candidates
 being the connected components of the lung-gated sliding-window probability map (threshold, minimum
 size and near-duplicate merging as the detector does them), at most ``--max-candidates`` per scan by
-peak probability (the detector's cap). Prints one line per nodule (diameter, highest probability inside
+peak probability (the detector's cap) or, with ``--rank-by shape``, by the candidates' ``shape_score``. Prints one line per nodule (diameter, highest probability inside
 it, found or not) and, for every threshold, recall and candidates per scan with and without the cap.
 
 With ``--train-minutes M`` it first trains a copy of the bundle (``python -m monai.bundle run training``
@@ -126,7 +126,12 @@ def main() -> None:
     p.add_argument("--datalist", type=Path, required=True)
     p.add_argument("--key", default="test")
     p.add_argument("--thresholds", default="0.1,0.2,0.3,0.5", help="comma-separated candidate thresholds")
-    p.add_argument("--max-candidates", type=int, default=30, help="per-scan cap, by peak probability")
+    p.add_argument("--max-candidates", type=int, default=30, help="per-scan cap, by --rank-by")
+    p.add_argument(
+        "--rank-by", choices=("peak", "shape"), default="peak",
+        help="order of a scan's candidates for the cap: peak probability (the detector's), or shape_score "
+        "(mean probability x volume^0.3 / elongation: round, sure components first)",
+    )
     p.add_argument("--min-voxels", type=int, default=DetectorConfig.min_voxels)
     p.add_argument(
         "--candidate-lung-margin", type=float, default=DetectorConfig.candidate_lung_margin_mm,
@@ -171,6 +176,8 @@ def main() -> None:
         per_threshold = {}
         for t in thresholds:
             cands = stage1_candidates(prob, affine, replace(args.detector_config, seg_threshold=t), core)
+            if args.rank_by == "shape":
+                cands = cands.sort_values("shape_score", ascending=False, kind="stable").reset_index(drop=True)
             pts = cands[["coordX", "coordY", "coordZ"]].to_numpy()
             counts[t].append(len(cands))
             hit = []
@@ -193,7 +200,7 @@ def main() -> None:
             f"{entry['seriesuid']}: candidates " + ", ".join(f"{t}: {counts[t][-1]}" for t in thresholds) + f"; {sec:.1f} s",
             flush=True,
         )
-    print(f"\nstage-1 recall on {total} nodules of {len(seconds)} scans ({np.mean(seconds):.1f} s per scan, roi {args.roi}):")
+    print(f"\nstage-1 recall on {total} nodules of {len(seconds)} scans ({np.mean(seconds):.1f} s per scan, roi {args.roi}; ranked by {args.rank_by}):")
     for t in thresholds:
         capped = np.minimum(counts[t], args.max_candidates)
         print(
