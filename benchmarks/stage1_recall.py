@@ -6,8 +6,9 @@
 A nodule is found when a candidate's centre lies within its radius (the LUNA16 hit rule), candidates
 being the connected components of the lung-gated sliding-window probability map (threshold, minimum
 size and near-duplicate merging as the detector does them), at most ``--max-candidates`` per scan by
-peak probability (the detector's cap) or, with ``--rank-by shape``, by the candidates' ``shape_score``. Prints one line per nodule (diameter, highest probability inside
-it, found or not) and, for every threshold, recall and candidates per scan with and without the cap.
+peak probability (the detector's cap) or, with ``--rank-by shape``, by the candidates' ``shape_score``.
+Prints one line per nodule (diameter, highest probability inside it, found or not) and, for every
+threshold, recall and candidates per scan with and without the cap.
 
 With ``--train-minutes M`` it first trains a copy of the bundle (``python -m monai.bundle run training``
 in a child process, data loading included) and stops it once the process tree has used M CPU-minutes
