@@ -36,10 +36,9 @@ def test_candidates_centre_size_and_peak_in_world_mm():
     assert len(extract_candidates(np.zeros((5, 5, 5), np.float32), np.eye(4))) == 0
 
 
-def _world_ball(shape, spacing, centre_mm, radius_mm):
-    """(i, j, k) bool ball of ``radius_mm`` around ``centre_mm`` on a grid of ``spacing`` mm per voxel."""
-    grid = np.stack(np.meshgrid(*[np.arange(n) * s for n, s in zip(shape, spacing)], indexing="ij"), -1)
-    return np.linalg.norm(grid - np.asarray(centre_mm), axis=-1) <= radius_mm
+def _mm_grid(shape, spacing):
+    """(i, j, k, 3) mm position of every voxel of a grid of ``spacing`` mm per voxel, voxel 0 at 0."""
+    return np.stack(np.meshgrid(*[np.arange(n) * s for n, s in zip(shape, spacing)], indexing="ij"), -1)
 
 
 @pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (0.7, 0.7, 2.5)])
@@ -50,8 +49,8 @@ def test_elongation_is_measured_in_mm_and_shape_score_puts_round_components_firs
     shape = tuple(int(round(60 / s)) for s in spacing)
     affine = np.diag([*spacing, 1.0])
     prob = np.zeros(shape, np.float32)
-    prob[_world_ball(shape, spacing, (15.0, 15.0, 30.0), 3.0)] = 0.9
-    grid = np.stack(np.meshgrid(*[np.arange(n) * s for n, s in zip(shape, spacing)], indexing="ij"), -1)
+    grid = _mm_grid(shape, spacing)
+    prob[np.linalg.norm(grid - np.array([15.0, 15.0, 30.0]), axis=-1) <= 3.0] = 0.9
     tube = (np.hypot(grid[..., 1] - 40.0, grid[..., 2] - 30.0) <= 1.5) & (np.abs(grid[..., 0] - 35.0) <= 12.0)
     prob[tube] = 0.95
     c = extract_candidates(prob, affine, threshold=0.5, min_voxels=1).sort_values("peak_prob", ascending=False)

@@ -237,7 +237,7 @@ def test_counts_sizes_and_empty_scans(small_scans):
 def test_nodule_diameters_follow_luna16s_size_distribution():
     """Shares per size bin of LUNA16's annotated nodules (1,117 rows of its annotations.csv: 4% at 3-4 mm,
     19% at 4-5 mm and at 5-6 mm, 23% at 6-8 mm, 11% at 8-10 mm, 13% at 10-15 mm, 11% above 15 mm), within a
-    few points; the old law put 27% at 3-4 mm and 3% at 5-6 mm. A small scan's cap is a hard limit."""
+    few points; the old law put 27% at 3-4 mm and 20% above 15 mm. A small scan's cap is a hard limit."""
     rng = np.random.default_rng(0)
     d = np.array([sample_diameter(rng, 30.0) for _ in range(20000)])
     shares = np.histogram(d, [3, 4, 5, 6, 8, 10, 15, 31])[0] / d.size

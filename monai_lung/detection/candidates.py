@@ -57,10 +57,11 @@ def extract_candidates(
     fg = np.flatnonzero(labels)
     lab = labels.ravel()[fg]
     p = prob.ravel()[fg].astype(np.float64)
+    coords = np.unravel_index(fg, prob.shape)  # (i, j, k) of each foreground voxel
     counts_all = np.bincount(lab, minlength=n + 1)
     sums_all = np.bincount(lab, weights=p, minlength=n + 1)
     coms_all = np.stack(
-        [np.bincount(lab, weights=p * ax, minlength=n + 1) for ax in np.unravel_index(fg, prob.shape)], axis=1
+        [np.bincount(lab, weights=p * ax, minlength=n + 1) for ax in coords], axis=1
     ) / np.maximum(sums_all, 1e-12)[:, None]
     peaks_all = np.zeros(n + 1)
     np.maximum.at(peaks_all, lab, p)
@@ -75,9 +76,9 @@ def extract_candidates(
     if index.size == 0:
         return empty
     counts, sums, centres, peaks = counts_all[index], sums_all[index], coms_all[index], peaks_all[index]
-    voxel_mm3 = abs(float(np.linalg.det(np.asarray(affine, dtype=np.float64)[:3, :3])))
-    volume = counts * voxel_mm3
-    elongation = _elongation(lab, np.unravel_index(fg, prob.shape), n, index, np.asarray(affine, dtype=np.float64)[:3, :3])
+    linear = np.asarray(affine, dtype=np.float64)[:3, :3]
+    volume = counts * abs(float(np.linalg.det(linear)))
+    elongation = _elongation(lab, coords, n, index, counts, linear)
     mean = sums / counts
     world = np.atleast_2d(index_to_world(centres, affine, space=space, points_space="LPS"))
     frame = pd.DataFrame(
@@ -93,15 +94,15 @@ def extract_candidates(
     return frame if max_candidates is None else frame.head(max_candidates).reset_index(drop=True)
 
 
-def _elongation(lab: np.ndarray, coords: tuple, n: int, index: np.ndarray, linear: np.ndarray) -> np.ndarray:
+def _elongation(lab: np.ndarray, coords: tuple, n: int, index: np.ndarray, counts: np.ndarray, linear: np.ndarray) -> np.ndarray:
     """sqrt(largest / smallest eigenvalue) of each component's voxel covariance in mm.
 
     ``lab``: label of each foreground voxel; ``coords``: their (i, j, k) indices (three arrays); ``n``: number
-    of labels; ``index``: the labels wanted; ``linear``: the 3x3 voxel -> mm part of the affine. A voxel is a
-    box, not a point: its own covariance, 1/12 voxel^2 per axis, is added, so a one-voxel component is round
-    on an isotropic grid and a thin line has a finite ratio.
+    of labels; ``index``: the labels wanted; ``counts``: their voxel counts; ``linear``: the 3x3 voxel -> mm
+    part of the affine. A voxel is a box, not a point: its own covariance, 1/12 voxel^2 per axis, is added, so a
+    one-voxel component is round on an isotropic grid and a thin line has a finite ratio.
     """
-    counts = np.bincount(lab, minlength=n + 1)[index].astype(np.float64)
+    counts = np.asarray(counts, dtype=np.float64)
     x = [np.asarray(c, dtype=np.float64) for c in coords]
     means = [np.bincount(lab, weights=c, minlength=n + 1)[index] / counts for c in x]
     cov = np.empty((index.size, 3, 3))

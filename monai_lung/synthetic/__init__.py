@@ -38,8 +38,9 @@ Main and lobar bronchi (air in a soft-tissue wall) run beside the large arteries
 the nodule-like blobs that make detection hard. Nodules: Poisson(1.5) per scan (at most 6; about a quarter of
 the scans have none), kinds solid / juxta-pleural / juxta-vascular / ground-glass, 3–30 mm with LUNA16's
 size distribution (median about 6.7 mm, 5% under 4 mm; ``nodules.sample_diameter``); findings under 3 mm go
-to ``annotations_excluded.csv``. Finally a separable Gaussian point-spread function (in-plane sigma 0.35–0.5 mm, along z 0.3–0.4 of the slice spacing)
-and Gaussian noise added before it, so that it is correlated like CT noise, of 15–30 HU standard deviation.
+to ``annotations_excluded.csv``. Finally a separable Gaussian point-spread function (in-plane sigma
+0.35–0.5 mm, along z 0.3–0.4 of the slice spacing) and Gaussian noise added before it, so that it is
+correlated like CT noise, of 15–30 HU standard deviation.
 
 Candidates (``candidates.csv``): every nodule as class 1; class 0 at vessel centrelines (half at
 bifurcations), random lung points and chest-wall points just outside the pleura, about 20–50 per default scan.
