@@ -146,6 +146,36 @@ def test_balanced_indices_draw_hard_negatives_around_known_false_positives():
     assert (np.abs(plain_xyz - hard[0]).max(axis=1) <= 4).sum() < 20
 
 
+def test_thick_structure_mask_keeps_thick_vessel_cores_in_mm_and_sampling_draws_from_them():
+    """A 7 mm and a 3 mm vessel along k on a 0.7/0.7/2.5 mm grid: only the thick one has a core 2 mm from
+    its edge, measured in mm (in voxels the thin one, 4 voxels across, would have one too), and
+    ``thick_fraction`` of the background centres are drawn from that core, never from the label."""
+    from monai_lung.transforms.sampling import thick_structure_mask
+
+    spacing = (0.7, 0.7, 2.5)
+    shape = (60, 80, 24)
+    i, j = np.meshgrid(np.arange(shape[0]) * spacing[0], np.arange(shape[1]) * spacing[1], indexing="ij")
+    image = np.full(shape, 0.05, np.float32)
+    thick_vessel = (i - 20.0) ** 2 + (j - 20.0) ** 2 <= 3.5**2
+    thin_vessel = (i - 20.0) ** 2 + (j - 40.0) ** 2 <= 1.5**2
+    image[thick_vessel | thin_vessel] = 0.6
+    region = np.zeros(shape, bool)
+    region[..., 3:21] = True  # the "lungs": the vessels' ends outside them do not count
+    core = thick_structure_mask(image, spacing, region, tissue_threshold=0.3, min_radius_mm=2.0)
+    assert core[..., 3:21].any() and not core[..., :3].any() and not core[..., 21:].any()
+    assert core[thick_vessel].any() and not core[thin_vessel].any() and not core[~thick_vessel].any()
+    # a transform in voxel units would call the thin vessel thick
+    assert thick_structure_mask(image, (1.0, 1.0, 1.0), region, 0.3, 2.0)[thin_vessel].any()
+
+    label = np.zeros(shape, np.uint8)
+    label[27:31, 27:31, 10:13] = 1  # a "nodule" on the thick vessel: its voxels are never background
+    _, bg = balanced_indices(label, image, num_background=400, seed=1, thick_mask=core, thick_fraction=0.5)
+    assert len(bg) == 400 and (label.ravel()[bg] == 0).all()
+    assert core.ravel()[bg].sum() >= 200  # half drawn there (the vessel is also in the dense half)
+    _, plain = balanced_indices(label, image, num_background=400, seed=1)
+    assert core.ravel()[plain].sum() < core.ravel()[bg].sum() - 150
+
+
 def test_sampling_indices_put_world_hard_negatives_on_their_voxel():
     """World LPS mm in the data list -> (i, j, k) of an anisotropic RAS grid with a non-zero origin."""
     affine = _affine((0.7, 0.8, 2.5), np.diag([1.0, 1.0, 1.0]), (-120.0, 35.5, -300.0))

@@ -10,6 +10,9 @@ zero padding is: it then finds a nodule in a centred 48^3 patch but not in the 9
 whole-scan inference (measured: p = 0.95 vs 0.04 on the same 8 mm nodule). It also lists a bounded background sample,
 half of it on dense tissue inside the (dilated) lungs (vessels, the pleura: where false positives come
 from) and half anywhere in them, instead of the ~40 M background indices ``RandCropByPosNegLabeld`` would otherwise build per call.
+With ``thick_fraction`` a share is first drawn from the cores of thick vessels (:func:`thick_structure_mask`):
+cut across, a 4-8 mm hilar vessel is a bright disc like a nodule, and it is too rare among the dense voxels
+for the tissue half to draw it often.
 When the data-list entry names known false positives (``hard_negatives``), a share of the background
 centres is drawn around those instead: stage-1 fine-tuning on its own mistakes.
 
@@ -43,6 +46,8 @@ def balanced_indices(
     max_offset: int = 0,
     hard_points: np.ndarray | None = None,
     hard_fraction: float = 0.5,
+    thick_mask: np.ndarray | None = None,
+    thick_fraction: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Flat (i, j, k) indices for foreground and background crop centres.
 
@@ -65,6 +70,11 @@ def balanced_indices(
             always at the patch centre (that would teach "centre = not a nodule"); points outside the
             volume are ignored.
         hard_fraction: share of ``num_background`` taken around ``hard_points`` (when there are any).
+        thick_mask: optional (i, j, k) bool mask of the cores of thick dense structures in the lungs (see
+            :func:`thick_structure_mask`): thick vessels are what a young stage 1 mistakes for nodules, and
+            they are too small a share of the dense tissue to be drawn often by chance.
+        thick_fraction: share of ``num_background`` drawn (moved by ``max_offset``) from ``thick_mask``,
+            outside the label.
 
     Returns:
         (fg, bg) int64 flat indices; fg is empty for a scan without nodules. With ``max_offset > 0``
@@ -90,7 +100,18 @@ def balanced_indices(
             hard = _moved_flat(centres, rng, max_offset, shape)
     num_background -= hard.size
 
-    label_flat, values = label.reshape(-1), image.reshape(-1)
+    label_flat = label.reshape(-1)
+    thick = np.zeros(0, dtype=np.int64)
+    if thick_mask is not None and thick_fraction > 0:
+        thick_flat = np.asarray(thick_mask, dtype=bool).reshape(-1)
+        centres = _sample_where(
+            rng, lambda idx: thick_flat[idx] & (label_flat[idx] == 0), label_flat.size,
+            int(round(min(num_background, num_background * thick_fraction))),
+        )
+        thick = _moved_flat(np.stack(np.unravel_index(centres, shape), axis=1), rng, max_offset, shape)
+    num_background -= thick.size
+
+    values = image.reshape(-1)
     inside = np.ones(values.size, dtype=bool) if region is None else np.asarray(region, dtype=bool).reshape(-1)
     tissue = _sample_where(
         rng, lambda idx: (values[idx] > tissue_threshold) & (label_flat[idx] == 0) & inside[idx], values.size, num_background // 2
@@ -99,9 +120,33 @@ def balanced_indices(
     body = _sample_where(
         rng, lambda idx: (values[idx] > body_threshold) & (label_flat[idx] == 0) & inside[idx], values.size, num_background - tissue.size
     )
-    bg = [hard, tissue, body]
+    bg = [hard, thick, tissue, body]
     bg_idx = np.concatenate(bg).astype(np.int64)
     return fg_idx, bg_idx
+
+
+def thick_structure_mask(
+    image: np.ndarray,
+    spacing_mm,
+    region: np.ndarray,
+    tissue_threshold: float = 0.3,
+    min_radius_mm: float = 2.0,
+) -> np.ndarray:
+    """(i, j, k) bool: voxels of dense tissue (``image > tissue_threshold``, ``image`` scaled as in
+    :func:`balanced_indices`) inside ``region`` (i, j, k bool, the lungs) that lie at least ``min_radius_mm``
+    from the structure's edge, i.e. the cores of vessels (and nodules) at least ~2 x ``min_radius_mm``
+    thick. ``spacing_mm``: the voxel size along (i, j, k). The distance transform runs on the region's
+    bounding box only."""
+    dense = (np.asarray(image) > tissue_threshold) & np.asarray(region, dtype=bool)
+    out = np.zeros(dense.shape, dtype=bool)
+    if not dense.any():
+        return out
+    box = ndimage.find_objects(dense.astype(np.uint8))[0]
+    # padding keeps a structure cut by the box (or the volume) border from reading as thick there
+    depth = np.pad(dense[box], 1)
+    depth = ndimage.distance_transform_edt(depth, sampling=tuple(float(s) for s in spacing_mm))[1:-1, 1:-1, 1:-1]
+    out[box] = depth >= min_radius_mm
+    return out
 
 
 def _moved_flat(centres: np.ndarray, rng: np.random.Generator, max_offset: int, shape) -> np.ndarray:
@@ -138,7 +183,9 @@ class NoduleSamplingIndicesd(MapTransform):
     for 48^3 patches) moves foreground crop centres off the nodule centre. When the entry has
     ``hard_negatives_key`` (a list of ``{"center": [x, y, z]}`` or ``[x, y, z]`` in world LPS mm: a trained
     stage 1's false positives, see ``monai-lung datalist --hard-negatives``), ``hard_fraction`` of the
-    background centres are drawn around them (moved by the same ``max_offset``).
+    background centres are drawn around them (moved by the same ``max_offset``). ``thick_fraction`` of the
+    rest come from the cores of dense structures in the lungs at least ``thick_min_radius_mm`` from their
+    edge (thick vessels; :func:`thick_structure_mask`, on the lung mask without margin).
     """
 
     def __init__(
@@ -154,6 +201,8 @@ class NoduleSamplingIndicesd(MapTransform):
         max_offset: int = 16,
         hard_negatives_key: str = "hard_negatives",
         hard_fraction: float = 0.5,
+        thick_fraction: float = 0.0,
+        thick_min_radius_mm: float = 2.0,
         fg_postfix: str = "_fg_indices",
         bg_postfix: str = "_bg_indices",
         allow_missing_keys: bool = False,
@@ -170,16 +219,23 @@ class NoduleSamplingIndicesd(MapTransform):
         self.fg_postfix, self.bg_postfix = fg_postfix, bg_postfix
         self.use_lung_mask, self.hu_window = use_lung_mask, hu_window
         self.hard_negatives_key, self.hard_fraction = hard_negatives_key, hard_fraction
+        self.thick_fraction, self.thick_min_radius_mm = thick_fraction, thick_min_radius_mm
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)
         img = d[self.image_key]
         image = np.asarray(img[0], dtype=np.float32)
-        region = None
-        if self.use_lung_mask:
-            from monai_lung.transforms.lung_mask import lung_mask
+        region = thick = None
+        if self.use_lung_mask or self.thick_fraction > 0:
+            from monai_lung.transforms.lung_mask import lung_masks
 
-            region = lung_mask(image, voxel_spacing(img), hu_window=self.hu_window)
+            spacing = voxel_spacing(img)
+            grown, lungs = lung_masks(image, spacing, (8.0, 0.0), hu_window=self.hu_window)
+            region = grown if self.use_lung_mask else None
+            if self.thick_fraction > 0:
+                thick = thick_structure_mask(
+                    image, spacing, lungs, self.kwargs["tissue_threshold"], self.thick_min_radius_mm
+                )
         hard = None
         if d.get(self.hard_negatives_key):
             # world LPS mm (x, y, z) as in the data list -> (i, j, k) on this resampled grid
@@ -189,7 +245,8 @@ class NoduleSamplingIndicesd(MapTransform):
             label = np.asarray(d[key][0])
             seed = zlib.crc32(str(d.get("seriesuid", d[self.image_key].meta.get("filename_or_obj", ""))).encode())
             fg, bg = balanced_indices(
-                label, image, seed=seed, region=region, hard_points=hard, hard_fraction=self.hard_fraction, **self.kwargs
+                label, image, seed=seed, region=region, hard_points=hard, hard_fraction=self.hard_fraction,
+                thick_mask=thick, thick_fraction=self.thick_fraction, **self.kwargs,
             )
             d[f"{key}{self.fg_postfix}"] = fg
             d[f"{key}{self.bg_postfix}"] = bg
