@@ -55,8 +55,9 @@ def balanced_indices(
         label: (i, j, k) 0/1 nodule mask.
         image: (i, j, k) intensities, already scaled (the lung window maps -1000 HU to 0, 400 HU to 1).
         per_nodule: indices drawn (with replacement) inside each connected nodule component.
-        num_background: background indices; half where ``image > tissue_threshold`` (dense tissue), half
-            where ``image > body_threshold`` (anything but outside air), both outside the label.
+        num_background: background indices. The ``hard_fraction`` and ``thick_fraction`` shares (below) are
+            taken first; of the rest, half where ``image > tissue_threshold`` (dense tissue), half where
+            ``image > body_threshold`` (anything but outside air), both outside the label.
         seed: random seed (deterministic output for caching).
         region: optional (i, j, k) bool mask (the lungs, generously dilated) that background centres must
             fall in: the detector only looks inside it, and vessels inside it are the false positives
@@ -135,8 +136,8 @@ def thick_structure_mask(
     """(i, j, k) bool: voxels of dense tissue (``image > tissue_threshold``, ``image`` scaled as in
     :func:`balanced_indices`) inside ``region`` (i, j, k bool, the lungs) that lie at least ``min_radius_mm``
     from the structure's edge, i.e. the cores of vessels (and nodules) at least ~2 x ``min_radius_mm``
-    thick. ``spacing_mm``: the voxel size along (i, j, k). The distance transform runs on the region's
-    bounding box only."""
+    thick. ``spacing_mm``: the voxel size along (i, j, k). The distance transform runs on the bounding box
+    of those dense voxels only."""
     dense = (np.asarray(image) > tissue_threshold) & np.asarray(region, dtype=bool)
     out = np.zeros(dense.shape, dtype=bool)
     if not dense.any():
