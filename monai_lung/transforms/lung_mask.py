@@ -19,6 +19,9 @@ from scipy import ndimage
 
 from monai_lung.io.coords import voxel_spacing
 
+#: mm the lungs are grown by, by default: keeps juxta-pleural nodules inside
+LUNG_MARGIN_MM = 8.0
+
 
 def _ball(radius: int) -> np.ndarray:
     r = np.arange(-radius, radius + 1)
@@ -32,7 +35,7 @@ def lung_mask(
     hu_window: Sequence[float] | None = (-1000.0, 400.0),
     work_mm: float = 4.0,
     close_mm: float = 12.0,
-    margin_mm: float = 8.0,
+    margin_mm: float = LUNG_MARGIN_MM,
     min_fraction: float = 0.1,
 ) -> np.ndarray:
     """Boolean lung mask of a CT volume.
@@ -57,7 +60,7 @@ def lung_mask(
 def lung_masks(
     volume: torch.Tensor | np.ndarray,
     spacing_mm: Sequence[float] = (1.0, 1.0, 1.0),
-    margins_mm: Sequence[float] = (8.0, 2.0),
+    margins_mm: Sequence[float] = (LUNG_MARGIN_MM, 2.0),
     threshold: float = -400.0,
     hu_window: Sequence[float] | None = (-1000.0, 400.0),
     work_mm: float = 4.0,

@@ -107,7 +107,7 @@ def balanced_indices(
         thick_flat = np.asarray(thick_mask, dtype=bool).reshape(-1)
         centres = _sample_where(
             rng, lambda idx: thick_flat[idx] & (label_flat[idx] == 0), label_flat.size,
-            int(round(min(num_background, num_background * thick_fraction))),
+            int(round(num_background * min(thick_fraction, 1.0))),
         )
         thick = _moved_flat(np.stack(np.unravel_index(centres, shape), axis=1), rng, max_offset, shape)
     num_background -= thick.size
@@ -228,10 +228,11 @@ class NoduleSamplingIndicesd(MapTransform):
         image = np.asarray(img[0], dtype=np.float32)
         region = thick = None
         if self.use_lung_mask or self.thick_fraction > 0:
-            from monai_lung.transforms.lung_mask import lung_masks
+            from monai_lung.transforms.lung_mask import LUNG_MARGIN_MM, lung_masks
 
             spacing = voxel_spacing(img)
-            grown, lungs = lung_masks(image, spacing, (8.0, 0.0), hu_window=self.hu_window)
+            # one segmentation: the grown lungs (lung_mask's region) and the lungs themselves (thick vessels)
+            grown, lungs = lung_masks(image, spacing, (LUNG_MARGIN_MM, 0.0), hu_window=self.hu_window)
             region = grown if self.use_lung_mask else None
             if self.thick_fraction > 0:
                 thick = thick_structure_mask(
