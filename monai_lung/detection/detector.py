@@ -13,13 +13,14 @@ expects: ``detector(inputs, use_inferer=True)`` with a ``network`` attribute.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 
+from monai_lung.bundle_args import flag
 from monai_lung.detection.candidates import extract_candidates
 from monai_lung.detection.segment import check_flip_axes, check_grid_spacing, segment_probability, zoom_to_spacing
 from monai_lung.io.coords import voxel_spacing
@@ -137,6 +138,9 @@ class DetectorConfig:
 
     def __post_init__(self):
         # checked here, not at the first scan: a batch job would otherwise record every scan as failed
+        for field in fields(self):
+            if field.type in (bool, "bool"):  # an override of amp/tta/... may be the string "false"
+                setattr(self, field.name, flag(getattr(self, field.name), field.name))
         check_flip_axes(self.seg_flip_axes, "seg_flip_axes")
         self.seg_spacing = check_grid_spacing(self.seg_spacing, "seg_spacing")
         self.cls_spacing = check_grid_spacing(self.cls_spacing, "cls_spacing")

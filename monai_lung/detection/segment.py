@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from monai.inferers import sliding_window_inference
 
+from monai_lung.bundle_args import flag
 from monai_lung.io.coords import voxel_spacing
 
 
@@ -201,7 +202,8 @@ class LungSlidingWindowInferer:
         device: torch.device | str | None = None,
     ):
         self.roi_size, self.sw_batch_size, self.overlap, self.mode = tuple(roi_size), sw_batch_size, overlap, mode
-        self.use_lung_mask, self.hu_window, self.sw_device, self.device = use_lung_mask, tuple(hu_window), sw_device, device
+        self.use_lung_mask = flag(use_lung_mask, "use_lung_mask")  # a bundle override may be the string "false"
+        self.hu_window, self.sw_device, self.device = tuple(hu_window), sw_device, device
 
     def __call__(self, inputs: torch.Tensor, network: torch.nn.Module, *args, **kwargs) -> torch.Tensor:
         from monai.utils import convert_to_dst_type

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from monai_lung.bundle_args import flag
 from monai_lung.io import DataError, find_scans, seriesuid_of, world_to_index
 from monai_lung.io.luna16_csv import PREDICTION_COLUMNS, read_points, write_luna_csv
 
@@ -163,6 +164,7 @@ def score_points_csv(
     from monai_lung.transforms.preprocessing import ct_preprocessing
 
     log = log or logger.info
+    amp, tta = flag(amp, "amp"), flag(tta, "tta")  # bundle overrides may be the strings "true"/"false"
     points = read_points(points_csv)
     missing = sorted(set(points["seriesuid"]) - set(scans))
     if missing:

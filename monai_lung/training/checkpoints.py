@@ -6,6 +6,8 @@ import os
 import re
 from pathlib import Path
 
+from monai_lung.bundle_args import flag
+
 _NUMBER = re.compile(r"(\d+)\.pt$")
 
 
@@ -53,6 +55,7 @@ def attach_checkpointing(
     """
     from monai.handlers import CheckpointLoader, CheckpointSaver
 
+    resume, save = flag(resume, "resume"), flag(save, "save_checkpoints")  # `--resume false` arrives as a string
     objects = {**save_dict, "trainer": trainer}
     path = None
     if resume:

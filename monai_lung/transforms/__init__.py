@@ -8,3 +8,4 @@ from monai_lung.transforms.preprocessing import DEFAULT_HU_WINDOW, DEFAULT_SPACI
 from monai_lung.transforms.restore import RestoreSourceGridd, resample_to_grid
 from monai_lung.transforms.compose import ComposeRandomWithoutMeta, meta_tracking
 from monai_lung.transforms.nodule_insertion import NoduleAppearance, RandCentreNoduled, RandNoduleInsertiond, paint_nodule
+from monai_lung.transforms.slice_grid import RandCropByPosNegLabelWithStartd, SourceSliceGridd, patch_slice_grid, source_slice_grid

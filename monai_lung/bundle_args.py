@@ -1,0 +1,36 @@
+"""Values that reach a bundle config from the command line.
+
+`python -m monai.bundle run ... --resume false` goes through `fire`, which turns `False` into a bool but a
+lower-case `false` into the string ``'false'``, and a non-empty string is true: without a check the run would
+resume, keep AMP on, or imitate slices while the user asked for the opposite. Bundle configs pass their
+on/off ids through :func:`flag`.
+"""
+
+from __future__ import annotations
+
+_TRUE_WORDS = frozenset({"true", "yes", "on", "1"})
+_FALSE_WORDS = frozenset({"false", "no", "off", "0"})
+
+
+def flag(value: object, name: str = "value") -> bool:
+    """The bool that a bundle id's value means.
+
+    Args:
+        value: a bool, 0 or 1, or one of the words true/false, yes/no, on/off, 1/0 in any case (what a
+            command-line override of a JSON bool can arrive as).
+        name: the config id, named in the error.
+
+    Raises:
+        ValueError: for anything else (``--resume maybe``, ``--amp 2``), naming the id and the value.
+    """
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str):
+        word = value.strip().lower()
+        if word in _TRUE_WORDS:
+            return True
+        if word in _FALSE_WORDS:
+            return False
+    raise ValueError(f"bundle id {name!r} must be true or false, got {value!r}")
