@@ -124,7 +124,8 @@ def paint_nodule(
     if any(s.stop <= s.start for s in box):
         return box, torch.zeros(0, dtype=torch.bool)
     voxels = [torch.arange(s.start, s.stop, dtype=torch.float32) for s in box]
-    steps = np.zeros(3) if slice_grid is None else np.asarray(slice_grid, dtype=np.float64).reshape(3, 2)[:, 0]
+    grid = np.zeros((3, 2)) if slice_grid is None else np.asarray(slice_grid, dtype=np.float64).reshape(3, 2)
+    steps, phases = grid[:, 0], grid[:, 1]
     # (a box one voxel thick along an axis has nothing to interpolate between)
     sliced = [a for a in range(3) if steps[a] > 0 and box[a].stop - box[a].start >= 2]
     mean_radius = float(np.mean(radii_mm))
@@ -134,7 +135,6 @@ def paint_nodule(
     if not sliced:
         alpha = torch.sigmoid((1.0 - rho) * sharpness)
     else:
-        phases = np.asarray(slice_grid, dtype=np.float64).reshape(3, 2)[:, 1]
         for a in sliced:  # the source's samples covering the box (at least two, to interpolate between)
             n0 = int(np.floor((box[a].start - phases[a]) / steps[a]))
             n1 = max(int(np.ceil((box[a].stop - 1 - phases[a]) / steps[a])), n0 + 1)
