@@ -101,8 +101,8 @@ def train_with_budget(bundle: Path, work: Path, args: argparse.Namespace) -> Pat
 
 def probability_maps(bundle: Path, entries: list[dict], args: argparse.Namespace, cache: Path | None):
     """Yields (entry, prob (i, j, k) float32 on the 1 mm RAS grid (``--seg-spacing`` mm when given), affine 4x4
-    RAS, candidate mask (i, j, k) bool or None, seconds, scaled image (i, j, k) float32 on the same grid) per
-    test scan."""
+    RAS, candidate mask (i, j, k) bool or None, seconds, scaled image (1, i, j, k) MetaTensor on the same grid)
+    per test scan."""
     network = stage_network(str(bundle)).eval()
     prep = ct_preprocessing()
     for entry in entries:
@@ -115,13 +115,13 @@ def probability_maps(bundle: Path, entries: list[dict], args: argparse.Namespace
         affine = image.affine.numpy()
         if path is not None and path.exists():
             z = np.load(path)
-            yield entry, z["prob"].astype(np.float32), affine, core, float(z["seconds"]), image[0].numpy()
+            yield entry, z["prob"].astype(np.float32), affine, core, float(z["seconds"]), image
             continue
         prob = segment_probability(network, image, lung, roi_size=(args.roi,) * 3, sw_batch_size=4, flip_axes=args.flip_axes)
         seconds = time.perf_counter() - t
         if path is not None:
             np.savez_compressed(path, prob=prob.astype(np.float16), seconds=seconds)
-        yield entry, prob, affine, core, seconds, image[0].numpy()
+        yield entry, prob, affine, core, seconds, image
 
 
 def main() -> None:
@@ -190,7 +190,7 @@ def main() -> None:
                 cands = cands.sort_values("shape_score", ascending=False, kind="stable").reset_index(drop=True)
             elif args.rank_by == "blob":
                 t0 = time.perf_counter()
-                cands = rank_by_blobness(cands, image, np.linalg.norm(affine[:3, :3], axis=0), args.blob_top_k, args.blob_weight)
+                cands = rank_by_blobness(cands, image[0].numpy(), voxel_spacing(image), args.blob_top_k, args.blob_weight)
                 rank_seconds.append(time.perf_counter() - t0)
             pts = cands[["coordX", "coordY", "coordZ"]].to_numpy()
             counts[t].append(len(cands))
