@@ -11,8 +11,10 @@ from monai_lung.evaluation.froc import (
     FROCResult,
     bootstrap_weights,
     evaluate_froc,
+    format_rate,
     interpolate_froc,
     match_predictions,
 )
-from monai_lung.evaluation.run import format_rate, run_evaluation, summary_lines, write_outputs
+from monai_lung.evaluation.run import run_evaluation, summary_lines, write_outputs
+from monai_lung.evaluation.plot import plot_froc
 from monai_lung.evaluation.scanlist import read_datalist_seriesuids, read_seriesuid_list

@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Sequence
 
 import numpy as np
@@ -278,6 +279,14 @@ def interpolate_froc(fps_per_scan: np.ndarray, sensitivity: np.ndarray, at_fps: 
 # ----------------------------------------------------------------------------------------------------
 # Result
 # ----------------------------------------------------------------------------------------------------
+
+
+def format_rate(rate: float) -> str:
+    """FPs per scan as the challenge writes them: 0.125 -> "1/8", 2.0 -> "2", 0.3 -> "0.3"."""
+    frac = Fraction(rate).limit_denominator(64)
+    if abs(float(frac) - rate) < 1e-12:
+        return str(frac.numerator) if frac.denominator == 1 else f"{frac.numerator}/{frac.denominator}"
+    return f"{rate:g}"
 
 
 def _num(x) -> float | None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from fractions import Fraction
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -15,18 +14,12 @@ from monai_lung.evaluation.froc import (
     DEFAULT_MAX_PREDICTIONS_PER_SCAN,
     FROCResult,
     evaluate_froc,
+    format_rate,
 )
+from monai_lung.evaluation.plot import plot_froc
 from monai_lung.io import DataError, read_annotations, read_excluded, read_predictions, write_csv_atomic, write_json_atomic
 
 OUTPUT_FILES = ("froc.json", "froc.csv", "froc.png", "nodules.csv")
-
-
-def format_rate(rate: float) -> str:
-    """FPs per scan as the challenge writes them: 0.125 -> "1/8", 2.0 -> "2", 0.3 -> "0.3"."""
-    frac = Fraction(rate).limit_denominator(64)
-    if abs(float(frac) - rate) < 1e-12:
-        return str(frac.numerator) if frac.denominator == 1 else f"{frac.numerator}/{frac.denominator}"
-    return f"{rate:g}"
 
 
 def _ci(low: float, high: float) -> str:
@@ -63,8 +56,6 @@ def write_outputs(result: FROCResult, output_dir: str | os.PathLike, inputs: dic
 
     Returns the paths written, by file name.
     """
-    from monai_lung.report.froc_plot import plot_froc
-
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     paths = {name: output_dir / name for name in OUTPUT_FILES}

@@ -10,13 +10,8 @@ import os
 
 import numpy as np
 
+from monai_lung.evaluation.froc import format_rate, interpolate_froc
 from monai_lung.io import atomic_path
-
-
-def _label(rate: float) -> str:
-    from monai_lung.evaluation.run import format_rate
-
-    return format_rate(rate)
 
 
 def plot_froc(result, path: str | os.PathLike, title: str | None = None, dpi: int = 120) -> None:
@@ -44,8 +39,6 @@ def plot_froc(result, path: str | os.PathLike, title: str | None = None, dpi: in
     hi = np.asarray(result.curve_ci_high, dtype=float)
     x_min = min(1.0 / 16.0, rates.min() / 2.0)
     x_max = max(8.0, rates.max(), float(fps.max(initial=0.0))) * 1.25
-
-    from monai_lung.evaluation.froc import interpolate_froc
 
     # The visible part of the curve: the value at the left edge, every point inside, the value at the right edge.
     inside = (fps > x_min) & (fps < x_max)
@@ -76,7 +69,7 @@ def plot_froc(result, path: str | os.PathLike, title: str | None = None, dpi: in
     ax.set_xlim(x_min, x_max)
     ax.set_ylim(0.0, 1.02)
     ax.set_xticks(rates)
-    ax.set_xticklabels([_label(r) for r in rates])
+    ax.set_xticklabels([format_rate(r) for r in rates])
     ax.minorticks_off()
     ax.set_xlabel("Average number of false positives per scan")
     ax.set_ylabel("Sensitivity")
