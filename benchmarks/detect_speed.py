@@ -58,7 +58,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     from monai_lung.detection.batch import ScanItem, run_batch, scan_detector
-    from monai_lung.detection.cli import parse_overrides
+    from monai_lung.bundle_args import parse_overrides
     from monai_lung.detection.detector import TwoStageDetector, resolve_device
     from monai_lung.detection.loading import bundle_parser, load_detector
     from monai_lung.transforms.preprocessing import ct_preprocessing

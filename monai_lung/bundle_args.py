@@ -8,6 +8,10 @@ on/off ids through :func:`flag`.
 
 from __future__ import annotations
 
+import json
+
+from monai_lung.io.errors import DataError
+
 _TRUE_WORDS = frozenset({"true", "yes", "on", "1"})
 _FALSE_WORDS = frozenset({"false", "no", "off", "0"})
 
@@ -34,3 +38,23 @@ def flag(value: object, name: str = "value") -> bool:
         if word in _FALSE_WORDS:
             return False
     raise ValueError(f"bundle id {name!r} must be true or false, got {value!r}")
+
+
+def parse_overrides(pairs: list[str], option: str = "--set") -> dict:
+    """``["a=1", "b=[1,2]", "c=gaussian"]`` -> ``{"a": 1, "b": [1, 2], "c": "gaussian"}`` (JSON values, else strings).
+
+    One parser for every ``--set KEY=VALUE`` of the command line (detector parameters, training settings).
+
+    Raises:
+        DataError: a pair without ``=`` or with an empty key, naming the pair (the CLI prints one line, exit 2).
+    """
+    out = {}
+    for pair in pairs:
+        key, sep, value = str(pair).partition("=")
+        if not sep or not key.strip():
+            raise DataError(None, f"{option} expects KEY=VALUE, got {pair!r}")
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out

@@ -380,3 +380,38 @@ def test_bad_input_raises_data_error_naming_the_file(tmp_path):
     # one uid per line, no header, is a valid list
     (tmp_path / "plain.txt").write_text("s1\n\ns2\n")
     assert evaluate_main(_parse(base + ["--seriesuids", str(tmp_path / "plain.txt"), "--bootstrap", "0"])) == 0
+
+
+
+def test_the_scan_list_comes_from_a_pipe_standard_input_or_the_data_folder(tmp_path, monkeypatch, capsys):
+    """`--seriesuids <(ls ...)` (a pipe, as a shell's process substitution passes it: /dev/fd/N), `--seriesuids -` and
+    `--data-dir` name the same scans as a list file: every form gives the same CPM."""
+    import io
+    import os
+    import threading
+
+    _write_inputs(tmp_path)
+    data = tmp_path / "data"
+    for name in ("subset0/s1.mhd", "subset1/s2.mhd"):
+        (data / name).parent.mkdir(parents=True, exist_ok=True)
+        (data / name).write_text("")
+    base = ["--annotations", str(tmp_path / "annotations.csv"), "--excluded", str(tmp_path / "excluded.csv"),
+            "--predictions", str(tmp_path / "predictions.csv"), "--bootstrap", "0"]
+    read_end, write_end = os.pipe()
+    writer = threading.Thread(target=lambda: (os.write(write_end, b"s1\ns2\n"), os.close(write_end)))
+    writer.start()
+    try:
+        assert evaluate_main(_parse(base + ["--seriesuids", f"/dev/fd/{read_end}", "--output-dir", str(tmp_path / "pipe")])) == 0
+    finally:
+        writer.join()
+        os.close(read_end)
+    monkeypatch.setattr("sys.stdin", io.StringIO("seriesuid\ns2\ns1\n"))
+    assert evaluate_main(_parse(base + ["--seriesuids", "-", "--output-dir", str(tmp_path / "stdin")])) == 0
+    assert evaluate_main(_parse(base + ["--data-dir", str(data), "--output-dir", str(tmp_path / "data_dir")])) == 0
+    assert capsys.readouterr().out.count("evaluating 2 scans") == 3
+    for name in ("pipe", "stdin", "data_dir"):
+        assert json.loads((tmp_path / name / "froc.json").read_text(encoding="utf-8"))["cpm"] == pytest.approx(5.375 / 7)
+    with pytest.raises(DataError, match="no scans found"):
+        evaluate_main(_parse(base + ["--data-dir", str(tmp_path / "pipe"), "--output-dir", str(tmp_path / "x")]))
+    with pytest.raises(DataError, match="is a folder"):
+        evaluate_main(_parse(base + ["--seriesuids", str(data), "--output-dir", str(tmp_path / "x")]))

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 from pathlib import Path
+
+from monai_lung.bundle_args import parse_overrides
 
 logger = logging.getLogger("monai_lung.detect")
 
@@ -33,20 +34,6 @@ def add_detect_arguments(p: argparse.ArgumentParser) -> None:
         help="scans read and resampled ahead in a background thread while the current one is detected (0: none)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
-def parse_overrides(pairs: list[str]) -> dict:
-    """``["a=1", "b=[1,2]", "c=gaussian"]`` -> ``{"a": 1, "b": [1, 2], "c": "gaussian"}`` (JSON values, else strings)."""
-    out = {}
-    for pair in pairs:
-        if "=" not in pair:
-            raise ValueError(f"--set expects KEY=VALUE, got {pair!r}")
-        key, value = pair.split("=", 1)
-        try:
-            out[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key.strip()] = value
-    return out
 
 
 def _distributed() -> tuple[int, int, int]:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import csv
 import json
 import os
+import sys
 from pathlib import Path
 
 from monai_lung.io import DataError
-from monai_lung.io.scans import seriesuid_of
+from monai_lung.io.scans import find_scans, seriesuid_of
 
 
 def _dedupe(uids: list[str]) -> list[str]:
@@ -17,6 +18,8 @@ def _dedupe(uids: list[str]) -> list[str]:
 
 def read_seriesuid_list(path: str | os.PathLike) -> list[str]:
     """Seriesuids from ``path``: a CSV with a ``seriesuid`` column, or one uid per line without a header.
+
+    ``path`` may be a regular file, a pipe (a shell's ``<(ls ...)``) or ``-`` for standard input.
 
     The file is read as a CSV when its first non-empty line holds a comma or is exactly ``seriesuid``;
     then the ``seriesuid`` column is taken. Otherwise every non-empty line is one uid (a first line
@@ -27,13 +30,19 @@ def read_seriesuid_list(path: str | os.PathLike) -> list[str]:
     Raises:
         DataError: file missing or unreadable, a CSV without a ``seriesuid`` column, or no uid at all.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(path, "seriesuid list file not found")
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as err:
-        raise DataError(path, f"seriesuid list file is not readable text ({err})") from None
+    if os.fspath(path) == "-":
+        path = Path("<stdin>")
+        text = sys.stdin.read().lstrip("\ufeff")
+    else:
+        path = Path(path)
+        if not path.exists():
+            raise DataError(path, "seriesuid list file not found")
+        if path.is_dir():
+            raise DataError(path, "seriesuid list is a folder (give a file, a pipe or -, or evaluate --data-dir for every scan there)")
+        try:  # a pipe reads like a file, once
+            text = path.read_text(encoding="utf-8-sig")
+        except (OSError, UnicodeDecodeError) as err:
+            raise DataError(path, f"seriesuid list file is not readable text ({err})") from None
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     if not lines:
         raise DataError(path, "seriesuid list file is empty (expected a seriesuid column or one uid per line)")
@@ -97,3 +106,16 @@ def read_datalist_seriesuids(path: str | os.PathLike, key: str = "test") -> list
     if not uids:
         raise DataError(path, f"data list {key!r} is empty: no scans to evaluate")
     return _dedupe(uids)
+
+
+def read_data_dir_seriesuids(data_dir: str | os.PathLike) -> list[str]:
+    """Seriesuids of every scan found in ``data_dir`` (``subsetK/<uid>.mhd`` and scans directly in it, see
+    :func:`monai_lung.io.find_scans`), sorted.
+
+    Raises:
+        DataError: folder missing or holding no scan.
+    """
+    scans = find_scans(data_dir)
+    if not scans:
+        raise DataError(data_dir, "no scans found (expected subset0..subset9/<seriesuid>.mhd or scans directly in it)")
+    return sorted(scans)
