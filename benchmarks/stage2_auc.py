@@ -18,7 +18,7 @@ Steps (each reuses what an earlier run left in ``--work-dir``):
    nothing is selected on the test set);
 5. test ROC AUC: every annotated nodule centre of the test scans (positives) against the scans' class-0
    ``candidates.csv`` points and random lung points (and, with ``--seg-bundle``, stage-1 false positives),
-   scored from the scans with :func:`monai_lung.fpr.score_points` exactly as the inference bundle does.
+   scored from the scans with :func:`monai_lung.detection.score_points` exactly as the inference bundle does.
 """
 
 from __future__ import annotations
@@ -181,7 +181,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from monai_lung.datalist import load_datalist_entries
-    from monai_lung.fpr import CropBankSettings, build_crop_bank, score_points
+    from monai_lung.detection.scoring import score_points
+    from monai_lung.fpr import CropBankSettings, build_crop_bank
     from monai_lung.io import read_candidates, voxel_spacing
     from monai_lung.synthetic import generate_dataset
     from monai_lung.transforms import ct_preprocessing, lung_mask
@@ -231,7 +232,7 @@ def main() -> None:
     else:
         from monai.bundle import ConfigParser
 
-        from monai_lung.fpr import load_weights
+        from monai_lung.networks import load_weights
 
         # the network definition of the bundle the weights were trained with (<bundle>/models/model.pt)
         own = args.weights.resolve().parent.parent / "configs" / "train.json"

@@ -235,8 +235,7 @@ def test_detector_call_gives_monai_label_boxes(models):
     """`detector(inputs, use_inferer=True)` as MONAI Label calls it, built from the bundle config."""
     import torch
 
-    from monai_lung.detection import load_weights
-    from monai_lung.detection.loading import bundle_parser
+    from monai_lung.networks import bundle_parser, load_weights
 
     parser = bundle_parser(models["det"], device="cpu")
     parser["detector_config"]["roi_size"] = [64, 64, 64]

@@ -25,8 +25,8 @@ from monai_lung.fpr import (
     build_scan_crops,
     label_candidates,
     mine_hard_negatives,
-    score_points,
 )
+from monai_lung.detection.scoring import score_points
 from monai_lung.io import DataError, world_to_index
 from monai_lung.transforms import ct_preprocessing, lung_mask
 from tests.conftest import make_image, rotation_direction

@@ -231,8 +231,7 @@ def reference_boxes(served):
     preprocessing -> ``detector.network = <network_def + model.pt>`` -> ``detector(image[None], use_inferer=True)``."""
     import torch
 
-    from monai_lung.detection import load_weights
-    from monai_lung.detection.loading import bundle_parser
+    from monai_lung.networks import bundle_parser, load_weights
 
     parser = bundle_parser(served["det"], device="cpu")
     detector = parser.get_parsed_content("detector")

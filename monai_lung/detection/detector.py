@@ -22,9 +22,11 @@ import torch
 
 from monai_lung.bundle_args import flag
 from monai_lung.detection.candidates import extract_candidates
+from monai_lung.detection.scoring import score_points
 from monai_lung.detection.segment import check_flip_axes, check_grid_spacing, segment_probability, zoom_to_spacing
 from monai_lung.io.coords import voxel_spacing
 from monai_lung.io.errors import DataError
+from monai_lung.networks import resolve_device
 from monai_lung.transforms.lung_mask import lung_masks
 
 
@@ -162,13 +164,6 @@ class DetectorConfig:
         return asdict(self)
 
 
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 class TwoStageNetwork(torch.nn.Module):
     """Both networks in one module: ``segmenter`` (stage-1 UNet, 2 classes) and ``classifier`` (stage-2
     ResNet on (B, 1, *crop_size) crops, 32^3 by default, 2 classes). Its ``forward`` is the segmenter's, so that tools that
@@ -280,8 +275,6 @@ class TwoStageDetector:
             stage1_peak, stage2_prob, ...) sorted by probability, "num_candidates": int,
             "timings_s": {"stage1_grid", "lung_mask", "sliding_window", "candidates", "stage2_grid", "classification"}}``.
         """
-        from monai_lung.fpr.scoring import score_points
-
         cfg = self.config
         source = image.meta.get("filename_or_obj") if hasattr(image, "meta") else None
         check_scan(image, source, cfg.crop_size)

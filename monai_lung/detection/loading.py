@@ -8,25 +8,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from monai_lung.detection.detector import DetectorConfig, TwoStageDetector, TwoStageNetwork, resolve_device
-from monai_lung.fpr.scoring import load_weights  # one loader for bundle weights (plain, wrapped or DDP state dicts)
+from monai_lung.detection.detector import TwoStageDetector, TwoStageNetwork
+from monai_lung.io.atomic import atomic_path
 from monai_lung.io.errors import DataError
-
-
-def bundle_parser(bundle_dir: str | os.PathLike, config: str = "inference.json", **overrides):
-    """A ``monai.bundle.ConfigParser`` over ``bundle_dir/configs/<config>`` with ``bundle_root`` set."""
-    from monai.bundle import ConfigParser
-
-    bundle_dir = Path(bundle_dir)
-    path = bundle_dir / "configs" / config
-    if not path.is_file():
-        raise DataError(path, "bundle config not found")
-    parser = ConfigParser()
-    parser.read_config(str(path))
-    parser["bundle_root"] = str(bundle_dir)
-    for key, value in overrides.items():
-        parser[key] = value
-    return parser
+from monai_lung.networks import bundle_parser, load_weights, resolve_device, stage_network
 
 
 def classifier_crop_size(cls_bundle: str | os.PathLike) -> tuple[int, int, int]:
@@ -45,13 +30,6 @@ def _settings_of(module: torch.nn.Module) -> dict:
         name: {k: v for k, v in vars(sub).items() if not k.startswith("_") and k != "training" and isinstance(v, plain)}
         for name, sub in module.named_modules()
     }
-
-
-def stage_network(bundle_dir: str | os.PathLike) -> torch.nn.Module:
-    """A stage bundle's ``network_def`` with its ``models/model.pt`` weights, on the CPU."""
-    parser = bundle_parser(bundle_dir)
-    network = parser.get_parsed_content("network_def")
-    return load_weights(network, Path(bundle_dir) / "models" / "model.pt")
 
 
 def _preprocessing_of(parser) -> dict:
@@ -91,8 +69,6 @@ def assemble_two_stage(seg_bundle: str | os.PathLike, cls_bundle: str | os.PathL
     and every module setting, such as ResNet's ``no_max_pool``, agrees) and its ``detector_config#crop_size``
     must be the classifier's ``patch_size``; all is checked before anything is written.
     """
-    from monai_lung.io.atomic import atomic_path
-
     check_same_preprocessing(seg_bundle, cls_bundle, detection_bundle)
     config_path = Path(detection_bundle) / "configs" / "inference.json"
     combined = TwoStageNetwork(stage_network(seg_bundle), stage_network(cls_bundle))

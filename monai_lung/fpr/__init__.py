@@ -6,7 +6,7 @@
 - :mod:`~monai_lung.fpr.dataset`: :class:`CropBankDataset` and :class:`BalancedSampler` (fixed
   positive share per epoch, DDP-aware) for the classification bundle.
 - :mod:`~monai_lung.fpr.transforms`: :class:`ContextSwapd`, surroundings of another crop around a crop's centre.
-- :mod:`~monai_lung.fpr.scoring`: :func:`score_points`, probabilities of world points in a preprocessed scan.
+- :mod:`~monai_lung.fpr.scoring`: :func:`score_points_csv`, stage-2 probabilities of a CSV of world points.
 - :mod:`~monai_lung.fpr.cli`: ``monai-lung crops`` / ``hard-negatives`` / ``score`` argument parsers and bodies.
 """
 
@@ -25,6 +25,6 @@ from monai_lung.fpr.bank import (
     random_lung_points,
 )
 from monai_lung.fpr.dataset import BalancedSampler, CropBankDataset, datalist_seriesuids
-from monai_lung.fpr.mining import HardNegativeMiner, label_candidates, load_bundle_network, mine_hard_negatives
+from monai_lung.fpr.mining import HardNegativeMiner, label_candidates, mine_hard_negatives
 from monai_lung.fpr.transforms import ContextSwapd
-from monai_lung.fpr.scoring import find_scan_paths, load_weights, score_points, score_points_csv
+from monai_lung.fpr.scoring import find_scan_paths, score_points_csv

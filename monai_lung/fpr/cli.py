@@ -10,14 +10,6 @@ import argparse
 from pathlib import Path
 
 
-def _device(name: str):
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def _add_scan_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--datalist", type=Path, required=True, help="data list JSON (`monai-lung datalist`)")
     parser.add_argument("--data-dir", type=Path, default=None, help="folder the data list's image paths are relative to (default: the JSON's folder)")
@@ -53,7 +45,7 @@ def _miner(args: argparse.Namespace):
     overrides = {"min_voxels": args.min_voxels, "max_candidates": args.max_candidates}
     if args.stage1_threshold is not None:
         overrides["threshold"] = args.stage1_threshold
-    return HardNegativeMiner.from_bundle(args.seg_bundle, device=_device(args.device), weights=args.seg_weights, **overrides)
+    return HardNegativeMiner.from_bundle(args.seg_bundle, device=args.device, weights=args.seg_weights, **overrides)
 
 
 def add_crops_arguments(parser: argparse.ArgumentParser) -> None:
@@ -142,11 +134,11 @@ def add_score_arguments(parser: argparse.ArgumentParser) -> None:
 
 def score_main(args: argparse.Namespace) -> int:
     """Run ``monai-lung score``; returns 0."""
-    from monai_lung.fpr.mining import load_bundle_network
     from monai_lung.fpr.scoring import find_scan_paths, score_points_csv
+    from monai_lung.networks import bundle_parser, resolve_device, stage_network
 
-    device = _device(args.device)
-    network, parser = load_bundle_network(args.bundle, weights=args.weights, device=device)
+    device = resolve_device(args.device)
+    network, parser = stage_network(args.bundle, weights=args.weights, device=device), bundle_parser(args.bundle)
     crop = tuple(parser.get_parsed_content("patch_size")) if "patch_size" in parser.config else (32, 32, 32)
     # the bundle's own preprocessing chain, so that the CLI scores exactly what the bundle scores
     preprocessing = parser.get_parsed_content("preprocessing") if "preprocessing" in parser.config else None

@@ -20,8 +20,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from monai_lung.io import DataError, seriesuid_of, voxel_spacing
+from monai_lung.io import seriesuid_of, voxel_spacing
 from monai_lung.io.atomic import write_csv_atomic
+from monai_lung.networks import bundle_parser, resolve_device, stage_network
 
 logger = logging.getLogger(__name__)
 
@@ -31,38 +32,6 @@ MINED_COLUMNS = [
     "nodule_distance_mm",  # to the nearest annotated nodule centre (NaN: none in the scan)
     "label",  # 1 hit a nodule, 0 false positive (hard negative), -1 on an excluded finding
 ]
-
-
-def load_bundle_network(
-    bundle_dir: str | os.PathLike,
-    config_file: str = "configs/inference.json",
-    weights: str | os.PathLike | None = None,
-    device: torch.device | str = "cpu",
-    network_id: str = "network_def",
-):
-    """The network of a MONAI bundle with its trained weights, in eval mode on ``device``.
-
-    Returns ``(network, parser)``: the parser (``monai.bundle.ConfigParser`` of ``config_file`` with
-    ``bundle_root`` set to ``bundle_dir``) lets callers read the bundle's other settings (ROI size,
-    threshold) so that they run the model as its bundle does.
-    """
-    from monai.bundle import ConfigParser
-
-    from monai_lung.fpr.scoring import load_weights
-
-    bundle_dir = Path(bundle_dir)
-    config = bundle_dir / config_file
-    if not config.is_file():
-        raise DataError(config, "bundle config not found")
-    weights = Path(weights) if weights is not None else bundle_dir / "models" / "model.pt"
-    if not weights.is_file():
-        raise DataError(weights, "bundle weights not found (train the bundle first)")
-    parser = ConfigParser()
-    parser.read_config(str(config))
-    parser["bundle_root"] = str(bundle_dir)
-    network = parser.get_parsed_content(network_id, instantiate=True).to(device)
-    load_weights(network, weights, map_location=device)
-    return network.eval(), parser
 
 
 def label_candidates(
@@ -118,7 +87,7 @@ class HardNegativeMiner:
         self.network = network.eval()
         self.roi_size, self.sw_batch_size, self.overlap = tuple(int(r) for r in roi_size), int(sw_batch_size), float(overlap)
         self.threshold, self.min_voxels, self.max_candidates = float(threshold), int(min_voxels), max_candidates
-        self.device, self.amp, self.fingerprint = torch.device(device), bool(amp), fingerprint
+        self.device, self.amp, self.fingerprint = resolve_device(device), bool(amp), fingerprint
 
     @classmethod
     def from_bundle(
@@ -126,7 +95,8 @@ class HardNegativeMiner:
     ) -> "HardNegativeMiner":
         """A miner running the stage-1 bundle's network with its inference settings (``roi_size``,
         ``sw_batch_size``, ``overlap``, ``threshold`` from ``configs/inference.json``), ``overrides`` winning."""
-        network, parser = load_bundle_network(bundle_dir, weights=weights, device=device)
+        network = stage_network(bundle_dir, weights=weights, device=device)
+        parser = bundle_parser(bundle_dir)
         weights = Path(weights) if weights is not None else Path(bundle_dir) / "models" / "model.pt"
         settings = {}
         for key in ("roi_size", "sw_batch_size", "overlap", "threshold"):

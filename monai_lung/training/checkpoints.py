@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 from monai_lung.bundle_args import flag
+from monai_lung.networks import load_weights
 
 _NUMBER = re.compile(r"(\d+)\.pt$")
 
@@ -98,6 +99,4 @@ def initial_weights(network, weights: str | os.PathLike | None = None):
     negatives). ``resume`` still wins: its checkpoint is loaded after this."""
     if not weights:
         return network
-    from monai_lung.fpr.scoring import load_weights
-
     return load_weights(network, weights, map_location="cpu")
