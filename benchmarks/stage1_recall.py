@@ -6,9 +6,7 @@
 A nodule is found when a candidate's centre lies within its radius (the LUNA16 hit rule), candidates
 being the connected components of the lung-gated sliding-window probability map (threshold, minimum
 size and near-duplicate merging as the detector does them), at most ``--max-candidates`` per scan by
-peak probability (the detector's cap), with ``--rank-by shape`` by the candidates' ``shape_score``, or with
-``--rank-by blob`` by ``shape_score`` times the CT's Hessian dot response at each of the ``--blob-top-k``
-best (:func:`monai_lung.detection.blobness.rank_by_blobness`).
+peak probability (the detector's cap), or with ``--rank-by shape`` by the candidates' ``shape_score``.
 Prints one line per nodule (diameter, highest probability inside it, found or not) and, for every
 threshold, recall and candidates per scan with and without the cap.
 
@@ -34,7 +32,6 @@ import numpy as np
 import torch
 
 from monai_lung.datalist import load_datalist_entries
-from monai_lung.detection.blobness import rank_by_blobness
 from monai_lung.detection.detector import DetectorConfig, scan_lung_masks, stage1_candidates
 from monai_lung.detection.loading import stage_network
 from monai_lung.detection.segment import segment_probability, zoom_to_spacing
@@ -133,14 +130,10 @@ def main() -> None:
     p.add_argument("--thresholds", default="0.1,0.2,0.3,0.5", help="comma-separated candidate thresholds")
     p.add_argument("--max-candidates", type=int, default=30, help="per-scan cap, by --rank-by")
     p.add_argument(
-        "--rank-by", choices=("peak", "shape", "blob"), default="peak",
+        "--rank-by", choices=("peak", "shape"), default="peak",
         help="order of a scan's candidates for the cap: peak probability (the detector's), shape_score "
-        "(mean probability x volume^0.3 / elongation: round, sure components first), or blob_score (the "
-        "--blob-top-k best by shape_score reordered by shape_score x (1 + --blob-weight x the CT's Hessian "
-        "dot response there), monai_lung.detection.blobness)",
+        "(mean probability x volume^0.3 / elongation: round, sure components first)",
     )
-    p.add_argument("--blob-top-k", type=int, default=200, help="--rank-by blob: candidates measured per scan")
-    p.add_argument("--blob-weight", type=float, default=20.0, help="--rank-by blob: weight of the dot response")
     p.add_argument("--min-voxels", type=int, default=DetectorConfig.min_voxels)
     p.add_argument(
         "--candidate-lung-margin", type=float, default=DetectorConfig.candidate_lung_margin_mm,
@@ -178,7 +171,6 @@ def main() -> None:
     found = {t: [0, 0] for t in thresholds}  # uncapped, capped
     counts = {t: [] for t in thresholds}
     total, seconds = 0, []
-    rank_seconds = []
     for entry, prob, affine, core, sec, image in probability_maps(bundle, entries, args, cache):
         seconds.append(sec)
         centres, diameters = nodule_arrays(entry["nodules"])
@@ -188,10 +180,6 @@ def main() -> None:
             cands = stage1_candidates(prob, affine, replace(args.detector_config, seg_threshold=t), core)
             if args.rank_by == "shape":
                 cands = cands.sort_values("shape_score", ascending=False, kind="stable").reset_index(drop=True)
-            elif args.rank_by == "blob":
-                t0 = time.perf_counter()
-                cands = rank_by_blobness(cands, image[0].numpy(), voxel_spacing(image), args.blob_top_k, args.blob_weight)
-                rank_seconds.append(time.perf_counter() - t0)
             pts = cands[["coordX", "coordY", "coordZ"]].to_numpy()
             counts[t].append(len(cands))
             hit = []
@@ -214,8 +202,7 @@ def main() -> None:
             f"{entry['seriesuid']}: candidates " + ", ".join(f"{t}: {counts[t][-1]}" for t in thresholds) + f"; {sec:.1f} s",
             flush=True,
         )
-    ranking = f"{args.rank_by}" + (f", {np.mean(rank_seconds):.1f} s per scan and threshold" if rank_seconds else "")
-    print(f"\nstage-1 recall on {total} nodules of {len(seconds)} scans ({np.mean(seconds):.1f} s per scan, roi {args.roi}; ranked by {ranking}):")
+    print(f"\nstage-1 recall on {total} nodules of {len(seconds)} scans ({np.mean(seconds):.1f} s per scan, roi {args.roi}; ranked by {args.rank_by}):")
     for t in thresholds:
         capped = np.minimum(counts[t], args.max_candidates)
         print(
