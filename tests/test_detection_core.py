@@ -153,6 +153,70 @@ def test_segment_probability_with_and_without_lung_mask():
     assert gated[0, 0, 0] < 1e-6  # far from the lungs: not computed, background
 
 
+
+def _unet_with_batch_norm_statistics(seed: int = 0) -> torch.nn.Module:
+    """A small stage-1-like UNet whose BatchNorms hold non-trivial running statistics (as trained ones do)."""
+    torch.manual_seed(seed)
+    net = UNet(3, 1, 2, (4, 8, 16), (2, 2), num_res_units=0, norm="batch").eval()
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm3d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+    return net
+
+
+def test_windows_without_lung_are_not_run_and_the_map_inside_the_lungs_is_the_full_pass():
+    """Only windows holding lung run; inside the lungs the map is the ungated sliding window's, and everywhere it is
+    MONAI's sliding window with background logits for the windows left out (what the gated predictor gives)."""
+    from monai_lung.detection.segment import lung_gated_logits, lung_window_probability, window_slices
+
+    net = _unet_with_batch_norm_statistics()
+    image = torch.rand((1, 90, 60, 50))
+    lung = np.zeros((90, 60, 50), bool)
+    lung[5:20, 5:20, 5:20] = True  # two opposite corners: the box between them holds windows without lung
+    lung[70:85, 40:55, 30:45] = True
+    runs = []
+
+    class Counting(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            runs.append(x.shape[0])
+            return self.inner(x)
+
+    with torch.no_grad():
+        prob, box = lung_window_probability(Counting(net), image, lung, roi_size=(32, 32, 32), sw_batch_size=2)
+        gated = torch.softmax(lung_gated_logits(net, image, lung, roi_size=(32, 32, 32), sw_batch_size=2), dim=0)[1]
+        full = torch.softmax(lung_gated_logits(net, image, None, roi_size=(32, 32, 32)), dim=0)[1]
+    assert box == (slice(0, 90), slice(0, 60), slice(0, 50))
+    windows = window_slices((90, 60, 50), (32, 32, 32), 0.25)  # MONAI's grid: starts 0, 24, 48, 58 / 0, 24, 28 / 0, 18
+    with_lung = [w for w in windows if lung[w].any()]
+    assert len(windows) == 24 and sum(runs) == len(with_lung) == 10 and max(runs) == 2
+    whole = torch.full((90, 60, 50), float(torch.sigmoid(torch.tensor(-20.0))))
+    whole[box] = prob
+    np.testing.assert_allclose(whole.numpy(), gated.numpy(), atol=1e-6)
+    np.testing.assert_allclose(whole.numpy()[lung], full.numpy()[lung], atol=1e-6)
+    assert np.abs(whole.numpy() - full.numpy())[~lung].max() > 0.1  # outside, the skipped windows count as background
+
+
+def test_inference_network_folds_batch_norm_without_touching_the_original():
+    from monai_lung.detection.segment import inference_network
+
+    net = _unet_with_batch_norm_statistics()
+    norms = sum(isinstance(m, torch.nn.BatchNorm3d) for m in net.modules())
+    fast = inference_network(net)
+    assert not any(isinstance(m, torch.nn.BatchNorm3d) for m in fast.modules())
+    assert norms == 4 and sum(isinstance(m, torch.nn.BatchNorm3d) for m in net.modules()) == norms  # the original keeps them
+    x = torch.rand((2, 1, 32, 32, 32))
+    with torch.no_grad():
+        np.testing.assert_allclose(fast(x.contiguous(memory_format=torch.channels_last_3d)).numpy(), net(x).numpy(), atol=1e-5)
+    assert fast.model[0].conv.weight.is_contiguous(memory_format=torch.channels_last_3d)
+
 def test_flip_tta_maps_each_pass_back_onto_the_scan():
     """Each flipped pass is flipped back before averaging: a per-voxel network (flip-equivariant) gives the
     plain map, and for the UNet, flipping the scan flips the averaged map."""

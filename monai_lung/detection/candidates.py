@@ -16,6 +16,17 @@ CANDIDATE_FIELDS = [
 ]
 
 
+def _box_of(mask: np.ndarray) -> tuple[slice, ...] | None:
+    """Slices of the bounding box of ``mask``'s True voxels (None when there are none), from its projections."""
+    box = []
+    for axis in range(mask.ndim):
+        hits = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        if hits.size == 0:
+            return None
+        box.append(slice(int(hits[0]), int(hits[-1]) + 1))
+    return tuple(box)
+
+
 def extract_candidates(
     prob: np.ndarray,
     affine: np.ndarray,
@@ -49,15 +60,22 @@ def extract_candidates(
         (``benchmarks/stage1_recall.py --rank-by shape``), where hundreds of vessel segments peak above 0.99.
     """
     prob = np.asarray(prob, dtype=np.float32)
-    labels, n = ndimage.label(prob > threshold)
+    above = prob > threshold
     empty = pd.DataFrame({c: pd.Series(dtype=float) for c in CANDIDATE_FIELDS})
+    # label only the box around the voxels above threshold: most of a scan's map is background, and labelling
+    # took most of this function's time on a whole scan
+    box = _box_of(above)
+    if box is None:
+        return empty
+    labels, n = ndimage.label(above[box])
     if n == 0:
         return empty
     # statistics over the foreground voxels only: scipy's per-label functions scan the whole volume
     fg = np.flatnonzero(labels)
     lab = labels.ravel()[fg]
-    p = prob.ravel()[fg].astype(np.float64)
-    coords = np.unravel_index(fg, prob.shape)  # (i, j, k) of each foreground voxel
+    local = np.unravel_index(fg, labels.shape)
+    p = prob[box][local].astype(np.float64)
+    coords = tuple(c + b.start for c, b in zip(local, box))  # (i, j, k) of each foreground voxel
     counts_all = np.bincount(lab, minlength=n + 1)
     sums_all = np.bincount(lab, weights=p, minlength=n + 1)
     coms_all = np.stack(
@@ -70,7 +88,7 @@ def extract_candidates(
         region = np.asarray(region, dtype=bool)
         if region.shape != prob.shape:
             raise ValueError(f"region shape {region.shape} differs from the probability map's {prob.shape}")
-        keep &= np.bincount(lab, weights=region.ravel()[fg], minlength=n + 1) > 0
+        keep &= np.bincount(lab, weights=region[box][local], minlength=n + 1) > 0
     index = np.flatnonzero(keep)
     index = index[index > 0]
     if index.size == 0:

@@ -62,21 +62,30 @@ class ScanGeometry:
         return self.extent_min_xyz + (n_xyz - 1.0) * np.asarray(self.spacing_xyz)
 
 
-def sample_geometry(rng: np.random.Generator, size: int = 512) -> ScanGeometry:
+def sample_geometry(
+    rng: np.random.Generator, size: int = 512, slice_spacing_mm: float | None = None, num_slices: int | None = None
+) -> ScanGeometry:
     """Draw a CT geometry: ``size`` x ``size`` in-plane, realistic spacing, z extent scaled by ``size / 512``.
 
     In-plane spacing U(0.6, 0.9) mm and slice spacing from :data:`SLICE_SPACINGS_MM` at every ``size``; the
     field of view (``size * spacing``) and the z extent shrink with ``size`` (the anatomy is scaled to
     fit, see :mod:`monai_lung.synthetic`). Origins are like LUNA16's: x, y about -(FOV / 2), z in
-    about [-330, -60] mm.
+    about [-330, -60] mm. ``slice_spacing_mm`` and ``num_slices`` fix the slice grid instead (e.g. 0.6 mm and
+    800 slices, the largest LUNA16 scans, for memory benchmarks); the anatomy then fills that z extent.
     """
     if size < 32:
         raise ValueError(f"size must be at least 32, got {size}")
+    if slice_spacing_mm is not None and not slice_spacing_mm > 0:
+        raise ValueError(f"slice_spacing_mm must be positive, got {slice_spacing_mm}")
+    if num_slices is not None and num_slices < 12:
+        raise ValueError(f"num_slices must be at least 12, got {num_slices}")
     scale = size / 512.0
     sxy = float(np.round(rng.uniform(0.6, 0.9), 4))
     sz = float(rng.choice(SLICE_SPACINGS_MM, p=SLICE_SPACING_PROBS))
     extent_z = rng.uniform(*Z_EXTENT_MM) * scale
-    nz = max(int(round(extent_z / sz)), 12)
+    if slice_spacing_mm is not None:
+        sz = float(slice_spacing_mm)
+    nz = max(int(round(extent_z / sz)), 12) if num_slices is None else int(num_slices)
     ox = -0.5 * (size - 1) * sxy + rng.uniform(-12.0, 12.0) * scale
     oy = -0.5 * (size - 1) * sxy + rng.uniform(-20.0, 12.0) * scale
     oz = rng.uniform(-330.0, -60.0)

@@ -256,17 +256,25 @@ def finish(rng: np.random.Generator, vol: np.ndarray, geom: ScanGeometry, slab: 
 
 
 # ---------------------------------------------------------------------------------------------- the scan
-def generate_scan(rng: np.random.Generator, size: int = 512, seriesuid: str | None = None) -> SyntheticScan:
+def generate_scan(
+    rng: np.random.Generator,
+    size: int = 512,
+    seriesuid: str | None = None,
+    slice_spacing_mm: float | None = None,
+    num_slices: int | None = None,
+) -> SyntheticScan:
     """Generate one synthetic chest CT with ``size`` x ``size`` slices; everything random comes from ``rng``.
 
     Args:
         rng: numpy Generator; the same generator state gives the same scan.
         size: in-plane matrix (512 like LUNA16; 64 or 96 for fast tests, with a proportionally smaller patient).
         seriesuid: the scan's UID; drawn from ``rng`` (LUNA16-like) when None.
+        slice_spacing_mm, num_slices: a fixed slice grid instead of a drawn one (see
+            :func:`~monai_lung.synthetic.geometry.sample_geometry`); the chest fills its z extent.
     """
     if seriesuid is None:
         seriesuid = random_seriesuid(rng)
-    geom = sample_geometry(rng, size)
+    geom = sample_geometry(rng, size, slice_spacing_mm, num_slices)
     anat = Anatomy.sample(rng, geom)
     vessels = grow_vessels(rng, anat)
     airways = airway_tree(rng, anat, vessels)
