@@ -20,6 +20,7 @@ always train.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from monai_lung.io import (
     read_annotations,
     read_excluded,
     read_mined_candidates,
+    seriesuid_of,
     world_to_sitk_index,
     write_json_atomic,
 )
@@ -194,6 +196,35 @@ def add_hard_negatives(
 def write_datalist(output: str | os.PathLike, datalist: dict) -> None:
     """Write a data list JSON atomically."""
     write_json_atomic(output, datalist)
+
+
+def read_datalist(datalist_file: str | os.PathLike) -> dict:
+    """The data-list JSON object (lists such as ``training``, ``validation``, ``test`` of entries), checked to be one."""
+    path = Path(datalist_file)
+    if not path.is_file():
+        raise DataError(path, "data list file not found")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DataError(path, f"data list is not readable JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise DataError(path, "data list must be a JSON object with lists such as training/validation/test")
+    return data
+
+
+def entry_seriesuid(entry: dict) -> str:
+    """A data-list entry's seriesuid: its ``seriesuid`` field, else its image's file name without the image suffix
+    (``subset3/<uid>.mhd`` -> ``<uid>``)."""
+    return str(entry.get("seriesuid") or seriesuid_of(entry["image"]))
+
+
+def datalist_seriesuids(datalist_file: str | os.PathLike, key: str) -> list[str]:
+    """Seriesuids of list ``key`` of a data-list JSON, in list order (see :func:`entry_seriesuid`)."""
+    data = read_datalist(datalist_file)
+    if not isinstance(data.get(key), list):
+        lists = [k for k, v in data.items() if isinstance(v, list)]
+        raise DataError(datalist_file, f"data list has no {key!r} list (lists: {', '.join(lists) or 'none'})")
+    return [entry_seriesuid(e) for e in data[key]]
 
 
 def load_datalist_entries(datalist_file: str | os.PathLike, key: str, data_dir: str | os.PathLike | None = None) -> list[dict]:

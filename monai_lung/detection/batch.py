@@ -28,6 +28,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import pandas as pd
 
+from monai_lung.datalist import entry_seriesuid
 from monai_lung.io import DataError, PREDICTION_COLUMNS, seriesuid_of, write_csv_atomic, write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ def items_from_datalist(datalist_file: str | os.PathLike, data_dir: str | os.Pat
     from monai_lung.datalist import load_datalist_entries
 
     entries = load_datalist_entries(datalist_file, key, data_dir)
-    return [ScanItem(str(e.get("seriesuid") or seriesuid_of(e["image"])), str(e["image"])) for e in entries]
+    return [ScanItem(entry_seriesuid(e), str(e["image"])) for e in entries]
 
 
 def items_from_paths(paths: Sequence[str | os.PathLike]) -> list[ScanItem]:

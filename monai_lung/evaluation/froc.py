@@ -123,7 +123,7 @@ def match_predictions(
     m, n = len(pred), len(nod)
     if len(scores) != m or len(radius) != n:
         raise ValueError("match_predictions: coordinate and score/diameter arrays differ in length")
-    hits = _within(pred, nod, radius)  # (M, N)
+    hits = within_radius(pred, nod, radius)  # (M, N)
     best = np.full(n, -1, dtype=np.int64)
     if m and n:
         masked = np.where(hits, scores[:, None], -np.inf)
@@ -138,7 +138,7 @@ def match_predictions(
     if excluded_xyz_mm is not None and len(excluded_xyz_mm):
         exc = np.asarray(excluded_xyz_mm, dtype=np.float64).reshape(-1, 3)
         exc_r = np.asarray(excluded_radius_mm, dtype=np.float64).reshape(-1)
-        on_excluded = _within(pred, exc, exc_r).any(axis=1)
+        on_excluded = within_radius(pred, exc, exc_r).any(axis=1)
     outcome = np.where(
         is_best,
         OUTCOME_TP,
@@ -147,12 +147,17 @@ def match_predictions(
     return outcome, best
 
 
-def _within(points: np.ndarray, centres: np.ndarray, radii: np.ndarray) -> np.ndarray:
-    """(M, N) bool: ``|points[i] - centres[j]| <= radii[j]``; points (M, 3), centres (N, 3) in mm, radii (N,) mm."""
+def within_radius(points: np.ndarray, centres: np.ndarray, radii: np.ndarray, margin_mm: float = 0.0) -> np.ndarray:
+    """LUNA16's hit rule, the one used wherever a point is matched to a finding: (M, N) bool
+    ``|points[i] - centres[j]| <= radii[j] + margin_mm`` (a closed ball, compared as squared distances so that a
+    boundary value is exact). points (M, 3) and centres (N, 3) in the same world frame, mm; radii (N,) mm."""
+    points = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+    centres = np.asarray(centres, dtype=np.float64).reshape(-1, 3)
     if len(points) == 0 or len(centres) == 0:
         return np.zeros((len(points), len(centres)), dtype=bool)
     d2 = ((points[:, None, :] - centres[None, :, :]) ** 2).sum(axis=-1)
-    return d2 <= (radii * radii)[None, :]
+    reach = np.asarray(radii, dtype=np.float64).reshape(-1) + margin_mm
+    return d2 <= (reach * reach)[None, :]
 
 
 # ----------------------------------------------------------------------------------------------------

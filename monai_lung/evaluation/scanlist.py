@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import csv
-import json
 import os
 import sys
 from pathlib import Path
 
 from monai_lung.io import DataError
-from monai_lung.io.scans import find_scans, seriesuid_of
+from monai_lung.datalist import entry_seriesuid, read_datalist
+from monai_lung.io.scans import find_scans
 
 
 def _dedupe(uids: list[str]) -> list[str]:
@@ -81,14 +81,7 @@ def read_datalist_seriesuids(path: str | os.PathLike, key: str = "test") -> list
             or an empty list.
     """
     path = Path(path)
-    if not path.is_file():
-        raise DataError(path, "data list file not found")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise DataError(path, f"data list is not readable JSON ({err})") from None
-    if not isinstance(data, dict):
-        raise DataError(path, "data list must be a JSON object with lists such as training/validation/test")
+    data = read_datalist(path)
     if key not in data:
         lists = [k for k, v in data.items() if isinstance(v, list)]
         raise DataError(path, f"data list has no key {key!r} (lists: {', '.join(lists) or 'none'})")
@@ -97,9 +90,8 @@ def read_datalist_seriesuids(path: str | os.PathLike, key: str = "test") -> list
         raise DataError(path, f"data list key {key!r} is not a list")
     uids = []
     for number, entry in enumerate(entries):
-        uid = entry.get("seriesuid") if isinstance(entry, dict) else None
-        if uid is None and isinstance(entry, dict) and isinstance(entry.get("image"), str):
-            uid = seriesuid_of(entry["image"])
+        has_id = isinstance(entry, dict) and (isinstance(entry.get("seriesuid"), str) or isinstance(entry.get("image"), str))
+        uid = entry_seriesuid(entry) if has_id else None
         if not isinstance(uid, str) or not uid.strip():
             raise DataError(path, f"entry {number} of {key!r} has no seriesuid (nor an image path)")
         uids.append(uid.strip())

@@ -24,7 +24,7 @@ from monai_lung.fpr.bank import (
     positive_points,
     random_lung_points,
 )
-from monai_lung.fpr.dataset import BalancedSampler, CropBankDataset, datalist_seriesuids
+from monai_lung.fpr.dataset import BalancedSampler, CropBankDataset
 from monai_lung.fpr.mining import HardNegativeMiner, label_candidates, mine_hard_negatives
 from monai_lung.fpr.transforms import ContextSwapd
 from monai_lung.fpr.scoring import find_scan_paths, score_points_csv

@@ -44,8 +44,11 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from monai_lung.io import DataError, seriesuid_of, voxel_spacing, world_to_index, index_to_world
+from monai_lung.datalist import entry_seriesuid
+from monai_lung.evaluation.froc import DEFAULT_EXCLUDED_DIAMETER_MM, within_radius
+from monai_lung.io import DataError, index_to_world, voxel_spacing, world_to_index
 from monai_lung.io.atomic import atomic_path, write_csv_atomic, write_json_atomic
+from monai_lung.transforms.preprocessing import DEFAULT_HU_WINDOW
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +65,6 @@ INDEX_COLUMNS = [
     "nodule_distance_mm",  # distance to the nearest annotated nodule centre (NaN: scan without nodules)
     "score",  # hard negative: stage-1 peak probability; else NaN
 ]
-DEFAULT_EXCLUDED_DIAMETER_MM = 10.0
 
 
 @dataclasses.dataclass
@@ -85,7 +87,7 @@ class CropBankSettings:
 
     crop_size: int = 64
     spacing: tuple = (1.0, 1.0, 1.0)
-    hu_window: tuple = (-1000.0, 400.0)
+    hu_window: tuple = DEFAULT_HU_WINDOW
     positives_per_nodule: int = 8
     positive_jitter: float = 0.5
     random_per_scan: int = 32
@@ -141,11 +143,7 @@ def away_from_findings(points: np.ndarray, centres: np.ndarray, radii: np.ndarra
 
     All in world mm (same space for points and centres). True for every point when there are no findings.
     """
-    points = np.asarray(points, dtype=np.float64).reshape(-1, 3)
-    if len(centres) == 0:
-        return np.ones(len(points), dtype=bool)
-    d = np.linalg.norm(points[:, None, :] - np.asarray(centres)[None, :, :], axis=2)
-    return np.all(d > np.asarray(radii)[None, :] + margin_mm, axis=1)
+    return ~within_radius(points, centres, radii, margin_mm).any(axis=1)
 
 
 def positive_points(
@@ -251,7 +249,7 @@ def build_scan_crops(
     """
     from monai_lung.transforms.crops import extract_crops
 
-    uid = str(entry.get("seriesuid") or seriesuid_of(entry["image"]))
+    uid = entry_seriesuid(entry)
     affine = image.affine.numpy() if hasattr(image, "affine") else np.eye(4)
     space = str(image.meta.get("space", "RAS")) if hasattr(image, "meta") else "RAS"
     shape = np.asarray(image.shape[1:])
@@ -483,7 +481,7 @@ def build_crop_bank(
     entries = list(entries)
     processed = skipped = 0
     for n, entry in enumerate(entries, start=1):
-        uid = str(entry.get("seriesuid") or seriesuid_of(entry["image"]))
+        uid = entry_seriesuid(entry)
         if bank.done(uid):
             skipped += 1
             continue

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
-from pathlib import Path
 from typing import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -16,19 +14,9 @@ from monai.transforms import apply_transform
 from torch.utils.data.distributed import DistributedSampler
 
 from monai_lung.fpr.bank import CropBank, centre_view
-from monai_lung.io import DataError, seriesuid_of
+from monai_lung.datalist import entry_seriesuid
+from monai_lung.io import DataError
 from monai_lung.transforms.compose import meta_tracking
-
-
-def datalist_seriesuids(datalist_file: str | os.PathLike, key: str) -> list[str]:
-    """Seriesuids of list ``key`` of a data-list JSON (``seriesuid`` field, else the image file name)."""
-    path = Path(datalist_file)
-    if not path.is_file():
-        raise DataError(path, "data list file not found")
-    lists = json.loads(path.read_text(encoding="utf-8"))
-    if key not in lists:
-        raise DataError(path, f"data list has no {key!r} list (has {', '.join(k for k, v in lists.items() if isinstance(v, list))})")
-    return [str(e.get("seriesuid") or seriesuid_of(e["image"])) for e in lists[key]]
 
 
 class CropBankDataset(Dataset):
@@ -71,7 +59,7 @@ class CropBankDataset(Dataset):
         self.view_size = None if view_size is None else int(view_size)
         index = self.bank.read_index()
         if data is not None:
-            uids = [str(e.get("seriesuid") or seriesuid_of(e["image"])) if isinstance(e, Mapping) else str(e) for e in data]
+            uids = [entry_seriesuid(e) if isinstance(e, Mapping) else str(e) for e in data]
             missing = sorted(set(uids) - set(index["seriesuid"]) - set(self._empty_scans(uids)))
             if missing:
                 raise DataError(

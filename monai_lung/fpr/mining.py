@@ -20,9 +20,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from monai_lung.io import seriesuid_of, voxel_spacing
+from monai_lung.datalist import entry_seriesuid
+from monai_lung.evaluation.froc import DEFAULT_EXCLUDED_DIAMETER_MM
+from monai_lung.io import voxel_spacing
 from monai_lung.io.atomic import write_csv_atomic
 from monai_lung.networks import bundle_parser, resolve_device, stage_network
+from monai_lung.transforms.preprocessing import DEFAULT_HU_WINDOW
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +38,7 @@ MINED_COLUMNS = [
 
 
 def label_candidates(
-    candidates: pd.DataFrame, entry: dict, excluded_diameter_mm: float = 10.0
+    candidates: pd.DataFrame, entry: dict, excluded_diameter_mm: float = DEFAULT_EXCLUDED_DIAMETER_MM
 ) -> pd.DataFrame:
     """Add ``nodule_distance_mm`` and ``label`` (1 hit, 0 false positive, -1 on an excluded finding).
 
@@ -134,7 +137,7 @@ class HardNegativeMiner:
         )
         if self.max_candidates is not None:
             cands = cands.head(self.max_candidates).reset_index(drop=True)
-        cands.insert(0, "seriesuid", str(entry.get("seriesuid") or seriesuid_of(entry["image"])))
+        cands.insert(0, "seriesuid", entry_seriesuid(entry))
         return label_candidates(cands, entry)[MINED_COLUMNS]
 
 
@@ -144,7 +147,7 @@ def mine_hard_negatives(
     output_csv: str | os.PathLike,
     cache_dir: str | os.PathLike | None = None,
     spacing: Sequence[float] = (1.0, 1.0, 1.0),
-    hu_window: Sequence[float] = (-1000.0, 400.0),
+    hu_window: Sequence[float] = DEFAULT_HU_WINDOW,
     log: Callable[[str], None] | None = None,
 ) -> pd.DataFrame:
     """Run ``miner`` on every scan and write all labelled candidates to ``output_csv`` (atomically).
@@ -168,7 +171,7 @@ def mine_hard_negatives(
     entries = list(entries)
     frames = []
     for n, entry in enumerate(entries, start=1):
-        uid = str(entry.get("seriesuid") or seriesuid_of(entry["image"]))
+        uid = entry_seriesuid(entry)
         cache = cache_dir / f"{uid}.csv"
         if cache.is_file():
             frames.append(pd.read_csv(cache, dtype={"seriesuid": str}))

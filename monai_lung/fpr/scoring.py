@@ -3,7 +3,6 @@ scoring itself is :func:`monai_lung.detection.scoring.score_points`."""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -15,7 +14,8 @@ import torch
 
 from monai_lung.bundle_args import flag
 from monai_lung.detection.scoring import score_points
-from monai_lung.io import DataError, find_scans, seriesuid_of
+from monai_lung.datalist import entry_seriesuid, read_datalist
+from monai_lung.io import DataError, find_scans
 from monai_lung.io.luna16_csv import PREDICTION_COLUMNS, read_points, write_luna_csv
 
 logger = logging.getLogger(__name__)
@@ -34,9 +34,7 @@ def find_scan_paths(
     """
     if data_list_file_path:
         path = Path(data_list_file_path)
-        if not path.is_file():
-            raise DataError(path, "data list file not found")
-        lists = json.loads(path.read_text(encoding="utf-8"))
+        lists = read_datalist(path)
         base = Path(dataset_dir) if dataset_dir else path.parent
         names = list(keys) if keys else [k for k, v in lists.items() if isinstance(v, list)]
         out: dict[str, Path] = {}
@@ -44,7 +42,7 @@ def find_scan_paths(
             for entry in lists.get(name, []):
                 if isinstance(entry, dict) and "image" in entry:
                     image = Path(entry["image"])
-                    out[str(entry.get("seriesuid") or seriesuid_of(image))] = image if image.is_absolute() else base / image
+                    out[entry_seriesuid(entry)] = image if image.is_absolute() else base / image
         return out
     if not dataset_dir:
         raise DataError(None, "scoring needs a dataset_dir or a data list to find the scans")

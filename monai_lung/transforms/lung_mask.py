@@ -18,6 +18,7 @@ from monai.transforms import MapTransform
 from scipy import ndimage
 
 from monai_lung.io.coords import voxel_spacing
+from monai_lung.transforms.preprocessing import DEFAULT_HU_WINDOW
 
 #: mm the lungs are grown by, by default: keeps juxta-pleural nodules inside
 LUNG_MARGIN_MM = 8.0
@@ -32,7 +33,7 @@ def lung_mask(
     volume: torch.Tensor | np.ndarray,
     spacing_mm: Sequence[float] = (1.0, 1.0, 1.0),
     threshold: float = -400.0,
-    hu_window: Sequence[float] | None = (-1000.0, 400.0),
+    hu_window: Sequence[float] | None = DEFAULT_HU_WINDOW,
     work_mm: float = 4.0,
     close_mm: float = 12.0,
     margin_mm: float = LUNG_MARGIN_MM,
@@ -62,7 +63,7 @@ def lung_masks(
     spacing_mm: Sequence[float] = (1.0, 1.0, 1.0),
     margins_mm: Sequence[float] = (LUNG_MARGIN_MM, 2.0),
     threshold: float = -400.0,
-    hu_window: Sequence[float] | None = (-1000.0, 400.0),
+    hu_window: Sequence[float] | None = DEFAULT_HU_WINDOW,
     work_mm: float = 4.0,
     close_mm: float = 12.0,
     min_fraction: float = 0.1,
@@ -114,7 +115,7 @@ class LungMaskd(MapTransform):
         self,
         keys: KeysCollection = "image",
         mask_key: str = "lung",
-        hu_window: Sequence[float] | None = (-1000.0, 400.0),
+        hu_window: Sequence[float] | None = DEFAULT_HU_WINDOW,
         allow_missing_keys: bool = False,
         **kwargs,
     ):

@@ -34,6 +34,7 @@ from monai.transforms import MapTransform, RandomizableTransform
 
 from monai_lung.io.coords import voxel_spacing
 from monai_lung.transforms.slice_grid import as_slice_grid, patch_slice_grid
+from monai_lung.transforms.preprocessing import DEFAULT_HU_WINDOW
 
 
 def _copy(x) -> tuple[torch.Tensor, torch.Tensor]:
@@ -189,7 +190,7 @@ class NoduleAppearance:
     subsolid_hu: Sequence[float] = (-700.0, -350.0)
     subsolid_prob: float = 0.2
     edge_mm: Sequence[float] = (0.5, 2.0)
-    hu_window: Sequence[float] = (-1000.0, 400.0)
+    hu_window: Sequence[float] = DEFAULT_HU_WINDOW
 
     @classmethod
     def of(cls, value: "NoduleAppearance | Mapping | None") -> "NoduleAppearance":

@@ -32,6 +32,7 @@ from monai.transforms import MapTransform
 from scipy import ndimage
 
 from monai_lung.io.coords import voxel_spacing, world_to_index
+from monai_lung.transforms.preprocessing import DEFAULT_HU_WINDOW
 
 
 def balanced_indices(
@@ -198,7 +199,7 @@ class NoduleSamplingIndicesd(MapTransform):
         tissue_threshold: float = 0.3,
         body_threshold: float = 0.02,
         use_lung_mask: bool = True,
-        hu_window=(-1000.0, 400.0),
+        hu_window=DEFAULT_HU_WINDOW,
         max_offset: int = 16,
         hard_negatives_key: str = "hard_negatives",
         hard_fraction: float = 0.5,
