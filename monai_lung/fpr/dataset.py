@@ -35,12 +35,12 @@ class CropBankDataset(Dataset):
         sources: keep only these sources (e.g. ``["nodule", "hard_negative"]``); None: all.
         track_meta: run ``transform`` on MetaTensors (MONAI's default). Off by default: a stored crop's
             geometry is fixed (the bank's grid, candidate at the centre; transforms that work in mm take
-            :func:`~monai_lung.fpr.bank.bank_spacing`), and MONAI's per-transform meta bookkeeping cost a
-            third of the loading time (202 -> 299 crops/s for the bundle's chain, same tensors).
+            :func:`~monai_lung.fpr.bank.bank_spacing`), and MONAI's per-transform meta bookkeeping is a
+            large share of the loading time for no use.
         view_size: hand ``transform`` only the central ``view_size``³ of each stored crop (:func:`centre_view`;
             None: all of it). Training needs no more than the final crop plus its jitter and zoom margin, and
-            every transform's cost grows with the volume: 44³ instead of 64³ made the classification bundle's
-            training chain ~2x cheaper.
+            every transform's cost grows with the volume: 44³ instead of 64³ makes the classification bundle's
+            training chain markedly cheaper.
 
     A scan of ``data`` missing from the bank is an error (the bank is stale or was built for other keys).
     """

@@ -145,9 +145,9 @@ class SimpleITKReader(ImageReader):
         affine_lps_to_ras: give RAS affines like ``ITKReader`` (default True); False keeps LPS.
         series_name: DICOM series UID to read when a folder holds several (default: the first).
         dtype: optional numpy dtype to cast the voxel array to (None keeps the file's, int16 for LUNA16).
-        spacing: optional (x, y, z) mm to resample to while reading, with SimpleITK (linear). On a
-            512x512x240 CT this takes ~0.5 s and keeps int16, where ``Spacingd`` on the float tensor takes
-            ~7 s and ~3.6 GB on 2 CPU cores. The returned ``affine`` is the resampled grid's, while
+        spacing: optional (x, y, z) mm to resample to while reading, with SimpleITK (linear): it keeps
+            int16 and is an order of magnitude faster and lighter than ``Spacingd`` on the float tensor of a
+            full-size CT. The returned ``affine`` is the resampled grid's, while
             ``original_affine`` and ``spatial_shape`` stay those of the file, so that
             ``SaveImage(resample=True)`` writes results back in the scan's own geometry. A later
             ``Spacingd`` to the same spacing is a no-op.

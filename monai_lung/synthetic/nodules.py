@@ -13,8 +13,8 @@ Diameters (3–30 mm, capped by half the width of a hemithorax in small scans) f
 log-normal (:data:`DIAMETER_LOG_MEAN`, :data:`DIAMETER_LOG_SD`), fitted to the nodules of LUNA16's
 ``annotations.csv`` (a public copy with 1,117 of its 1,186 rows: mean 8.3 mm, median 6.4 mm, 4% under 4 mm,
 23% under 5 mm, 11% over 15 mm). The law gives 5% under 4 mm, 22% under 5 mm, 7% over 15 mm and a median of
-6.7 mm. The earlier law, ``3 * (d_max / 3) ** (u ** 1.6)``, had the same median but put 27% under 4 mm, six
-times LUNA16's share (its readers' consensus, 3 of 4, keeps few 3–4 mm nodules), and 20% over 15 mm against 11%.
+6.7 mm. LUNA16 has few 3–4 mm nodules because its readers' consensus (3 of 4) keeps few of them, so
+phantoms with more would make the detector look worse than it is on LUNA16.
 Centres are snapped to within a fifth of a slice of a slice centre, as readers mark nodules on slices; that
 also keeps a 3 mm nodule visible in the slice its annotation points at.
 """

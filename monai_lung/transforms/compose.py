@@ -2,8 +2,7 @@
 
 MONAI wraps every array in a ``MetaTensor`` and records each transform's parameters on it, which is what
 ``Invertd`` and ``SaveImaged`` need at inference. Training patches are never inverted or saved, and on a
-2-core CPU that bookkeeping was a third of the stage-1 patch pipeline (155 -> 252 patches/s for the
-segmentation bundle's random transforms, same tensors). The deterministic part (loading, reorienting,
+CPU that bookkeeping is a large share of the stage-1 patch pipeline's time for no use. The deterministic part (loading, reorienting,
 resampling: these need the affine) keeps its meta data. Transforms of the random part that need the
 voxel size (``RandNoduleInsertiond``) take it as ``spacing``.
 """

@@ -57,7 +57,7 @@ def _normalised_radius(axes_vox: Sequence[torch.Tensor], centre: np.ndarray, spa
     tensors, voxel index units): a tensor of shape (len(axes_vox[0]), len(axes_vox[1]), len(axes_vox[2])).
 
     The coordinate along each ellipsoid axis is a sum of three 1D terms, one per grid axis, so it is built by
-    broadcasting instead of a (..., 3) grid times the rotation (8x faster on a 40^3 box)."""
+    broadcasting instead of a (..., 3) grid times the rotation, which is several times faster."""
     rotation = np.asarray(rotation, dtype=np.float64)
     offsets = [ax - float(c) for ax, c in zip(axes_vox, centre)]
     rho2 = None
@@ -271,15 +271,13 @@ class RandNoduleInsertiond(RandomizableTransform, MapTransform):
     A labelled nodule must show, as in :class:`RandCentreNoduled`: painting is max-blended, so the part of
     an ellipsoid that reaches into denser tissue (the chest wall, the aorta beside the spine, a vessel) leaves
     the image as it was. Labelling that part taught the UNet that the soft tissue bordering the lung is
-    nodule: on the demo's test scans its strongest false positives (peak > 0.99) were the aorta's bulge into
-    the lung beside the spine. A drawing is kept only when at least ``min_visible_fraction`` of the
+    nodule, so that it scored the aorta's bulge into the lung beside the spine as one. A drawing is kept only when at least ``min_visible_fraction`` of the
     ellipsoid's voxels rose by ``min_contrast`` (scaled units; 0.04 is 56 HU in the default window), as a
     real juxta-pleural nodule does; otherwise it is undone and up to ``max_tries`` new ones are drawn.
 
     A share ``vessel_prob`` of the drawings can be placed against a vessel rather than at a random parenchyma
-    voxel (juxta-vascular nodules: the small nodules the demo's stage 1 misses are mostly 3-4 mm blobs on a
-    vessel's side or fork; on the demo set this did not raise recall on held-out scans, so the bundle keeps
-    it off). A vessel voxel is one of at least ``vessel_min`` (scaled; 0.5 is -300 HU in the default window)
+    voxel (juxta-vascular nodules: the small nodules a stage 1 misses are mostly 3-4 mm blobs on a vessel's
+    side or fork; the segmentation bundle keeps it off, as it did not raise stage-1 recall). A vessel voxel is one of at least ``vessel_min`` (scaled; 0.5 is -300 HU in the default window)
     with mostly parenchyma around it (``_VESSEL_LUNG_SHARE`` of a 7-voxel box), which leaves out the chest
     wall and the mediastinum; the centre goes from it towards the parenchyma by 0.5-1 radius, so the
     ellipsoid overlaps the vessel's side, and the visibility rule still applies.
@@ -440,8 +438,7 @@ class RandCentreNoduled(RandomizableTransform, MapTransform):
     A nodule must show to count: painting is max-blended, so one drawn inside something at least as
     dense (a vessel or the chest wall under a candidate point, where hard negatives sit) leaves the crop
     unchanged, and labelling that crop 1 teaches the classifier that a plain vessel is a nodule some of
-    the time (measured on the demo's crop bank: 16% of hard-negative crops changed by less than 0.02 on
-    average in the nodule's box). A drawing counts only when at least ``min_visible_fraction`` of the
+    the time (hard-negative crops, cut on vessels and the chest wall, are where this happens most). A drawing counts only when at least ``min_visible_fraction`` of the
     ellipsoid's voxels rose by ``min_contrast`` (scaled units; 0.04 is 56 HU in the default window);
     otherwise up to ``max_tries`` new nodules are drawn, and a crop where none shows stays a negative.
     ``spacing``: as :class:`RandNoduleInsertiond`.

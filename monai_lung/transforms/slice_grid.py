@@ -3,8 +3,7 @@
 A scan with 2.5 mm slices, resampled to 1 mm, is still a 2.5 mm scan: along z every structure is a few
 samples joined by linear ramps. Real nodules in it look like that; a synthetic nodule painted on the 1 mm grid
 does not, and a UNet taught on such drawings learns that a nodule is smooth along z, then misses the real
-small nodules of thick-slice scans (on the demo set every stage-1 miss and low rank of a 10 CPU-minute run
-was in a 2.5 mm scan). :class:`~monai_lung.transforms.RandNoduleInsertiond` draws its nodules as the scan's
+small nodules of thick-slice scans, where a weak stage 1 misses most. :class:`~monai_lung.transforms.RandNoduleInsertiond` draws its nodules as the scan's
 own slices would have recorded them, and needs two things this module provides:
 
 - :class:`SourceSliceGridd` (deterministic, cached with the volume): per axis of the resampled (i, j, k) grid,
