@@ -1,7 +1,7 @@
 """Stage-2 ROC AUC on a detection run's own candidates: nodules vs stage-1 false positives.
 
-    python benchmarks/stage2_candidate_auc.py --scans-dir demo_output/predictions_scans \
-        --datalist demo_output/datalist_fold0.json --key test
+    python benchmarks/stage2_candidate_auc.py --scans-dir demo_output/detect/predictions_scans \
+        --datalist demo_output/datalist/datalist.json --key test
 
 Reads the per-scan JSON files that ``monai-lung detect`` writes (every stage-1 candidate with its stage-1
 peak and stage-2 probability, not only the 100 per scan the submission CSV keeps) of the scans in the data

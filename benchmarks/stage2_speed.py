@@ -1,7 +1,7 @@
 """Stage-2 network speed on this machine: inference and training crops/s of 3D ResNets on cubic crops.
 
     .venv/bin/python benchmarks/stage2_speed.py [--threads 1] [--repeats 5] [--batch 16] [--crop 48] [--configs bundle resnet18 ...]
-    .venv/bin/python benchmarks/stage2_speed.py --chain demo_output/crop_bank --datalist demo_output/datalist_fold0.json
+    .venv/bin/python benchmarks/stage2_speed.py --chain demo_output/crop_bank/bank --datalist demo_output/datalist/datalist.json
 
 With ``--chain BANK`` it times the bundle's training transform chain instead (``train#dataset`` as the bundle
 builds it: crops read from the bank, augmented, on plain tensors) over the same items, once on the whole stored

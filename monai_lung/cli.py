@@ -151,6 +151,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-per-scan", type=int, default=None, help="predictions: keep the N best points per scan")
     p.set_defaults(func=_cmd_markups)
 
+    from monai_lung.training.cli import add_train_arguments, train_main
+
+    p = sub.add_parser("train", help="the whole training recipe on a data folder -> a trained detection bundle (resumable)")
+    add_train_arguments(p)
+    p.set_defaults(func=train_main)
+
     p = sub.add_parser("demo", help="the whole pipeline on a synthetic data set (what `make demo` runs)")
     from monai_lung.demo import add_demo_arguments
 

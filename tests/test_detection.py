@@ -182,7 +182,9 @@ def test_stage_bundles_with_other_preprocessing_are_refused(models, tmp_path):
             load_detector(seg_bundle=models["seg"], cls_bundle=cls)
     # the bundles as trained still agree
     detector, prep = load_detector(seg_bundle=models["seg"], cls_bundle=models["cls"])
-    assert prep == {"spacing": [1.0, 1.0, 1.0], "hu_window": [-1000.0, 400.0]}
+    assert {k: prep[k] for k in ("spacing", "hu_window")} == {"spacing": [1.0, 1.0, 1.0], "hu_window": [-1000.0, 400.0]}
+    # the segmentation bundle's own chain, not a copy: its last step windows with the bundle's hu_window
+    assert type(prep["transform"].transforms[-1]).__name__ == "ScaleIntensityRanged"
 
 
 def test_assembling_refuses_another_crop_size_or_pooling(models, tmp_path):

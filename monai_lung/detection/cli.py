@@ -54,7 +54,6 @@ def detect_main(args: argparse.Namespace) -> int:
 
     from monai_lung.detection.batch import detect_items, items_from_datalist, items_from_paths
     from monai_lung.detection.loading import load_detector
-    from monai_lung.transforms.preprocessing import ct_preprocessing
 
     if args.prefetch < 0:
         raise SystemExit(f"monai-lung detect: --prefetch must be 0 or more, got {args.prefetch}")
@@ -71,7 +70,7 @@ def detect_main(args: argparse.Namespace) -> int:
         overrides["use_lung_mask"] = False
     detector, prep = load_detector(args.models, args.seg_bundle, args.cls_bundle, device=device, config_overrides=overrides)
     items = items_from_datalist(args.datalist, args.data_dir, args.key) if args.datalist else items_from_paths(args.images)
-    preprocess = ct_preprocessing("image", spacing=prep["spacing"], hu_window=prep["hu_window"])
+    preprocess = prep["transform"]
     if rank == 0:
         logger.info("%d scans; detector on %s; parameters %s", len(items), detector.device, detector.config.to_dict())
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from monai_lung.detection.detector import TwoStageDetector, TwoStageNetwork
+from monai_lung.detection.detector import DetectorConfig, TwoStageDetector, TwoStageNetwork
 from monai_lung.io.atomic import atomic_path
 from monai_lung.io.errors import DataError
 from monai_lung.networks import bundle_parser, load_weights, resolve_device, stage_network
@@ -83,7 +83,8 @@ def assemble_two_stage(seg_bundle: str | os.PathLike, cls_bundle: str | os.PathL
     if ours != theirs:
         diff = sorted(name for name, values in ours.items() if theirs.get(name) != values)
         raise DataError(config_path, f"network_def differs from the stage bundles' networks in settings of {', '.join(diff) or 'the root'}")
-    crop, patch = tuple(int(v) for v in parser.get_parsed_content("detector_config")["crop_size"]), classifier_crop_size(cls_bundle)
+    crop = DetectorConfig.from_dict(dict(parser.get_parsed_content("detector_config"))).crop_size
+    patch = classifier_crop_size(cls_bundle)
     if crop != patch:
         raise DataError(config_path, f"detector_config#crop_size {list(crop)} differs from the classifier's patch_size {list(patch)} in {cls_bundle}")
     out = Path(detection_bundle) / "models" / "model.pt"
@@ -99,19 +100,23 @@ def load_detector(
     device: str = "auto",
     config_overrides: dict | None = None,
 ) -> tuple[TwoStageDetector, dict]:
-    """The detector and its preprocessing settings ``{"spacing", "hu_window"}``.
+    """The detector and its preprocessing: ``{"spacing", "hu_window", "transform"}``, ``transform`` being the
+    bundle's own ``preprocessing`` chain (``{"image": path} -> {"image": (1, i, j, k) MetaTensor}``), so that an
+    override in the bundle changes the command line's detection too.
 
     Either ``models`` (the two-stage detection bundle: its ``detector_config``, ``spacing``,
-    ``hu_window`` and ``models/model.pt``) or ``seg_bundle`` + ``cls_bundle`` (default detector settings,
-    spacing and window from the segmentation bundle, crop size from the classification bundle's ``patch_size``).
+    ``hu_window``, ``preprocessing`` and ``models/model.pt``) or ``seg_bundle`` + ``cls_bundle`` (default detector
+    settings, spacing, window and preprocessing from the segmentation bundle, crop size from the classification
+    bundle's ``patch_size``).
     """
     if models is not None:
         parser = bundle_parser(models)
         network = load_weights(parser.get_parsed_content("network_def"), Path(models) / "models" / "model.pt")
         config = dict(parser.get_parsed_content("detector_config"))
-        prep = _preprocessing_of(parser)
+        prep = {**_preprocessing_of(parser), "transform": parser.get_parsed_content("preprocessing")}
     elif seg_bundle is not None and cls_bundle is not None:
         prep = check_same_preprocessing(seg_bundle, cls_bundle)
+        prep["transform"] = bundle_parser(seg_bundle).get_parsed_content("preprocessing")
         network = TwoStageNetwork(stage_network(seg_bundle), stage_network(cls_bundle))
         config = {"hu_window": prep["hu_window"], "crop_size": classifier_crop_size(cls_bundle)}
     else:
