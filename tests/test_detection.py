@@ -74,7 +74,9 @@ def first_run(models):
 def test_detections_land_within_the_nodule_radius_in_world_mm(models, first_run):
     out, _ = first_run
     preds = pd.read_csv(out, dtype={"seriesuid": str})
-    assert list(preds.columns) == ["seriesuid", "coordX", "coordY", "coordZ", "probability"]
+    # LUNA16's five columns first (its tools read them), then each finding's measured size
+    assert list(preds.columns) == ["seriesuid", "coordX", "coordY", "coordZ", "probability", "diameter_mm", "volume_mm3", "longest_axial_mm"]
+    assert (preds["volume_mm3"] > 0).all() and (preds["longest_axial_mm"] > 0).all()
     ann = models["annotations"]
     found = 0
     for nod in ann.itertuples():

@@ -28,8 +28,13 @@ from typing import Any, Callable, Iterator, Sequence
 
 import pandas as pd
 
+from monai_lung.detection.sizing import size_band_lungrads_2022
 from monai_lung.datalist import entry_seriesuid
 from monai_lung.io import DataError, PREDICTION_COLUMNS, seriesuid_of, write_csv_atomic, write_json_atomic
+
+#: the predictions CSV's columns: LUNA16's five, then each finding's measured size (world mm), which LUNA16 tools ignore
+SIZE_COLUMNS = ["diameter_mm", "volume_mm3", "longest_axial_mm"]
+OUTPUT_COLUMNS = [*PREDICTION_COLUMNS, *SIZE_COLUMNS]
 
 logger = logging.getLogger(__name__)
 
@@ -76,9 +81,10 @@ def scans_dir_for(output_csv: str | os.PathLike) -> Path:
 
 
 def scan_result_rows(result: dict) -> list[dict]:
-    """Submission rows of one scan's JSON result."""
+    """Submission rows of one scan's JSON result (:data:`OUTPUT_COLUMNS`; sizes NaN where a result has none)."""
     return [
-        {"seriesuid": result["seriesuid"], "coordX": f["coord"][0], "coordY": f["coord"][1], "coordZ": f["coord"][2], "probability": f["probability"]}
+        {"seriesuid": result["seriesuid"], "coordX": f["coord"][0], "coordY": f["coord"][1], "coordZ": f["coord"][2], "probability": f["probability"],
+         **{k: f.get(k, float("nan")) for k in SIZE_COLUMNS}}
         for f in result.get("findings", [])
     ]
 
@@ -107,7 +113,7 @@ def merge_outputs(items: Sequence[ScanItem], output_csv: str | os.PathLike, worl
         path = scans_dir / f"{item.seriesuid}.json"
         if path.is_file():
             rows.extend(sorted(scan_result_rows(json.loads(path.read_text(encoding="utf-8"))), key=lambda r: -r["probability"]))
-    preds = pd.DataFrame(rows, columns=PREDICTION_COLUMNS)
+    preds = pd.DataFrame(rows, columns=OUTPUT_COLUMNS)
     write_csv_atomic(output_csv, preds)
     failures = []
     for rank in range(world_size):
@@ -154,6 +160,7 @@ def run_batch(
     barrier: Callable[[], None] | None = None,
     prepare: Callable[[ScanItem], Any] | None = None,
     prefetch: int = 0,
+    prior_failures: Sequence[dict] = (),
 ) -> dict:
     """Run ``detect_scan`` over this rank's share of ``items`` and write the outputs (module docstring).
 
@@ -167,6 +174,8 @@ def run_batch(
         prefetch: with ``prepare``, how many scans it may run ahead of ``detect_scan``, in a background thread
             (MONAI's ``ThreadBuffer``), so that a GPU does not wait while the next scan is read; 0: one scan at a
             time. Up to ``prefetch + 1`` prepared volumes wait in memory beside the one being detected.
+        prior_failures: ``{"seriesuid", "image", "error"}`` rows of inputs that failed before becoming items (a study
+            the PACS did not deliver); recorded like this run's failures (rank 0 only).
 
     Returns:
         ``{"processed", "skipped", "failed", "predictions" (rank 0: rows in the merged CSV), "seconds"}``.
@@ -215,6 +224,8 @@ def run_batch(
         if on_scan_done is not None:
             on_scan_done(result)
 
+    for row in prior_failures if rank == 0 else ():
+        record_failure(ScanItem(str(row["seriesuid"]), str(row["image"])), str(row["error"]))
     reached = 0  # the stream keeps the order, so the scans reached are a prefix of todo
     bar = tqdm(total=len(todo), desc=f"detect (rank {rank}/{world_size})" if world_size > 1 else "detect", unit="scan", disable=not progress)
     for index, item, prepared, error in _prepared_stream(todo, prepare, prefetch):
@@ -237,14 +248,18 @@ def run_batch(
     return stats
 
 
-def scan_steps(detector, preprocess: Callable[[dict], dict], report_dir: str | os.PathLike | None = None, max_report_findings: int = 10):
+def scan_steps(
+    detector, preprocess: Callable[[dict], dict], report_dir: str | os.PathLike | None = None, max_report_findings: int = 10,
+    extra_outputs: Callable[[ScanItem, dict, list], dict] | None = None,
+):
     """The two steps of one scan for :func:`run_batch`: ``prepare(item) -> (image, seconds)`` (read, resample,
     window: CPU only, so it can run ahead in a background thread) and ``detect(item, prepared) -> result dict``
     (both stages, and optionally the report pictures).
 
     ``detector`` is a :class:`~monai_lung.detection.detector.TwoStageDetector`; ``preprocess`` the CT chain
     (``{"image": path} -> {"image": (1, i, j, k) MetaTensor}``, RAS grid, windowed to [0, 1]). Findings are
-    world LPS mm.
+    world LPS mm. ``extra_outputs(item, detector output, findings) -> dict`` (e.g. DICOM objects) adds its entries
+    to the result; raising fails the scan, so that a rerun does it again.
     """
 
     def prepare(item: ScanItem):
@@ -260,6 +275,9 @@ def scan_steps(detector, preprocess: Callable[[dict], dict], report_dir: str | o
             {
                 "coord": [float(r.coordX), float(r.coordY), float(r.coordZ)],
                 "diameter_mm": float(r.diameter_mm),
+                "volume_mm3": float(r.volume_mm3),
+                "longest_axial_mm": float(r.longest_axial_mm),
+                "size_band_lungrads_v2022": size_band_lungrads_2022(float(r.volume_mm3)),
                 "probability": float(r.probability),
                 "stage1_peak": float(r.stage1_peak),
                 "stage2_prob": float(r.stage2_prob),
@@ -276,7 +294,13 @@ def scan_steps(detector, preprocess: Callable[[dict], dict], report_dir: str | o
             },
             "grid_shape": list(image.shape[1:]),
             "coordinate_system": "world mm, ITK/LPS physical points (LUNA16); box = centre x, y, z + size x, y, z",
+            "sizes": "measured segmentation: diameter_mm equivalent-sphere, longest_axial_mm, volume_mm3; size band by "
+                     "Lung-RADS v2022 (solid nodule, baseline) volume bounds; research use only",
         }
+        if extra_outputs is not None:
+            t = time.perf_counter()
+            result.update(extra_outputs(item, out, findings))
+            result["timings_s"]["dicom"] = time.perf_counter() - t
         if report_dir is not None:
             t = time.perf_counter()
             try:
@@ -346,13 +370,16 @@ def detect_items(
     progress: bool = True,
     barrier: Callable[[], None] | None = None,
     prefetch: int = 1,
+    extra_outputs: Callable[[ScanItem, dict, list], dict] | None = None,
+    prior_failures: Sequence[dict] = (),
 ) -> dict:
     """Detect over ``items`` and write every output (the CLI's ``detect`` and the detection bundle's ``run``);
-    ``prefetch`` scans are read and resampled ahead in a background thread (:func:`run_batch`)."""
-    prepare, detect = scan_steps(detector, preprocess, report_dir, max_report_findings)
+    ``prefetch`` scans are read and resampled ahead in a background thread (:func:`run_batch`); ``extra_outputs``
+    as in :func:`scan_steps`."""
+    prepare, detect = scan_steps(detector, preprocess, report_dir, max_report_findings, extra_outputs)
     stats = run_batch(
         detect, items, output_csv, rank=rank, world_size=world_size, progress=progress, barrier=barrier,
-        prepare=prepare, prefetch=prefetch,
+        prepare=prepare, prefetch=prefetch, prior_failures=prior_failures,
     )
     if rank == 0 and report_dir is not None:
         write_report_index(output_csv, report_dir, items)

@@ -13,6 +13,7 @@ CANDIDATE_FIELDS = [
     "index_i", "index_j", "index_k",  # continuous voxel index on the probability map's grid
     "diameter_mm", "volume_mm3", "peak_prob", "mean_prob", "num_voxels",
     "elongation", "shape_score",  # see extract_candidates
+    "bbox_lo_i", "bbox_lo_j", "bbox_lo_k", "bbox_hi_i", "bbox_hi_j", "bbox_hi_k",  # inclusive voxel box of the component
 ]
 
 
@@ -83,6 +84,11 @@ def extract_candidates(
     ) / np.maximum(sums_all, 1e-12)[:, None]
     peaks_all = np.zeros(n + 1)
     np.maximum.at(peaks_all, lab, p)
+    box_lo = np.full((n + 1, 3), np.iinfo(np.int64).max)
+    box_hi = np.zeros((n + 1, 3), dtype=np.int64)
+    for axis, c in enumerate(coords):
+        np.minimum.at(box_lo[:, axis], lab, c)
+        np.maximum.at(box_hi[:, axis], lab, c)
     keep = counts_all >= max(min_voxels, 1)
     if region is not None:
         region = np.asarray(region, dtype=bool)
@@ -106,6 +112,8 @@ def extract_candidates(
             "diameter_mm": np.cbrt(6.0 * volume / np.pi), "volume_mm3": volume,
             "peak_prob": peaks, "mean_prob": mean, "num_voxels": counts,
             "elongation": elongation, "shape_score": mean * volume**0.3 / elongation,
+            **{f"bbox_lo_{a}": box_lo[index, n_] for n_, a in enumerate("ijk")},
+            **{f"bbox_hi_{a}": box_hi[index, n_] for n_, a in enumerate("ijk")},
         }
     )
     frame = frame.sort_values("peak_prob", ascending=False, kind="stable").reset_index(drop=True)

@@ -34,6 +34,13 @@ def add_detect_arguments(p: argparse.ArgumentParser) -> None:
         help="scans read and resampled ahead in a background thread while the current one is detected (0: none)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g = p.add_argument_group("DICOM (docs/dicom.md)")
+    g.add_argument("--dicom-out", type=Path, help="write a DICOM SR (TID 1500) and SEG per scan under DICOM_OUT/<SeriesInstanceUID>/ "
+                   "(DICOM inputs: IMAGES folders or --dicomweb studies)")
+    g.add_argument("--dicom-max-findings", type=int, default=10, help="best findings per scan in the SR and SEG")
+    g.add_argument("--dicomweb", metavar="URL", help="a PACS's DICOMweb root: pull --study over QIDO-RS/WADO-RS (instead of IMAGES)")
+    g.add_argument("--study", action="append", default=[], metavar="STUDY_UID", help="StudyInstanceUID to pull from --dicomweb (repeatable)")
+    g.add_argument("--store", action="store_true", help="store the SR and SEG back to --dicomweb (STOW-RS)")
 
 
 def _distributed() -> tuple[int, int, int]:
@@ -57,8 +64,12 @@ def detect_main(args: argparse.Namespace) -> int:
 
     if args.prefetch < 0:
         raise SystemExit(f"monai-lung detect: --prefetch must be 0 or more, got {args.prefetch}")
-    if bool(args.images) == bool(args.datalist):
-        raise SystemExit("monai-lung detect: give either IMAGES or --datalist")
+    if sum(map(bool, (args.images, args.datalist, args.dicomweb))) != 1:
+        raise SystemExit("monai-lung detect: give one of IMAGES, --datalist or --dicomweb")
+    if bool(args.dicomweb) != bool(args.study) or (args.store and not args.dicomweb):
+        raise SystemExit("monai-lung detect: --dicomweb needs --study STUDY_UID (and --store needs --dicomweb)")
+    if args.dicomweb and args.dicom_out is None:
+        raise SystemExit("monai-lung detect: --dicomweb needs --dicom-out (the pulled study and the SR/SEG go there)")
     if args.models is None and not (args.seg_bundle and args.cls_bundle):
         raise SystemExit("monai-lung detect: give --models DIR, or both --seg-bundle and --cls-bundle")
     rank, world, local_rank = _distributed()
@@ -69,7 +80,10 @@ def detect_main(args: argparse.Namespace) -> int:
     if args.no_lung_mask:
         overrides["use_lung_mask"] = False
     detector, prep = load_detector(args.models, args.seg_bundle, args.cls_bundle, device=device, config_overrides=overrides)
-    items = items_from_datalist(args.datalist, args.data_dir, args.key) if args.datalist else items_from_paths(args.images)
+    items, extra_outputs, pre_failures = (
+        dicom_items(args) if (args.dicomweb or args.dicom_out or any(Path(p).is_dir() for p in args.images))
+        else (items_from_datalist(args.datalist, args.data_dir, args.key) if args.datalist else items_from_paths(args.images), None, [])
+    )
     preprocess = prep["transform"]
     if rank == 0:
         logger.info("%d scans; detector on %s; parameters %s", len(items), detector.device, detector.config.to_dict())
@@ -83,6 +97,7 @@ def detect_main(args: argparse.Namespace) -> int:
     stats = detect_items(
         detector, preprocess, items, args.output, report_dir=args.report_dir, max_report_findings=args.max_report_findings,
         rank=rank, world_size=world, progress=not args.no_progress, barrier=barrier, prefetch=args.prefetch,
+        extra_outputs=extra_outputs, prior_failures=pre_failures,
     )
     if rank == 0:
         print(
@@ -95,6 +110,37 @@ def detect_main(args: argparse.Namespace) -> int:
 
         dist.destroy_process_group()
     return 0
+
+
+def dicom_items(args: argparse.Namespace) -> tuple[list, object, list[dict]]:
+    """DICOM inputs: ``(items, extra_outputs hook or None, failures)``. Each IMAGES folder or --study becomes the
+    series chosen in it (logged with the reason); one that cannot be used or pulled becomes a failure row."""
+    from monai_lung.detection.batch import ScanItem, short_error
+    from monai_lung.dicom.pipeline import DicomOutputs, local_scan, pacs_scan
+
+    if args.datalist:
+        raise SystemExit("monai-lung detect: --dicom-out needs DICOM inputs (IMAGES folders or --dicomweb), not --datalist")
+    work = args.dicom_out if args.dicom_out is not None else args.output.with_name(args.output.stem + "_dicom")
+    items, scans, failures = [], {}, []
+    sources = [(study, args.dicomweb) for study in args.study] if args.dicomweb else [(str(p), None) for p in args.images]
+    for source, url in sources:
+        if url is None and not Path(source).is_dir():
+            items.append(ScanItem(Path(source).name, source))  # a file: read as before
+            continue
+        try:
+            scan = pacs_scan(url, source, work) if url else local_scan(source, work)
+        except Exception as err:  # a broken series or an unreachable PACS: record it, go on with the others
+            failures.append({"seriesuid": source if url else Path(source).name, "image": f"{url}#{source}" if url else source,
+                             "error": short_error(err)})
+            logger.warning("%s: %s", source, failures[-1]["error"])
+            continue
+        logger.info("%s", scan.why)
+        items.append(ScanItem(scan.seriesuid, scan.image))
+        scans[scan.seriesuid] = scan
+    hook = None
+    if args.dicom_out is not None and scans:
+        hook = DicomOutputs(scans, args.dicom_out, args.dicom_max_findings, store_url=args.dicomweb if args.store else None)
+    return items, hook, failures
 
 
 def add_assemble_arguments(p: argparse.ArgumentParser) -> None:

@@ -24,6 +24,7 @@ from monai_lung.bundle_args import flag
 from monai_lung.detection.candidates import extract_candidates
 from monai_lung.detection.scoring import score_points
 from monai_lung.detection.segment import check_flip_axes, check_grid_spacing, segment_probability, zoom_to_spacing
+from monai_lung.detection.sizing import measure_findings
 from monai_lung.io.coords import voxel_spacing
 from monai_lung.io.errors import DataError
 from monai_lung.networks import resolve_device
@@ -134,6 +135,8 @@ class DetectorConfig:
     # plain sum of log-odds (the detection bundle's guide)
     stage1_weight: float = 0.5
     min_probability: float = 0.0  # findings below this are not reported
+    # how far (mm) a finding's measured segmentation may grow beyond its stage-1 component (monai_lung.detection.sizing)
+    size_reach_mm: float = 2.0
     amp: bool = True  # float16 autocast on CUDA
     device: str = "auto"  # where the networks run: "auto" (CUDA when present), "cpu", "cuda", "cuda:1"
     keep_volume_on_cpu: bool = True  # stitch sliding-window output in host memory (large scans on small GPUs)
@@ -271,9 +274,13 @@ class TwoStageDetector:
                 world mm.
 
         Returns:
-            ``{"findings": DataFrame(coordX, coordY, coordZ [world LPS mm], diameter_mm, probability,
-            stage1_peak, stage2_prob, ...) sorted by probability, "num_candidates": int,
-            "timings_s": {"stage1_grid", "lung_mask", "sliding_window", "candidates", "stage2_grid", "classification"}}``.
+            ``{"findings": DataFrame(coordX, coordY, coordZ [world LPS mm], diameter_mm, volume_mm3,
+            longest_axial_mm, probability, stage1_peak, stage2_prob, mask, ...) sorted by probability,
+            "num_candidates": int, "timings_s": {"stage1_grid", "lung_mask", "sliding_window", "candidates", "sizing",
+            "stage2_grid", "classification"}, "mask_affine": 4x4, "mask_space": str}``. Sizes are the measured
+            segmentation's (:mod:`monai_lung.detection.sizing`: equivalent-sphere diameter, volume, longest axial
+            diameter, mm); ``mask`` is ``(lo, bool crop)``, the segmentation in (i, j, k) voxels of the stage-1 grid
+            (``mask_affine``, world ``mask_space``) offset by ``lo``.
         """
         cfg = self.config
         source = image.meta.get("filename_or_obj") if hasattr(image, "meta") else None
@@ -311,6 +318,17 @@ class TwoStageDetector:
         cands = stage1_candidates(prob, affine, cfg, lung_core, space)
         timings["candidates"] = time.perf_counter() - t
 
+        t = time.perf_counter()
+        # sizes from each component refined on the CT (HU from the windowed image); masks stay on this grid
+        lo_hu, hi_hu = cfg.hu_window
+        window = seg_image[0]
+        sizes, masks = measure_findings(
+            prob, lambda sl: lo_hu + (hi_hu - lo_hu) * np.asarray(window[sl], dtype=np.float32), affine, cands,
+            cfg.seg_threshold, cfg.size_reach_mm,
+        )
+        cands = cands.assign(**sizes, mask=pd.Series(masks, index=cands.index, dtype=object))
+        timings["sizing"] = time.perf_counter() - t
+
         del prob, lung, lung_core  # the stage-1 maps are done with: free them before stage 2's grid
 
         t = time.perf_counter()
@@ -338,7 +356,7 @@ class TwoStageDetector:
         findings["probability"] = final_score(findings["stage1_peak"].to_numpy(), findings["stage2_prob"].to_numpy(), cfg.score, cfg.stage1_weight)
         findings = findings[findings["probability"] >= cfg.min_probability]
         findings = findings.sort_values("probability", ascending=False, kind="stable").reset_index(drop=True)
-        return {"findings": findings, "num_candidates": int(len(cands)), "timings_s": timings}
+        return {"findings": findings, "num_candidates": int(len(cands)), "timings_s": timings, "mask_affine": affine, "mask_space": space}
 
     def __call__(self, inputs, use_inferer: bool = True) -> list[dict]:
         """MONAI Label's detection interface: ``inputs`` a (B, 1, i, j, k) batch or a list of (1, i, j, k)

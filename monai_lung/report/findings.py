@@ -329,7 +329,9 @@ def render_finding_png(
 
     uid = str(finding.get("seriesuid", "") or "")
     line1 = f"{title_prefix}{uid}".strip() or "finding"
-    line2 = (f"probability {_fmt(probability, 3)}    diameter {_fmt(diameter, 1, ' mm')}    "
+    volume = _number(finding.get("volume_mm3"))
+    size = f" ({_fmt(volume, 0, ' mm3')})" if math.isfinite(volume) else ""
+    line2 = (f"probability {_fmt(probability, 3)}    diameter {_fmt(diameter, 1, ' mm')}{size}    "
              f"LPS ({coord[0]:.1f}, {coord[1]:.1f}, {coord[2]:.1f}) mm")
     fig.suptitle(f"{line1}\n{line2}", color="white", fontsize=10)
     fig.subplots_adjust(left=0.01, right=0.99, bottom=0.02, top=0.80, wspace=0.04)

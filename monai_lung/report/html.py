@@ -175,7 +175,7 @@ def _scan_section(report_dir: Path, anchor: str, scan: Mapping[str, Any]) -> str
         parts.append('<p class="meta">no findings</p>')
     for k, f in enumerate(findings, start=1):
         caption = (f"<b>#{k}</b> · probability <b>{_fmt(f.get('probability'), 3)}</b>{_stage_text(f)} · "
-                   f"diameter {_fmt(f.get('diameter_mm'), 1)} mm · "
+                   f"diameter {_fmt(f.get('diameter_mm'), 1)} mm{_size_text(f)} · "
                    f"world LPS (x, y, z) = {_esc(_coord_text(f.get('coord')))} mm")
         alt = f"{uid} finding {k}"
         parts.append(f'<figure id="{anchor}-f{k}">{_img(report_dir, f.get("png"), alt)}'
@@ -189,6 +189,17 @@ def _markups_link(report_dir: Path, markups: Any) -> str:
     if not markups or not (report_dir / str(markups)).is_file():
         return ""
     return f' · <a href="{_esc(quote(Path(str(markups)).as_posix(), safe="/"))}">3D Slicer points (.mrk.json)</a>'
+
+
+def _size_text(finding: Mapping[str, Any]) -> str:
+    """`` (longest axial 9.1 mm, volume 310 mm³, Lung-RADS v2022 size band 8-<15 mm)`` for a measured finding,
+    else empty. Research output: a size band is not a Lung-RADS category."""
+    axial, volume = _number(finding.get("longest_axial_mm")), _number(finding.get("volume_mm3"))
+    if not (math.isfinite(axial) and math.isfinite(volume)):
+        return ""
+    band = finding.get("size_band_lungrads_v2022")
+    return (f" (longest axial {_fmt(axial, 1)} mm, volume {_fmt(volume, 0)} mm³"
+            + (f", Lung-RADS v2022 size band {_esc(band)}" if band else "") + ")")
 
 
 def _stage_text(finding: Mapping[str, Any]) -> str:
@@ -215,11 +226,13 @@ def _all_findings(ordered: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
             f'<td class="num"><a href="#{anchor}-f{k}">{_fmt(f.get("probability"), 3)}</a></td>'
             f'<td class="num">{_fmt(f.get("stage1_peak"), 3)}</td><td class="num">{_fmt(f.get("stage2_prob"), 3)}</td>'
             f'<td class="num">{_fmt(f.get("diameter_mm"), 1)}</td>'
+            f'<td class="num">{_fmt(f.get("longest_axial_mm"), 1)}</td><td class="num">{_fmt(f.get("volume_mm3"), 0)}</td>'
             f'<td class="num">{_esc(_coord_text(f.get("coord")))}</td>'
             f'<td class="uid"><a href="#{anchor}">{_esc(uid)}</a> #{k}</td></tr>'
         )
     head = ('<tr><th class="num">rank</th><th class="num">probability</th><th class="num">stage 1</th>'
             '<th class="num">stage 2</th><th class="num">diameter (mm)</th>'
+            '<th class="num">longest axial (mm)</th><th class="num">volume (mm³)</th>'
             '<th class="num">world LPS (x, y, z) mm</th><th>scan, finding</th></tr>')
     return f"<table>\n<thead>{head}</thead>\n<tbody>\n" + "\n".join(rows) + "\n</tbody></table>"
 

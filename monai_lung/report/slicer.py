@@ -74,7 +74,7 @@ def finding_points(findings: Sequence[Mapping[str, Any]], max_points: int | None
     """Points for :func:`point_list_markups` from detector findings, highest probability first.
 
     ``findings``: ``[{"coord": (x, y, z) world LPS mm, "probability": float, and optionally "diameter_mm",
-    "stage1_peak", "stage2_prob"}]`` (a detection JSON's ``findings`` or LUNA16 prediction rows). Keeps those
+    "longest_axial_mm", "volume_mm3", "stage1_peak", "stage2_prob"}]`` (a detection JSON's ``findings`` or LUNA16 prediction rows). Keeps those
     with ``probability >= min_probability``, at most ``max_points``. Labels read ``"1 p0.93"``: rank and probability.
     """
     kept = [f for f in findings if float(f["probability"]) >= min_probability]
@@ -84,7 +84,8 @@ def finding_points(findings: Sequence[Mapping[str, Any]], max_points: int | None
     points = []
     for rank, f in enumerate(kept, start=1):
         parts = [f"probability {float(f['probability']):.3f}"]
-        for key, text, digits, unit in (("stage1_peak", "stage 1", 3, ""), ("stage2_prob", "stage 2", 3, ""), ("diameter_mm", "diameter", 1, " mm")):
+        for key, text, digits, unit in (("stage1_peak", "stage 1", 3, ""), ("stage2_prob", "stage 2", 3, ""), ("diameter_mm", "diameter", 1, " mm"),
+                                        ("longest_axial_mm", "longest axial", 1, " mm"), ("volume_mm3", "volume", 0, " mm3")):
             value = _fmt(f.get(key), digits)
             if value is not None:
                 parts.append(f"{text} {value}{unit}")
