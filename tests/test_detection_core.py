@@ -153,7 +153,6 @@ def test_segment_probability_with_and_without_lung_mask():
     assert gated[0, 0, 0] < 1e-6  # far from the lungs: not computed, background
 
 
-
 def _unet_with_batch_norm_statistics(seed: int = 0) -> torch.nn.Module:
     """A small stage-1-like UNet whose BatchNorms hold non-trivial running statistics (as trained ones do)."""
     torch.manual_seed(seed)
@@ -216,6 +215,21 @@ def test_inference_network_folds_batch_norm_without_touching_the_original():
     with torch.no_grad():
         np.testing.assert_allclose(fast(x.contiguous(memory_format=torch.channels_last_3d)).numpy(), net(x).numpy(), atol=1e-5)
     assert fast.model[0].conv.weight.is_contiguous(memory_format=torch.channels_last_3d)
+
+    from monai.networks.nets import ResNet  # stage 2's network: convN/bnN pairs and a conv-norm downsample
+
+    torch.manual_seed(0)
+    cls = ResNet("basic", [1, 1, 1, 1], [8, 16, 32, 64], spatial_dims=3, n_input_channels=1, num_classes=2).eval()
+    with torch.no_grad():
+        for m in cls.modules():
+            if isinstance(m, torch.nn.BatchNorm3d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+        crops = torch.rand((3, 1, 16, 16, 16))
+        fast_cls = inference_network(cls)
+        assert not any(isinstance(m, torch.nn.BatchNorm3d) for m in fast_cls.modules())
+        np.testing.assert_allclose(fast_cls(crops).numpy(), cls(crops).numpy(), atol=1e-5)
+
 
 def test_flip_tta_maps_each_pass_back_onto_the_scan():
     """Each flipped pass is flipped back before averaging: a per-voxel network (flip-equivariant) gives the

@@ -23,7 +23,9 @@ import torch
 from monai_lung.bundle_args import flag
 from monai_lung.detection.candidates import extract_candidates
 from monai_lung.detection.scoring import score_points
-from monai_lung.detection.segment import check_flip_axes, check_grid_spacing, segment_probability, zoom_to_spacing
+from monai_lung.detection.segment import (
+    check_flip_axes, check_grid_spacing, inference_network, segment_probability, zoom_to_spacing,
+)
 from monai_lung.detection.sizing import measure_findings
 from monai_lung.io.coords import voxel_spacing
 from monai_lung.io.errors import DataError
@@ -344,7 +346,7 @@ class TwoStageDetector:
         points = cands[["coordX", "coordY", "coordZ"]].to_numpy(dtype=np.float64)
         if len(points):
             p2 = score_points(
-                self.network.classifier, cls_image, points, batch_size=cfg.cls_batch_size, device=self.device,
+                inference_network(self.network.classifier, self.device), cls_image, points, batch_size=cfg.cls_batch_size, device=self.device,
                 amp=cfg.amp, tta=cfg.tta, crop_size=cfg.crop_size,
             )
         else:

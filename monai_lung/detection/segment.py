@@ -85,19 +85,32 @@ def _fold_batch_norm(conv: torch.nn.Module, norm: torch.nn.Module) -> bool:
 
 
 def inference_network(network: torch.nn.Module, device: torch.device | str = "cpu") -> torch.nn.Module:
-    """A copy of ``network`` for inference on ``device``: eval mode, each MONAI ``Convolution`` block's
-    BatchNorm folded into its convolution (the same function up to float rounding, one pass over the
-    activations less), on a CPU in channels-last memory layout (oneDNN's fast 3D kernels; ~1.5x on the
-    stage-1 UNet). The given network is not changed, so weights loaded into it later are never shadowed."""
+    """A copy of ``network`` for inference on ``device``: eval mode, every BatchNorm that directly follows a
+    convolution folded into it (the same function up to float rounding, one pass over the activations less), on a
+    CPU in channels-last memory layout (oneDNN's fast 3D kernels). On this project's networks on 2 CPU cores: the
+    stage-1 UNet ~2x, the stage-2 ResNet ~1.9x. The given network is not changed, so weights loaded into it later
+    are never shadowed. Folded: MONAI ``Convolution`` blocks (conv, then ``adn`` starting with its norm), MONAI
+    ResNet blocks (``convN`` then ``bnN``) and conv-norm pairs in a ``Sequential``."""
+    from monai.networks.nets import resnet
+
     device = torch.device(device)
     net = copy.deepcopy(network).to(device).eval()
+    resnet_types = tuple(getattr(resnet, n) for n in ("ResNet", "ResNetBlock", "ResNetBottleneck") if hasattr(resnet, n))
     for module in net.modules():
         conv, adn = getattr(module, "conv", None), getattr(module, "adn", None)
-        if conv is None or adn is None or not hasattr(adn, "N"):
-            continue
-        first = next(iter(adn.named_children()), (None, None))[0]
-        if first == "N" and _fold_batch_norm(conv, adn.N):  # the norm must come right after the conv
-            adn.N = torch.nn.Identity()
+        if conv is not None and adn is not None and hasattr(adn, "N"):
+            first = next(iter(adn.named_children()), (None, None))[0]
+            if first == "N" and _fold_batch_norm(conv, adn.N):  # the norm must come right after the conv
+                adn.N = torch.nn.Identity()
+        if isinstance(module, resnet_types):  # their forward applies bnN right after convN
+            for name, child in list(module.named_children()):
+                norm = getattr(module, "bn" + name[4:], None) if name.startswith("conv") else None
+                if norm is not None and _fold_batch_norm(child, norm):
+                    setattr(module, "bn" + name[4:], torch.nn.Identity())
+        if isinstance(module, torch.nn.Sequential):
+            for i in range(len(module) - 1):
+                if _fold_batch_norm(module[i], module[i + 1]):
+                    module[i + 1] = torch.nn.Identity()
     if device.type == "cpu":
         net = net.to(memory_format=torch.channels_last_3d)
     return net
