@@ -310,8 +310,14 @@ def _check_outputs_match_csv(out: Path, series_uid: str = SERIES_UID) -> dict:
 @needs_lidc
 def test_detect_on_a_dicom_series_writes_sr_and_seg(untrained_models, tmp_path):
     out = tmp_path / "preds.csv"
-    log = _detect(untrained_models, out, str(LIDC / "dicom"), "--dicom-out", str(tmp_path / "dicom"))
+    report = tmp_path / "report"
+    log = _detect(untrained_models, out, str(LIDC / "dicom"), "--dicom-out", str(tmp_path / "dicom"),
+                  "--report-dir", str(report), "--max-report-findings", "2")
     assert f"series {SERIES_UID} chosen" in log
+    # the sizes reach the review report and the 3D Slicer point list
+    assert "longest axial" in (report / "index.html").read_text() and "Lung-RADS v2022 size band" in (report / "index.html").read_text()
+    points = json.loads((report / "slicer" / f"{SERIES_UID}.mrk.json").read_text())["markups"][0]["controlPoints"]
+    assert "volume" in points[0]["description"] and "longest axial" in points[0]["description"]
     result = _check_outputs_match_csv(out)
     dicom = result["dicom"]
     assert Path(dicom["sr"]) == tmp_path / "dicom" / SERIES_UID / "sr.dcm" and Path(dicom["seg"]).is_file()

@@ -108,9 +108,13 @@ def build_seg(series: SeriesInfo, findings: Sequence[dict], masks: Sequence[np.n
         )
         for n in range(1, len(findings) + 1)
     ]
-    pixels = np.stack(masks, axis=-1).astype(np.uint8)  # (frames, rows, columns, segments)
+    # only the slices some finding touches (a nodule spans a few of a scan's hundreds), placed by their positions
+    frames = np.flatnonzero(np.any([m.any(axis=(1, 2)) for m in masks], axis=0))
+    pixels = np.stack([m[frames] for m in masks], axis=-1).astype(np.uint8)  # (frames, rows, columns, segments)
+    positions = [hd.PlanePositionSequence(hd.CoordinateSystemNames.PATIENT, series.datasets[int(k)].ImagePositionPatient) for k in frames]
     return hd.seg.Segmentation(
-        source_images=series.datasets, pixel_array=pixels, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        source_images=series.datasets, pixel_array=pixels, plane_positions=positions,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions, manufacturer_model_name="monai_lung", software_versions=__version__,
         device_serial_number="none", series_description="monai_lung nodule findings - RESEARCH USE ONLY",
         **_common(series, "seg", findings, 9901),
