@@ -9,6 +9,8 @@ on/off ids through :func:`flag`.
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
 from monai_lung.io.errors import DataError
 
@@ -58,3 +60,22 @@ def parse_overrides(pairs: list[str], option: str = "--set") -> dict:
         except json.JSONDecodeError:
             out[key.strip()] = value
     return out
+
+
+def require_paths(paths: dict, run: str = "python -m monai.bundle run") -> None:
+    """Stop a bundle run with one line when an input it needs is missing, before any network is built.
+
+    Args:
+        paths: ``{what: path}``, e.g. ``{"crop bank (build one with `monai-lung crops`)": "<bank>/bank.json"}``;
+            None values are skipped (an optional input left out).
+
+    Raises:
+        SystemExit: exit code 2 after printing ``<run>: error: <path>: <what> not found`` to stderr. MONAI's config
+            evaluation wraps every ``Exception`` in a long traceback; ``SystemExit`` passes through it.
+    """
+    for what, path in paths.items():
+        if path is None or str(path) in ("", "None"):
+            continue
+        if not Path(str(path)).exists():
+            print(f"{run}: error: {path}: {what} not found", file=sys.stderr, flush=True)
+            raise SystemExit(2)

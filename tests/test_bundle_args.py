@@ -60,3 +60,26 @@ def test_resume_false_as_a_word_starts_afresh(tmp_path):
     assert attach_checkpointing(Engine(lambda e, b: None), tmp_path, {"network": net}, resume="false") is None
     with pytest.raises(FileNotFoundError, match="resume"):
         attach_checkpointing(Engine(lambda e, b: None), tmp_path, {"network": net}, resume="true")
+
+
+@pytest.mark.parametrize("bundle, overrides, missing", [
+    ("lung_nodule_ct_classification", {"crop_bank_dir": "{tmp}/no_bank"}, "{tmp}/no_bank/bank.json: crop bank"),
+    ("lung_nodule_ct_segmentation", {"data_list_file_path": "{tmp}/no_list.json"}, "{tmp}/no_list.json: data list"),
+])
+def test_a_bundle_run_without_its_inputs_stops_with_one_line(tmp_path, bundle, overrides, missing):
+    """`python -m monai.bundle run training` with a missing crop bank or data list: one line naming the path, exit 2,
+    instead of MONAI's traceback around the config expression that failed."""
+    import subprocess
+    import sys
+
+    args = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", str(REPO / "bundles" / bundle / "configs" / "train.json"),
+            "--bundle_root", str(tmp_path), "--dataset_dir", str(tmp_path), "--data_list_file_path", str(tmp_path / "list.json")]
+    (tmp_path / "list.json").write_text('{"training": [], "validation": []}', encoding="utf-8")
+    (tmp_path / "no_bank").mkdir()
+    for key, value in overrides.items():
+        args += [f"--{key}", value.format(tmp=tmp_path)]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=300, cwd=str(tmp_path))
+    assert done.returncode == 2, done.stderr[-3000:]
+    errors = [line for line in done.stderr.splitlines() if "error" in line.lower() or "Traceback" in line]
+    assert errors == [f"python -m monai.bundle run: error: {missing.format(tmp=tmp_path)} (build one with `monai-lung crops`) not found"
+                      if "bank" in missing else f"python -m monai.bundle run: error: {missing.format(tmp=tmp_path)} not found"]
