@@ -126,7 +126,7 @@ def test_a_broken_series_is_refused_with_one_line_naming_it(study, tmp_path, pro
 # ---------------------------------------------------------------- nodule size
 
 
-@pytest.mark.parametrize("kind,bound_small,bound_large", [("solid", 0.10, 0.03), ("part_solid", 0.25, 0.08), ("juxta_pleural", 0.15, 0.05)])
+@pytest.mark.parametrize("kind,bound_small,bound_large", [("solid", 0.10, 0.03), ("part_solid", 0.25, 0.08), ("juxta_pleural", 0.25, 0.03)])
 def test_size_of_phantom_nodules_from_an_under_segmented_component(kind, bound_small, bound_large):
     """Equivalent-sphere diameter within ``bound_small`` (relative) under 10 mm and ``bound_large`` from 10 mm,
     and the longest axial diameter within 1 mm + 10 %, for 3-30 mm nodules whose stage-1 component stops 1 mm

@@ -3,8 +3,10 @@
 A finding's stage-1 component (voxels of the probability map above the detector's threshold) is the seed. Its
 edge depends on the network's calibration, so the size is measured on a refined mask: voxels of the CT at or
 above a half-contrast threshold (half-way between the lung around the finding and the seed's core, in HU)
-that are connected to the seed within ``reach_mm`` of it. The reach bounds how far a refinement may grow into
-a touching vessel or chest wall; the half-contrast edge is where a blurred boundary between two tissues sits.
+that are connected to the seed within ``reach_mm`` of it and, outside the seed, within ``reach_mm`` of the lung. The
+reach bounds how far a refinement may grow into a touching vessel or chest wall, and the distance to the lung keeps
+it out of the wall under a juxta-pleural nodule's base; the half-contrast edge is where a blurred boundary between
+two tissues sits.
 
 Sizes (all world mm, from the grid's affine, any orientation):
 
@@ -110,8 +112,8 @@ def refine_mask(hu: np.ndarray, affine: np.ndarray, seed: np.ndarray, reach_mm: 
         reach_mm: how far beyond the seed the mask may grow.
 
     Voxels with HU >= the half-contrast threshold (the mean of the seed's core, its 75th HU percentile, and the lung
-    around it, clipped to :data:`THRESHOLD_RANGE_HU`) within ``reach_mm`` of the seed, connected to the seed's
-    voxels above the threshold. Falls back to the seed when no seed voxel reaches the threshold.
+    around it, clipped to :data:`THRESHOLD_RANGE_HU`) within ``reach_mm`` of the seed and, outside it, within
+    ``reach_mm`` of a voxel below the threshold, connected to the seed's voxels above the threshold. Falls back to the seed when no seed voxel reaches the threshold.
     """
     seed = np.asarray(seed, dtype=bool)
     spacing = np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, :3], axis=0)
@@ -133,6 +135,10 @@ def refine_mask(hu: np.ndarray, affine: np.ndarray, seed: np.ndarray, reach_mm: 
     background = float(np.median(lung)) if lung.size >= 20 else LUNG_HU
     threshold = float(np.clip(0.5 * (core + background), *THRESHOLD_RANGE_HU))
     above = (hu >= threshold) & near
+    # growth beyond the seed also stays within reach_mm of the lung: an edge the seed missed faces lung, while the
+    # chest wall or mediastinum under a juxta-pleural nodule's base does not
+    to_lung = ndimage.distance_transform_edt(hu >= threshold, sampling=spacing)
+    above &= seed | (to_lung <= reach_mm)
     labels, n = ndimage.label(above)
     if n == 0:
         return seed.copy(), threshold

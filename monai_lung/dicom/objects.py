@@ -15,14 +15,13 @@ and the findings, so writing the same result twice gives the same objects (a PAC
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Sequence
 
 import highdicom as hd
-import logging
 import numpy as np
-import pydicom
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 from scipy import ndimage
@@ -224,6 +223,3 @@ def read_seg_masks(path: str | os.PathLike, series: SeriesInfo) -> list[np.ndarr
         masks.append(np.asarray(arr[..., 0], dtype=bool))
     return masks
 
-
-def dicom_read(path: str | os.PathLike) -> pydicom.Dataset:
-    return pydicom.dcmread(path)
