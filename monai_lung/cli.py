@@ -178,3 +178,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"monai-lung {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except SystemExit as stop:  # a command's own usage check: SystemExit("monai-lung detect: give ...")
+        if not isinstance(stop.code, str):
+            raise
+        message = stop.code if stop.code.startswith("monai-lung") else f"monai-lung {args.command}: {stop.code}"
+        print(message.replace(f"monai-lung {args.command}: ", f"monai-lung {args.command}: error: ", 1), file=sys.stderr)
+        return 2
