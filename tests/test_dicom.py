@@ -123,6 +123,21 @@ def test_a_broken_series_is_refused_with_one_line_naming_it(study, tmp_path, pro
     assert {"missing": "missing slices", "uneven": "uneven slice spacing", "orientation": "mixed slice orientations"}[problem] in text
 
 
+@needs_lidc
+def test_rescale_and_padding_are_honoured_when_the_series_is_read():
+    """The detector's reader applies RescaleSlope/Intercept (HU) and padding lands below the HU window (air)."""
+    from monai_lung.io.sitk_reader import read_sitk_image
+
+    info, _ = choose_series(LIDC / "dicom")
+    ds = info.datasets[0]
+    assert float(ds.RescaleIntercept) == -1024.0 and "PixelPaddingValue" in ds
+    image = read_sitk_image(LIDC / "dicom")
+    array = sitk.GetArrayFromImage(image)  # (z, y, x) HU
+    centre = image.TransformPhysicalPointToIndex(tuple(LUNA16_CENTRE))
+    assert -100 < array[centre[2], centre[1], centre[0]] < 300  # soft tissue, not the stored value (~1100)
+    assert array[:, 0, 0].max() <= -1000  # outside the reconstruction circle: padding, at or below air
+
+
 # ---------------------------------------------------------------- nodule size
 
 
