@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 import subprocess
@@ -18,6 +19,8 @@ import SimpleITK as sitk
 import torch
 from scipy import ndimage
 
+from monai_lung.detection.batch import run_batch
+from monai_lung.detection.cli import add_detect_arguments, dicom_items
 from monai_lung.detection.sizing import measure_mask, refine_mask, size_band_lungrads_2022
 from monai_lung.dicom.objects import read_seg_masks, read_sr_findings, write_dicom_outputs
 from monai_lung.dicom.series import choose_series
@@ -354,11 +357,16 @@ def test_pacs_round_trip_with_a_failed_store_and_a_rerun(untrained_models, tmp_p
     out, dicom_out = tmp_path / "preds.csv", tmp_path / "dicom"
     args = ["--study", study_uid, "--store", "--dicom-out", str(dicom_out)]
 
-    # the PACS is down: the study is recorded as failed, nothing else happens
+    # the PACS is down: the study becomes a failure row (the CLI's own steps, in this process: no detection runs)
     down = Orthanc(storage)
-    _detect(untrained_models, out, "--dicomweb", down.dicomweb, *args)
+    parser = argparse.ArgumentParser()
+    add_detect_arguments(parser)
+    items, hook, failed = dicom_items(parser.parse_args(["--dicomweb", down.dicomweb, *args, "--output", str(out)]))
+    assert items == [] and hook is None
+    run_batch(lambda item: {}, items, out, progress=False, prior_failures=failed)
     failures = pd.read_csv(out.with_name("failures.csv"), dtype=str)
     assert list(failures.seriesuid) == [study_uid] and "DICOMweb search (QIDO-RS)" in failures.error[0]
+    assert down.dicomweb in failures.error[0] and "\n" not in failures.error[0]
 
     # the PACS goes down after the study was pulled, while the scan is detected: the store fails, the scan is
     # recorded as failed, its SR and SEG stay on disk, and it has no ledger entry
