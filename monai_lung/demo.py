@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -62,7 +63,7 @@ def demo_settings(args: argparse.Namespace) -> tuple[dict, dict]:
 def run_demo(args: argparse.Namespace) -> int:
     from monai_lung.synthetic import generate_dataset
     from monai_lung.training.cli import print_result
-    from monai_lung.training.pipeline import SUMMARY, Step, StepRunner, TrainingRun, TrainOptions
+    from monai_lung.training.pipeline import SUMMARY, Step, StepFailed, StepRunner, TrainingRun, TrainOptions
 
     synthetic, settings = demo_settings(args)
     work = Path(args.work_dir).resolve()
@@ -85,7 +86,11 @@ def run_demo(args: argparse.Namespace) -> int:
         settings=settings, fold=0, profile="demo", device=args.device, update=True, log_prefix="[demo]",
     )
     run = TrainingRun(opts, runner=runner)
-    result = run.run()
+    try:
+        result = run.run()
+    except StepFailed as err:
+        print(f"monai-lung demo: a step failed: {err}", file=sys.stderr)
+        return 1
     weight = detector_stage1_weight(run.bundle)
     by_score = compare_final_scores(run.predictions, data_dir, run.datalist_file, work / "froc_by_score", stage1_weight=weight)
 

@@ -145,6 +145,14 @@ def test_an_interrupted_run_resumes_and_its_bundle_detects(tmp_path, toy_data):
     assert [s for s in STEPS if f"[train] {s}: done before" in third] == STEPS[:-1]
     assert "[train] evaluate ..." in third
 
+    # a failing step: exit code 1, one line naming the command and its log, the failure recorded in the summary
+    broken = train_args(toy_data, work, bundle, "--update", settings={**TOY, "bootstrap": 20, "stage2_overrides": {"learning_rate": "oops"}})
+    proc = subprocess.run(broken, capture_output=True, text=True, env=ENV, cwd=str(REPO), timeout=600)
+    assert proc.returncode == 1
+    assert f"monai-lung train: a step failed: monai.bundle run exited with 1; its log: {work / 'train_stage2' / 'log.txt'}" in proc.stderr
+    summary = json.loads((work / "train_summary.json").read_text(encoding="utf-8"))
+    assert [(r["name"], r["outcome"]) for r in summary["steps"]] == [(s, "kept") for s in STEPS[:4]] + [("train_stage2", "failed")]
+
 
 @pytest.mark.slow
 def test_all_folds_with_two_processes_merge_into_one_evaluation(tmp_path, toy_data):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from monai_lung.bundle_args import parse_overrides
@@ -58,6 +59,16 @@ def _fold(value: str) -> int | None:
 
 
 def train_main(args: argparse.Namespace) -> int:
+    from monai_lung.training.pipeline import StepFailed
+
+    try:
+        return _train(args)
+    except StepFailed as err:
+        print(f"monai-lung train: a step failed: {err}", file=sys.stderr)
+        return 1
+
+
+def _train(args: argparse.Namespace) -> int:
     from monai_lung.training.pipeline import SUMMARY, TrainingRun, fold_numbers, run_all_folds
 
     fold = _fold(args.fold)

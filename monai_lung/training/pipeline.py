@@ -275,7 +275,9 @@ def run_logged(cmd: list, log: Path, prefix: str = "[train]", verbose: bool = Fa
             code = proc.wait()
     if code != 0:
         tail = log.read_text(encoding="utf-8", errors="replace").splitlines()[-15:]
-        raise StepFailed(f"{cmd[2] if len(cmd) > 2 else cmd[0]} exited with {code}; see {log}; last lines:\n  " + "\n  ".join(tail))
+        at = max((i for i, c in enumerate(cmd) if c == "-m"), default=-1)  # the module run: after torchrun's own
+        what = " ".join(cmd[at + 1 : at + 3]) if at >= 0 else cmd[0]
+        raise StepFailed(f"{what} exited with {code}; its log: {log}; last lines:\n  " + "\n  ".join(tail))
 
 
 class TrainingRun:
@@ -461,13 +463,17 @@ class TrainingRun:
     def crops_cmd(self, device: bool = True) -> list[str]:
         s = self.o.settings
         cmd = [sys.executable, "-m", "monai_lung", "crops", "--datalist", str(self.datalist_file), "--data-dir", str(self.data_dir),
-               "--key", "training", "--key", "validation", "--out", str(self.bank), "--seg-bundle", str(self.seg1)]
+               "--key", "training", "--key", "validation", "--output-dir", str(self.bank), "--seg-bundle", str(self.seg1)]
         if device:
             cmd += ["--device", self.o.device]
         if self.o.candidates is not None:
             cmd += ["--candidates", str(Path(self.o.candidates).resolve())]
         if s["candidates_per_scan"] is not None:
             cmd += ["--candidates-per-scan", str(s["candidates_per_scan"])]
+        # hard negatives from stage 1 as the detector will run it: the detection bundle's settings and overrides
+        cmd += ["--det-bundle", str(self.templates["det_bundle"])]
+        for key, value in s["detect_overrides"].items():
+            cmd += ["--set", f"{key}={json.dumps(value)}"]
         return cmd
 
     def hard_datalist_cmd(self) -> list[str]:
@@ -577,8 +583,6 @@ class TrainingRun:
 
         def evaluate(folder: Path, resume: bool) -> None:
             self._run(self.evaluate_cmd(), folder)
-            result = json.loads((self.froc_dir / "froc.json").read_text(encoding="utf-8"))
-            self._say(f"  CPM {result['cpm']:.3f} on {self.counts.get('test', '?')} test scans")
 
         inputs_files = {"annotations": file_identity(o.annotations), "excluded": file_identity(o.excluded)}
         finetune = s["stage1_finetune_epochs"] > 0
