@@ -279,6 +279,23 @@ def test_sr_and_seg_pass_dciodvfy(tmp_path):
     assert dciodvfy_errors(Path(out["seg"])) == []
 
 
+@needs_lidc
+def test_an_image_made_from_a_series_can_reference_it(tmp_path):
+    """``--dicom-reference``: a .mha of the series gets the series' SR and SEG; an image elsewhere is a failure row."""
+    from monai_lung.io.sitk_reader import read_sitk_image
+
+    mha = tmp_path / "lidc0001.mha"
+    sitk.WriteImage(read_sitk_image(LIDC / "dicom"), str(mha))
+    abdomen = REPO.parent / "shared" / "real_ct" / "abdomen_ct_3mm.nii.gz"
+    parser = argparse.ArgumentParser()
+    add_detect_arguments(parser)
+    args = parser.parse_args([str(mha), str(abdomen), "--dicom-reference", str(LIDC / "dicom"), "--dicom-out", str(tmp_path / "dicom"),
+                              "--output", str(tmp_path / "preds.csv")])
+    items, hook, failed = dicom_items(args)
+    assert [i.seriesuid for i in items] == ["lidc0001"] and hook.scans["lidc0001"].series.uid == SERIES_UID
+    assert [f["seriesuid"] for f in failed] == ["abdomen_ct_3mm"] and "does not lie on reference series" in failed[0]["error"]
+
+
 # ---------------------------------------------------------------- the CLI, locally and against a PACS
 
 

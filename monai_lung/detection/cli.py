@@ -38,6 +38,9 @@ def add_detect_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dicom-out", type=Path, help="write a DICOM SR (TID 1500) and SEG per scan under DICOM_OUT/<SeriesInstanceUID>/ "
                    "(DICOM inputs: IMAGES folders or --dicomweb studies)")
     g.add_argument("--dicom-max-findings", type=int, default=10, help="best findings per scan in the SR and SEG")
+    g.add_argument("--dicom-reference", type=Path, metavar="DICOM_DIR",
+                   help="for .mhd/.nii IMAGES made from this DICOM series: the SR and SEG reference it (the image must cover "
+                   "the series' world box)")
     g.add_argument("--dicomweb", metavar="URL", help="a PACS's DICOMweb root: pull --study over QIDO-RS/WADO-RS (instead of IMAGES)")
     g.add_argument("--study", action="append", default=[], metavar="STUDY_UID", help="StudyInstanceUID to pull from --dicomweb (repeatable)")
     g.add_argument("--store", action="store_true", help="store the SR and SEG back to --dicomweb (STOW-RS)")
@@ -66,6 +69,8 @@ def detect_main(args: argparse.Namespace) -> int:
         raise SystemExit(f"monai-lung detect: --prefetch must be 0 or more, got {args.prefetch}")
     if sum(map(bool, (args.images, args.datalist, args.dicomweb))) != 1:
         raise SystemExit("monai-lung detect: give one of IMAGES, --datalist or --dicomweb")
+    if args.dicom_reference and args.dicom_out is None:
+        raise SystemExit("monai-lung detect: --dicom-reference needs --dicom-out")
     if bool(args.dicomweb) != bool(args.study) or (args.store and not args.dicomweb):
         raise SystemExit("monai-lung detect: --dicomweb needs --study STUDY_UID (and --store needs --dicomweb)")
     if args.dicomweb and args.dicom_out is None:
@@ -114,18 +119,29 @@ def detect_main(args: argparse.Namespace) -> int:
 
 def dicom_items(args: argparse.Namespace) -> tuple[list, object, list[dict]]:
     """DICOM inputs: ``(items, extra_outputs hook or None, failures)``. Each IMAGES folder or --study becomes the
-    series chosen in it (logged with the reason); one that cannot be used or pulled becomes a failure row."""
-    from monai_lung.detection.batch import ScanItem, short_error
+    series chosen in it (logged with the reason); one that cannot be used or pulled becomes a failure row. An image
+    file stays an item as it is; with --dicom-reference its SR and SEG reference that series, if it lies on it."""
+    from monai_lung.detection.batch import ScanItem, items_from_paths, short_error
     from monai_lung.dicom.pipeline import DicomOutputs, local_scan, pacs_scan
+    from monai_lung.dicom.series import check_image_on_series
 
     if args.datalist:
         raise SystemExit("monai-lung detect: --dicom-out needs DICOM inputs (IMAGES folders or --dicomweb), not --datalist")
     work = args.dicom_out if args.dicom_out is not None else args.output.with_name(args.output.stem + "_dicom")
     items, scans, failures = [], {}, []
+    reference = local_scan(args.dicom_reference, work) if args.dicom_reference else None  # a bad one is the whole run's error
     sources = [(study, args.dicomweb) for study in args.study] if args.dicomweb else [(str(p), None) for p in args.images]
     for source, url in sources:
         if url is None and not Path(source).is_dir():
-            items.append(ScanItem(Path(source).name, source))  # a file: read as before
+            item = items_from_paths([source])[0]  # a file: read as before
+            if reference is not None:
+                try:
+                    check_image_on_series(source, reference.series)
+                except Exception as err:
+                    failures.append({"seriesuid": item.seriesuid, "image": source, "error": short_error(err)})
+                    continue
+                scans[item.seriesuid] = reference
+            items.append(item)
             continue
         try:
             scan = pacs_scan(url, source, work) if url else local_scan(source, work)

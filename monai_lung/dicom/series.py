@@ -209,6 +209,30 @@ def choose_series(folder: str | os.PathLike, series_uid: str | None = None) -> t
     return chosen, why
 
 
+def check_image_on_series(path: str | os.PathLike, info: SeriesInfo, tolerance_mm: float | None = None) -> None:
+    """Refuse an image file (``.mhd``, ``.nii.gz``...) that does not cover the same world box as the series ``info``
+    (e.g. a LUNA16 ``.mhd`` made from it): its first and last voxel centres must lie within ``tolerance_mm``
+    (default: half the series' largest voxel step) of the series'. Reads the header only."""
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        raise DataError(path, "unreadable image header") from None
+    size = np.asarray(reader.GetSize()[:3], dtype=np.float64)
+    linear = np.asarray(reader.GetDirection(), dtype=np.float64).reshape(3, 3) @ np.diag(reader.GetSpacing()[:3])
+    first = np.asarray(reader.GetOrigin()[:3], dtype=np.float64)
+    corners = np.array([first, first + linear @ (size - 1)])
+    theirs = np.array([info.affine[:3, 3], info.affine[:3, 3] + info.affine[:3, :3] @ (np.asarray(info.shape, dtype=np.float64) - 1)])
+    tolerance = 0.5 * float(np.linalg.norm(info.affine[:3, :3], axis=0).max()) if tolerance_mm is None else tolerance_mm
+    gap = float(np.abs(corners - theirs).max())
+    if gap > tolerance:
+        raise DataError(path, f"does not lie on reference {info.label()}: its corner voxels are {gap:.1f} mm from the series' "
+                              f"(world LPS box {np.round(corners, 1).tolist()} vs {np.round(theirs, 1).tolist()})")
+
+
 def series_reading_folder(info: SeriesInfo, folder: str | os.PathLike, link_root: str | os.PathLike) -> Path:
     """A folder holding only ``info``'s files, for a reader that reads whole folders: ``folder`` itself when it
     holds no other DICOM file, else ``link_root/<uid>/`` with symbolic links to the series' files."""
