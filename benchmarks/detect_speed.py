@@ -28,9 +28,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import resource
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -109,9 +111,12 @@ def main() -> None:
             scans.append(REAL_CT.resolve())
         else:
             print(f"real CT not found at {REAL_CT} (../shared absent): phantoms only")
-    scans += [make_phantom(work, args.seed + n) for n in range(args.phantoms)]
-    if args.slices:
-        scans.append(make_phantom(work, args.seed, args.slices, args.slice_spacing))
+    # phantoms are drawn in a child process, so that drawing them does not count in this process's peak RSS
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        jobs = [pool.submit(make_phantom, work, args.seed + n) for n in range(args.phantoms)]
+        if args.slices:
+            jobs.append(pool.submit(make_phantom, work, args.seed, args.slices, args.slice_spacing))
+        scans += [job.result() for job in jobs]
     if not scans:
         raise SystemExit("no scan to time")
 
