@@ -14,6 +14,9 @@ With ``--train-minutes M`` it first trains a copy of the bundle (``python -m mon
 in a child process, data loading included) and stops it once the process tree has used M CPU-minutes
 (user + system time of the trainer and its data workers; building the in-memory cache of resampled
 scans is timed and reported apart, as it is done once per data set and kept on disk for LUNA16).
+
+Stage 1 is the detector's own (:func:`monai_lung.detection.detector.run_stage1`), with the detector's defaults
+unless an option here changes them.
 """
 
 from __future__ import annotations
@@ -32,10 +35,9 @@ import numpy as np
 import torch
 
 from monai_lung.datalist import load_datalist_entries
-from monai_lung.detection.detector import DetectorConfig, scan_lung_masks, stage1_candidates
-from monai_lung.detection.loading import stage_network
-from monai_lung.detection.segment import segment_probability, zoom_to_spacing
-from monai_lung.io.coords import voxel_spacing, world_to_index
+from monai_lung.detection.detector import DetectorConfig, run_stage1, stage1_candidates
+from monai_lung.io.coords import world_to_index
+from monai_lung.networks import stage_network
 from monai_lung.training.checkpoints import latest_checkpoint
 from monai_lung.transforms import ct_preprocessing, nodule_arrays
 
@@ -96,29 +98,16 @@ def train_with_budget(bundle: Path, work: Path, args: argparse.Namespace) -> Pat
     return copy
 
 
-def probability_maps(bundle: Path, entries: list[dict], args: argparse.Namespace, cache: Path | None):
-    """Yields (entry, prob (i, j, k) float32 on the 1 mm RAS grid (``--seg-spacing`` mm when given), affine 4x4
-    RAS, candidate mask (i, j, k) bool or None, seconds, scaled image (1, i, j, k) MetaTensor on the same grid)
-    per test scan."""
-    network = stage_network(str(bundle)).eval()
+def probability_maps(bundle: Path, entries: list[dict], cfg: DetectorConfig):
+    """Yields (entry, :class:`~monai_lung.detection.detector.Stage1Result`, seconds) per scan: the detector's own
+    stage 1 (:func:`~monai_lung.detection.detector.run_stage1`) with ``cfg``, preprocessing included in the seconds."""
+    network = stage_network(str(bundle))
     prep = ct_preprocessing()
     for entry in entries:
-        path = cache / f"{entry['seriesuid']}.npz" if cache else None
         t = time.perf_counter()
         image = prep({"image": entry["image"]})["image"]
-        if args.seg_spacing:  # the detector's seg_spacing: stage 1 on a finer grid than it was trained on
-            image = zoom_to_spacing(image, (args.seg_spacing,) * 3)
-        lung, core = scan_lung_masks(image, voxel_spacing(image), args.detector_config)
-        affine = image.affine.numpy()
-        if path is not None and path.exists():
-            z = np.load(path)
-            yield entry, z["prob"].astype(np.float32), affine, core, float(z["seconds"]), image
-            continue
-        prob = segment_probability(network, image, lung, roi_size=(args.roi,) * 3, sw_batch_size=4, flip_axes=args.flip_axes)
-        seconds = time.perf_counter() - t
-        if path is not None:
-            np.savez_compressed(path, prob=prob.astype(np.float16), seconds=seconds)
-        yield entry, prob, affine, core, seconds, image
+        result = run_stage1(network, image, cfg)
+        yield entry, result, time.perf_counter() - t
 
 
 def main() -> None:
@@ -139,14 +128,17 @@ def main() -> None:
         "--candidate-lung-margin", type=float, default=DetectorConfig.candidate_lung_margin_mm,
         help="mm; candidate centres must lie in the lungs grown by this (negative: anywhere)",
     )
-    p.add_argument("--roi", type=int, default=96)
-    p.add_argument("--seg-spacing", type=float, default=None, help="run stage 1 on this isotropic grid (mm), as the detector's seg_spacing")
+    p.add_argument("--roi", type=int, default=DetectorConfig.roi_size[0], help="sliding-window edge (voxels)")
+    p.add_argument(
+        "--seg-spacing", type=float, default=DetectorConfig.seg_spacing[0],
+        help="the isotropic grid stage 1 runs on (mm; the detector's seg_spacing; 0: the 1 mm training grid)",
+    )
     p.add_argument(
         "--flip-axes", default=",".join(map(str, DetectorConfig.seg_flip_axes)),
         help="stage-1 flip test-time augmentation as the detector runs it (comma-separated axes; '' for none)",
     )
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--work-dir", type=Path, default=Path("stage1_bench"), help="trained copy, logs, probability maps")
+    p.add_argument("--work-dir", type=Path, default=Path("stage1_bench"), help="trained copy and its logs")
     p.add_argument("--train-minutes", type=float, default=0.0, help="train a copy of --bundle first (CPU-minutes)")
     p.add_argument("--max-epochs", type=int, default=60, help="epochs the trainer plans for (cosine schedule)")
     p.add_argument("--train-args", nargs=argparse.REMAINDER, default=[], help="extra bundle overrides, e.g. --learning_rate 0.01")
@@ -154,24 +146,24 @@ def main() -> None:
     args.flip_axes = tuple(int(a) for a in args.flip_axes.split(",") if a.strip())
     torch.set_num_threads(args.threads)
     margin = None if args.candidate_lung_margin < 0 else args.candidate_lung_margin
-    args.detector_config = DetectorConfig(candidate_lung_margin_mm=margin, min_voxels=args.min_voxels, max_candidates=10**6)
+    thresholds = [float(t) for t in args.thresholds.split(",")]
+    # the detector's stage 1 with the benchmark's grid, window size and flips; every component kept (no cap)
+    args.detector_config = DetectorConfig(
+        candidate_lung_margin_mm=margin, min_voxels=args.min_voxels, max_candidates=10**6, seg_threshold=min(thresholds),
+        seg_spacing=(args.seg_spacing,) * 3 if args.seg_spacing else None, roi_size=(args.roi,) * 3, seg_flip_axes=args.flip_axes,
+    )
     args.work_dir.mkdir(parents=True, exist_ok=True)
     args.data_dir, args.datalist = args.data_dir.resolve(), args.datalist.resolve()
     bundle = args.bundle
     if args.train_minutes > 0:
         bundle = train_with_budget(args.bundle, args.work_dir, args)
-    # maps differ with the flips and the grid
-    cache = args.work_dir / ("prob" + "".join(f"_flip{a}" for a in args.flip_axes) + (f"_grid{args.seg_spacing:g}" if args.seg_spacing else ""))
-    if cache.exists() and args.train_minutes > 0:
-        shutil.rmtree(cache)
-    cache.mkdir(exist_ok=True)
 
-    thresholds = [float(t) for t in args.thresholds.split(",")]
     entries = load_datalist_entries(str(args.datalist), args.key, str(args.data_dir))
     found = {t: [0, 0] for t in thresholds}  # uncapped, capped
     counts = {t: [] for t in thresholds}
     total, seconds = 0, []
-    for entry, prob, affine, core, sec, image in probability_maps(bundle, entries, args, cache):
+    for entry, stage1, sec in probability_maps(bundle, entries, args.detector_config):
+        prob, affine, core = stage1.prob, stage1.affine, stage1.lung_core
         seconds.append(sec)
         centres, diameters = nodule_arrays(entry["nodules"])
         total += len(centres)

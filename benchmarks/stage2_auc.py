@@ -252,7 +252,7 @@ def main() -> None:
         lung = lung_mask(image, voxel_spacing(image))
         pts = test_points(entry, candidates, image, lung, args.random_test_points, args.seed)
         if miner is not None:
-            mined = miner(image, entry, lung=lung)
+            mined = miner(image, entry)
             fp = mined[mined["label"] == 0]
             pts = pd.concat([pts, pd.DataFrame({"x": fp.coordX, "y": fp.coordY, "z": fp.coordZ, "label": 0, "source": "stage1_fp"})], ignore_index=True)
         xyz = pts[["x", "y", "z"]].to_numpy()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +27,7 @@ from monai_lung.fpr import (
 )
 from monai_lung.detection.scoring import score_points
 from monai_lung.io import DataError, world_to_index
-from monai_lung.transforms import ct_preprocessing, lung_mask
+from monai_lung.transforms import ct_preprocessing
 from tests.conftest import make_image, rotation_direction
 
 BACKGROUND_HU = -500.0  # not air: padding (0 after scaling) must be told apart from the scan
@@ -325,13 +324,12 @@ class IntensityStage1(torch.nn.Module):
 def test_hard_negatives_lie_away_from_nodules_and_excluded_findings(synthetic, tmp_path):
     entries = [e for e in _entries(synthetic, "training") + _entries(synthetic, "test") if e["nodules"]]
     assert entries
-    miner = HardNegativeMiner(IntensityStage1(), roi_size=(48, 48, 48), threshold=0.5, min_voxels=3, max_candidates=None)
+    miner = HardNegativeMiner(IntensityStage1(), {"roi_size": (48, 48, 48), "seg_spacing": None, "seg_threshold": 0.5, "min_voxels": 3, "max_candidates": 10**6})
     preprocess = ct_preprocessing("image")
     hits = fps = 0
     for entry in entries:
         image = preprocess({"image": entry["image"]})["image"]
-        lung = lung_mask(image, np.linalg.norm(image.affine.numpy()[:3, :3], axis=0))
-        mined = miner(image, entry, lung=lung)
+        mined = miner(image, entry)
         assert set(mined["seriesuid"]) <= {entry["seriesuid"]}
         centres = np.array([n["center"] for n in entry["nodules"]])
         radii = np.array([n["diameter_mm"] for n in entry["nodules"]]) / 2
@@ -348,6 +346,24 @@ def test_hard_negatives_lie_away_from_nodules_and_excluded_findings(synthetic, t
     assert hits > 0 and fps > 0, "the stand-in should find nodules and false positives"
 
 
+def test_the_miner_mines_the_candidates_the_detector_scores(synthetic):
+    """One stage-1 candidate generator: with the same settings, the hard-negative miner labels exactly the stage-1
+    candidates that the deployed detector passes to stage 2 (same grid, threshold, masks, merging and cap)."""
+    from monai_lung.detection import TwoStageDetector, TwoStageNetwork
+
+    entry = next(e for e in _entries(synthetic, "training") if e["nodules"])
+    image = ct_preprocessing("image")({"image": entry["image"]})["image"]
+    config = {"roi_size": (48, 48, 48), "seg_spacing": (0.8, 0.8, 0.8), "cls_spacing": None, "seg_threshold": 0.5, "max_candidates": 40,
+              "crop_size": (16, 16, 16), "tta": False, "device": "cpu"}
+    classifier = torch.nn.Sequential(torch.nn.Conv3d(1, 2, 1), torch.nn.AdaptiveAvgPool3d(1), torch.nn.Flatten())
+    found = TwoStageDetector(TwoStageNetwork(IntensityStage1(), classifier), config).detect(image)["findings"]
+    mined = HardNegativeMiner(IntensityStage1(), config)(image, entry)
+    assert 0 < len(mined) == len(found) <= 40
+    key = ["coordX", "coordY", "coordZ"]
+    np.testing.assert_allclose(mined.sort_values(key)[key].to_numpy(), found.sort_values(key)[key].to_numpy())
+    np.testing.assert_allclose(np.sort(mined["peak_prob"].to_numpy()), np.sort(found["stage1_peak"].to_numpy()))
+
+
 def test_label_candidates_uses_the_luna16_hit_rule():
     entry = {
         "nodules": [{"center": [0.0, 0.0, 0.0], "diameter_mm": 10.0}],
@@ -361,7 +377,7 @@ def test_label_candidates_uses_the_luna16_hit_rule():
 
 def test_mined_hard_negatives_are_cached_per_scan(synthetic, tmp_path):
     entries = _entries(synthetic, "training")[:1]
-    miner = HardNegativeMiner(IntensityStage1(), roi_size=(48, 48, 48), threshold=0.5, max_candidates=50)
+    miner = HardNegativeMiner(IntensityStage1(), {"roi_size": (48, 48, 48), "seg_spacing": None, "seg_threshold": 0.5, "max_candidates": 50})
     out_csv = tmp_path / "mined.csv"
     first = mine_hard_negatives(entries, miner, out_csv)
     cache = tmp_path / "mined_cache" / f"{entries[0]['seriesuid']}.csv"
@@ -436,7 +452,7 @@ def test_crops_cli_mines_with_a_stage1_bundle(synthetic, tmp_path):
     args = p.parse_args(
         [
             "--datalist", str(synthetic / "dl.json"), "--data-dir", str(synthetic), "--key", "training",
-            "--out", str(tmp_path / "bank"), "--seg-bundle", str(seg), "--stage1-threshold", "0.45",
+            "--output-dir", str(tmp_path / "bank"), "--seg-bundle", str(seg), "--set", "seg_threshold=0.45",
             "--crop-size", "32", "--random-per-scan", "2", "--device", "cpu",
         ]
     )

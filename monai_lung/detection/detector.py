@@ -230,6 +230,77 @@ def stage1_candidates(
     return cands.head(cfg.max_candidates).reset_index(drop=True)
 
 
+@dataclass
+class Stage1Result:
+    """What stage 1 made of one scan.
+
+    Attributes:
+        candidates: :func:`stage1_candidates`' table (world LPS mm, ``peak_prob``, sizes in voxels of the grid).
+        prob: (i, j, k) float32 nodule probability on the stage-1 grid.
+        image: (1, i, j, k) the scan on the stage-1 grid (``seg_spacing``), scaled as the input was.
+        affine: (4, 4) index -> world mm (``space``) of that grid.
+        space: the world frame of ``affine`` (RAS after the shared preprocessing).
+        lung_core: (i, j, k) bool, where candidate components must reach (None: anywhere), to re-threshold ``prob``
+            with :func:`stage1_candidates`.
+        timings: seconds of ``stage1_grid``, ``lung_mask``, ``sliding_window``, ``candidates``.
+    """
+
+    candidates: pd.DataFrame
+    prob: np.ndarray
+    image: torch.Tensor
+    affine: np.ndarray
+    space: str
+    lung_core: np.ndarray | None
+    timings: dict
+
+
+def run_stage1(segmenter: torch.nn.Module, image: torch.Tensor, cfg: DetectorConfig, device: torch.device | str = "cpu") -> Stage1Result:
+    """Stage 1 of the detector on one preprocessed scan: zoom to ``cfg.seg_spacing``, lung masks, the sliding window
+    over the lungs, then :func:`stage1_candidates`. The one stage-1 candidate generator: the detector, the hard-negative
+    miner and the stage-1 benchmark all call it, so stage 2 trains on the false positives of the stage 1 it is
+    deployed behind.
+
+    Args:
+        segmenter: the stage-1 UNet (2 classes), any mode (an inference copy is made).
+        image: (1, i, j, k) MetaTensor on the training grid (1 mm, RAS), window-scaled to [0, 1].
+        cfg: the detector's settings.
+        device: where the network runs.
+    """
+    timings = {}
+    space = str(image.meta.get("space", "RAS")) if hasattr(image, "meta") else "RAS"
+    t = time.perf_counter()
+    # stage 1 may run on its own grid (seg_spacing); candidates leave it as world mm, so stage 2 is unaffected
+    seg_image = image if cfg.seg_spacing is None else zoom_to_spacing(image, cfg.seg_spacing)
+    affine = seg_image.affine.numpy() if hasattr(seg_image, "affine") else np.eye(4)
+    timings["stage1_grid"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    lung, lung_core = scan_lung_masks(seg_image, voxel_spacing(seg_image), cfg)
+    timings["lung_mask"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    device = torch.device(device)
+    prob = segment_probability(
+        segmenter,
+        seg_image,
+        lung,
+        roi_size=cfg.roi_size,
+        sw_batch_size=cfg.sw_batch_size,
+        overlap=cfg.overlap,
+        mode=cfg.blend_mode,
+        device="cpu" if cfg.keep_volume_on_cpu else device,
+        sw_device=device,
+        amp=cfg.amp,
+        flip_axes=cfg.seg_flip_axes,
+    )
+    timings["sliding_window"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    cands = stage1_candidates(prob, affine, cfg, lung_core, space)
+    timings["candidates"] = time.perf_counter() - t
+    return Stage1Result(cands, prob, seg_image, affine, space, lung_core, timings)
+
+
 def check_scan(image: torch.Tensor, source: str | None, min_shape: Sequence[int]) -> None:
     """Reject what the detector cannot run on: not 3D, NaN/inf voxels, smaller than a crop."""
     if image.ndim != 4 or image.shape[0] != 1:
@@ -288,37 +359,9 @@ class TwoStageDetector:
         source = image.meta.get("filename_or_obj") if hasattr(image, "meta") else None
         check_scan(image, source, cfg.crop_size)
         space = str(image.meta.get("space", "RAS")) if hasattr(image, "meta") else "RAS"
-        timings = {}
-
-        t = time.perf_counter()
-        # stage 1 may run on its own grid (seg_spacing); candidates leave it as world mm, so stage 2 is unaffected
-        seg_image = image if cfg.seg_spacing is None else zoom_to_spacing(image, cfg.seg_spacing)
-        affine = seg_image.affine.numpy() if hasattr(seg_image, "affine") else np.eye(4)
-        timings["stage1_grid"] = time.perf_counter() - t
-
-        t = time.perf_counter()
-        lung, lung_core = scan_lung_masks(seg_image, voxel_spacing(seg_image), cfg)
-        timings["lung_mask"] = time.perf_counter() - t
-
-        t = time.perf_counter()
-        prob = segment_probability(
-            self.network.segmenter,
-            seg_image,
-            lung,
-            roi_size=cfg.roi_size,
-            sw_batch_size=cfg.sw_batch_size,
-            overlap=cfg.overlap,
-            mode=cfg.blend_mode,
-            device="cpu" if cfg.keep_volume_on_cpu else self.device,
-            sw_device=self.device,
-            amp=cfg.amp,
-            flip_axes=cfg.seg_flip_axes,
-        )
-        timings["sliding_window"] = time.perf_counter() - t
-
-        t = time.perf_counter()
-        cands = stage1_candidates(prob, affine, cfg, lung_core, space)
-        timings["candidates"] = time.perf_counter() - t
+        stage1 = run_stage1(self.network.segmenter, image, cfg, self.device)
+        cands, prob, seg_image, affine = stage1.candidates, stage1.prob, stage1.image, stage1.affine
+        timings = dict(stage1.timings)
 
         t = time.perf_counter()
         # sizes from each component refined on the CT (HU from the windowed image); masks stay on this grid
@@ -331,7 +374,7 @@ class TwoStageDetector:
         cands = cands.assign(**sizes, mask=pd.Series(masks, index=cands.index, dtype=object))
         timings["sizing"] = time.perf_counter() - t
 
-        del prob, lung, lung_core  # the stage-1 maps are done with: free them before stage 2's grid
+        del prob, stage1  # the stage-1 map is done with: free it before stage 2's grid
 
         t = time.perf_counter()
         # stage 2's own grid (cls_spacing): the candidates are world mm, so any grid over the same scan will do

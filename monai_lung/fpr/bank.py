@@ -493,7 +493,7 @@ def build_crop_bank(
             if cache.is_file():
                 hard = read_mined_candidates(cache, with_diameter=True)
             else:
-                hard = miner(image, entry, lung=lung)
+                hard = miner(image, entry)
                 write_csv_atomic(cache, hard)
         crops, meta = build_scan_crops(image, entry, settings, lung=lung, candidates=cand_groups.get(uid), hard_negatives=hard)
         bank.write_scan(uid, crops, meta)

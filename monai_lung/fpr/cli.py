@@ -34,28 +34,36 @@ def _add_stage1_arguments(parser: argparse.ArgumentParser, required: bool) -> No
         help="trained stage-1 bundle (configs/inference.json + models/model.pt): its false positives become hard negatives",
     )
     parser.add_argument("--seg-weights", type=Path, default=None, help="stage-1 weights (default: <seg-bundle>/models/model.pt)")
-    parser.add_argument("--stage1-threshold", type=float, default=None, help="candidate threshold (default: the bundle's `threshold`)")
-    parser.add_argument("--min-voxels", type=int, default=3, help="smaller stage-1 components are ignored")
-    parser.add_argument("--max-candidates", type=int, default=300, help="most confident stage-1 components kept per scan")
+    parser.add_argument(
+        "--det-bundle", type=Path, default=None,
+        help="detection bundle whose detector_config sets stage 1 (grid, threshold, masks, merging, cap) as the detector "
+        "runs it (default: the detector's defaults)",
+    )
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE",
+        help="detector parameter override for stage 1, as for `detect`, e.g. --set seg_threshold=0.5 (JSON values)",
+    )
 
 
 def _miner(args: argparse.Namespace):
+    from monai_lung.bundle_args import parse_overrides
     from monai_lung.fpr.mining import HardNegativeMiner
 
-    overrides = {"min_voxels": args.min_voxels, "max_candidates": args.max_candidates}
-    if args.stage1_threshold is not None:
-        overrides["threshold"] = args.stage1_threshold
-    return HardNegativeMiner.from_bundle(args.seg_bundle, device=args.device, weights=args.seg_weights, **overrides)
+    overrides = parse_overrides(args.set)
+    return HardNegativeMiner.from_bundle(
+        args.seg_bundle, device=args.device, weights=args.seg_weights, detection_bundle=args.det_bundle, **overrides
+    )
 
 
 def add_crops_arguments(parser: argparse.ArgumentParser) -> None:
-    """``crops --datalist DL [--data-dir D] [--key training ...] --out BANK [--candidates candidates.csv]
+    """``crops --datalist DL [--data-dir D] [--key training ...] --output-dir BANK [--candidates candidates.csv]
     [--seg-bundle B1 | --hard-negatives mined.csv] [crop options]``: build or resume a crop bank."""
     from monai_lung.fpr.bank import CropBankSettings
 
     d = CropBankSettings()
     _add_scan_arguments(parser)
-    parser.add_argument("--out", type=Path, required=True, help="crop bank folder (created; finished scans are skipped)")
+    parser.add_argument("--output-dir", type=Path, default=None, help="crop bank folder (created; finished scans are skipped); required")
+    parser.add_argument("--out", dest="output_dir", type=Path, help=argparse.SUPPRESS)  # the option's earlier name
     parser.add_argument("--candidates", type=Path, default=None, help="LUNA16 candidates.csv: class-0 points become negatives")
     parser.add_argument("--hard-negatives", type=Path, default=None, help="labelled stage-1 candidates from `monai-lung hard-negatives`")
     _add_stage1_arguments(parser, required=False)
@@ -74,6 +82,8 @@ def crops_main(args: argparse.Namespace) -> int:
     from monai_lung.fpr.bank import CropBankSettings, build_crop_bank
     from monai_lung.io import DataError
 
+    if args.output_dir is None:
+        raise DataError(None, "give --output-dir BANK, the crop bank folder")
     if args.seg_bundle is not None and args.hard_negatives is not None:
         raise DataError(None, "give --seg-bundle (mine now) or --hard-negatives (mined before), not both")
     settings = CropBankSettings(
@@ -88,9 +98,9 @@ def crops_main(args: argparse.Namespace) -> int:
     )
     entries = _entries(args)
     miner = _miner(args) if args.seg_bundle is not None else None
-    print(f"crop bank {args.out}: {len(entries)} scans from {args.datalist} [{', '.join(args.key or ['training'])}]", flush=True)
+    print(f"crop bank {args.output_dir}: {len(entries)} scans from {args.datalist} [{', '.join(args.key or ['training'])}]", flush=True)
     summary = build_crop_bank(
-        entries, args.out, settings, candidates=args.candidates, miner=miner, hard_negatives=args.hard_negatives,
+        entries, args.output_dir, settings, candidates=args.candidates, miner=miner, hard_negatives=args.hard_negatives,
         log=lambda line: print(line, flush=True),
     )
     sources = ", ".join(f"{k} {v}" for k, v in sorted(summary["by_source"].items()))

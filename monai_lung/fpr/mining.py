@@ -1,9 +1,8 @@
 """Hard negatives for stage 2: the false-positive components of a trained stage-1 model.
 
 Random lung points are easy negatives; what stage 2 has to reject are the vessels, scars and pleural
-bumps that stage 1 mistakes for nodules. :class:`HardNegativeMiner` runs stage 1 on a scan
-(:func:`~monai_lung.detection.segment_probability` gated by the lung mask, then
-:func:`~monai_lung.detection.extract_candidates`) and :func:`label_candidates` labels each component
+bumps that stage 1 mistakes for nodules. :class:`HardNegativeMiner` runs the detector's stage 1 on a scan
+(:func:`~monai_lung.detection.detector.run_stage1`) and :func:`label_candidates` labels each component
 with the LUNA16 hit rule: 1 when its centre lies within the radius of an annotated nodule, -1 when it
 lies on an excluded finding (neither positive nor negative), 0 otherwise (a hard negative).
 """
@@ -22,10 +21,10 @@ import torch
 
 from monai_lung.datalist import entry_seriesuid
 from monai_lung.evaluation.froc import DEFAULT_EXCLUDED_DIAMETER_MM
-from monai_lung.io import voxel_spacing
+from monai_lung.detection.detector import DetectorConfig, run_stage1
+from monai_lung.transforms.preprocessing import ct_preprocessing
 from monai_lung.io.atomic import write_csv_atomic
 from monai_lung.networks import bundle_parser, resolve_device, stage_network
-from monai_lung.transforms.preprocessing import DEFAULT_HU_WINDOW
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +34,12 @@ MINED_COLUMNS = [
     "nodule_distance_mm",  # to the nearest annotated nodule centre (NaN: none in the scan)
     "label",  # 1 hit a nodule, 0 false positive (hard negative), -1 on an excluded finding
 ]
+
+#: the detector settings that change what stage 1 finds (part of a crop bank's fingerprint)
+STAGE1_FIELDS = (
+    "hu_window", "use_lung_mask", "roi_size", "overlap", "blend_mode", "seg_flip_axes", "seg_spacing", "seg_threshold",
+    "min_voxels", "max_candidates", "candidate_lung_margin_mm", "window_lung_margin_mm", "merge_distance_mm",
+)
 
 
 def label_candidates(
@@ -62,81 +67,60 @@ def label_candidates(
 class HardNegativeMiner:
     """Stage 1 over a preprocessed scan -> labelled candidates (hard negatives are ``label == 0``).
 
+    It runs :func:`~monai_lung.detection.detector.run_stage1`, the detector's own stage 1 with the detector's
+    settings (grid, threshold, lung masks, duplicate merging, cap), so that stage 2 trains on the false positives
+    of the stage 1 it will be deployed behind.
+
     Args:
-        network: the stage-1 UNet (2 output channels) in eval mode.
-        roi_size, sw_batch_size, overlap: sliding window, as in the stage-1 inference config.
-        threshold: probability above which voxels form candidate components.
-        min_voxels: smaller components are noise.
-        max_candidates: keep the most confident components per scan (None: all).
+        network: the stage-1 UNet (2 output channels).
+        config: the detector's settings (:class:`~monai_lung.detection.detector.DetectorConfig` or a dict of its
+            fields; None: its defaults, which the detection bundle uses).
         device: where windows run.
-        amp: float16 autocast on CUDA.
-        fingerprint: identifies the model in the crop bank's ``bank.json`` (a bank cut with another model is
-            refused instead of mixed).
+        fingerprint: identifies the model and settings in the crop bank's ``bank.json`` (a bank cut with another
+            model is refused instead of mixed).
     """
 
     def __init__(
-        self,
-        network: torch.nn.Module,
-        roi_size: Sequence[int] = (96, 96, 96),
-        sw_batch_size: int = 2,
-        overlap: float = 0.25,
-        threshold: float = 0.5,
-        min_voxels: int = 3,
-        max_candidates: int | None = 300,
-        device: torch.device | str = "cpu",
-        amp: bool = True,
+        self, network: torch.nn.Module, config: DetectorConfig | dict | None = None, device: torch.device | str = "cpu",
         fingerprint: str = "",
     ):
         self.network = network.eval()
-        self.roi_size, self.sw_batch_size, self.overlap = tuple(int(r) for r in roi_size), int(sw_batch_size), float(overlap)
-        self.threshold, self.min_voxels, self.max_candidates = float(threshold), int(min_voxels), max_candidates
-        self.device, self.amp, self.fingerprint = resolve_device(device), bool(amp), fingerprint
+        self.config = config if isinstance(config, DetectorConfig) else DetectorConfig.from_dict(config)
+        self.device, self.fingerprint = resolve_device(device), fingerprint
 
     @classmethod
     def from_bundle(
-        cls, bundle_dir: str | os.PathLike, device: torch.device | str = "cpu", weights: str | os.PathLike | None = None, **overrides
+        cls,
+        bundle_dir: str | os.PathLike,
+        device: torch.device | str = "cpu",
+        weights: str | os.PathLike | None = None,
+        detection_bundle: str | os.PathLike | None = None,
+        **overrides,
     ) -> "HardNegativeMiner":
-        """A miner running the stage-1 bundle's network with its inference settings (``roi_size``,
-        ``sw_batch_size``, ``overlap``, ``threshold`` from ``configs/inference.json``), ``overrides`` winning."""
+        """A miner running the stage-1 bundle's network with the detector settings of ``detection_bundle``'s
+        ``detector_config`` (None: :class:`DetectorConfig`'s defaults), ``overrides`` (its fields) winning."""
         network = stage_network(bundle_dir, weights=weights, device=device)
-        parser = bundle_parser(bundle_dir)
         weights = Path(weights) if weights is not None else Path(bundle_dir) / "models" / "model.pt"
-        settings = {}
-        for key in ("roi_size", "sw_batch_size", "overlap", "threshold"):
-            if key in parser.config:
-                settings[key] = parser.get_parsed_content(key)
+        settings = dict(bundle_parser(detection_bundle).get_parsed_content("detector_config")) if detection_bundle else {}
         settings.update(overrides)
+        config = DetectorConfig.from_dict(settings)
         digest = hashlib.sha1(weights.read_bytes()).hexdigest()[:12]  # weights are a few MB
-        return cls(network, device=device, fingerprint=f"{weights.name}:{digest}:{settings}", **settings)
+        stage1 = {k: v for k, v in config.to_dict().items() if k in STAGE1_FIELDS}
+        return cls(network, config, device=device, fingerprint=f"{weights.name}:{digest}:{stage1}")
 
-    def __call__(
-        self, image, entry: dict, lung: np.ndarray | None = None, candidate_mask: np.ndarray | None = None
-    ) -> pd.DataFrame:
+    def __call__(self, image, entry: dict) -> pd.DataFrame:
         """Labelled stage-1 candidates of one scan.
 
         Args:
-            image: (1, i, j, k) preprocessed MetaTensor (scaled CT; ``affine`` voxel -> world mm in ``meta["space"]``).
+            image: (1, i, j, k) preprocessed MetaTensor (scaled CT on the 1 mm grid; ``affine`` voxel -> world mm in
+                ``meta["space"]``).
             entry: its data-list entry (``seriesuid``, ``nodules``, ``excluded``; world LPS mm).
-            lung: optional (i, j, k) bool lung mask (windows outside it are skipped).
-            candidate_mask: optional (i, j, k) bool mask that candidate components must reach into (the
-                detector's tight lung mask, so that stage 2 learns the false positives it will be shown).
 
         Returns:
             DataFrame with :data:`MINED_COLUMNS`, most confident first.
         """
-        from monai_lung.detection import extract_candidates, segment_probability
-
-        prob = segment_probability(
-            self.network, image, lung=lung, roi_size=self.roi_size, sw_batch_size=self.sw_batch_size,
-            overlap=self.overlap, device="cpu", sw_device=self.device, amp=self.amp,
-        )
-        space = str(image.meta.get("space", "RAS")) if hasattr(image, "meta") else "RAS"
-        affine = image.affine.numpy() if hasattr(image, "affine") else np.eye(4)
-        cands = extract_candidates(
-            prob, affine, self.threshold, self.min_voxels, max_candidates=None, space=space, region=candidate_mask
-        )
-        if self.max_candidates is not None:
-            cands = cands.head(self.max_candidates).reset_index(drop=True)
+        cands = run_stage1(self.network, image, self.config, self.device).candidates
+        cands = cands.sort_values("peak_prob", ascending=False, kind="stable").reset_index(drop=True)
         cands.insert(0, "seriesuid", entry_seriesuid(entry))
         return label_candidates(cands, entry)[MINED_COLUMNS]
 
@@ -147,7 +131,7 @@ def mine_hard_negatives(
     output_csv: str | os.PathLike,
     cache_dir: str | os.PathLike | None = None,
     spacing: Sequence[float] = (1.0, 1.0, 1.0),
-    hu_window: Sequence[float] = DEFAULT_HU_WINDOW,
+    hu_window: Sequence[float] | None = None,
     log: Callable[[str], None] | None = None,
 ) -> pd.DataFrame:
     """Run ``miner`` on every scan and write all labelled candidates to ``output_csv`` (atomically).
@@ -158,16 +142,12 @@ def mine_hard_negatives(
     Returns:
         DataFrame with :data:`MINED_COLUMNS` (hard negatives: ``label == 0``).
     """
-    from monai_lung.detection.detector import DetectorConfig, scan_lung_masks
-    from monai_lung.transforms.preprocessing import ct_preprocessing
-
     log = log or logger.info
     output_csv = Path(output_csv)
     cache_dir = Path(cache_dir) if cache_dir is not None else output_csv.with_name(output_csv.stem + "_cache")
     cache_dir.mkdir(parents=True, exist_ok=True)
-    preprocess = ct_preprocessing("image", spacing=spacing, hu_window=hu_window)
-    # the detector's own masks: windows over the generous one, candidates inside the tight one
-    masks_config = DetectorConfig(hu_window=tuple(hu_window))
+    # the window the detector scales with, unless given
+    preprocess = ct_preprocessing("image", spacing=spacing, hu_window=hu_window or miner.config.hu_window)
     entries = list(entries)
     frames = []
     for n, entry in enumerate(entries, start=1):
@@ -177,8 +157,7 @@ def mine_hard_negatives(
             frames.append(pd.read_csv(cache, dtype={"seriesuid": str}))
             continue
         image = preprocess({"image": entry["image"]})["image"]
-        lung, core = scan_lung_masks(image, voxel_spacing(image), masks_config)
-        mined = miner(image, entry, lung=lung, candidate_mask=core)
+        mined = miner(image, entry)
         write_csv_atomic(cache, mined)
         frames.append(mined)
         log(
