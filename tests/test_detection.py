@@ -156,7 +156,7 @@ def test_bad_scans_are_recorded_and_the_run_goes_on(models, tmp_path):
     log = run_cmd([sys.executable, "-m", "monai_lung", "detect", *images, "--models", str(models["det"]), "--output", str(out),
                    "--device", "cpu", "--no-progress", "--set", "roi_size=[64,64,64]"])
     assert "1 scans processed" in log and "5 failed" in log
-    failures = pd.read_csv(out.with_name("failures.csv"), dtype=str, keep_default_na=False).set_index("seriesuid")["error"].to_dict()
+    failures = pd.read_csv(out.with_name(out.stem + "_failures.csv"), dtype=str, keep_default_na=False).set_index("seriesuid")["error"].to_dict()
     assert "truncated data file" in failures["truncated"]
     assert "3D" in failures["flat"]
     assert "NaN" in failures["nan"]

@@ -10,7 +10,7 @@ import torch
 from monai.networks.nets import UNet
 
 from monai_lung.detection import LungGatedPredictor, extract_candidates, merge_close_candidates, segment_probability
-from monai_lung.io import index_to_world
+from monai_lung.io import DataError, index_to_world
 from monai_lung.detection.detector import FINAL_SCORES, DetectorConfig, final_score, stage1_candidates
 from monai_lung.transforms import balanced_indices, lung_mask, lung_masks
 
@@ -335,7 +335,7 @@ def test_batch_prefetch_gives_each_scan_its_own_volume_and_records_bad_ones(tmp_
     stats = run_batch(detect, items, out, progress=False, prepare=prepare, prefetch=prefetch)
     assert stats["processed"] == 3 and stats["failed"] == 1
     assert seen == [s.stem for s in scans]
-    failures = pd.read_csv(out.with_name("failures.csv"), dtype=str, keep_default_na=False)
+    failures = pd.read_csv(out.with_name(out.stem + "_failures.csv"), dtype=str, keep_default_na=False)
     assert failures["seriesuid"].tolist() == ["broken"] and "broken.mhd" in failures["error"].iloc[0]
     for scan in scans:  # the grid each scan was detected on is its own, resampled to 1 mm
         result = pd.read_json(out.with_name("preds_scans") / f"{scan.stem}.json", typ="series")
@@ -497,3 +497,21 @@ def test_stage2_crops_its_own_grid_around_the_candidates_world_point():
     for bad in ([0.8, 0.8], [0.8, 0.0, 0.8], [float("inf")] * 3):
         with pytest.raises(ValueError, match="cls_spacing"):
             DetectorConfig.from_dict({"cls_spacing": bad})
+
+
+def test_two_batch_runs_into_one_folder_keep_their_own_failure_records(tmp_path):
+    """The failures file is named after the output (``<stem>_failures.csv``), like the per-scan folder: a second run
+    into the same folder (another data-list key) no longer erases the first run's records."""
+    from monai_lung.detection.batch import ScanItem, failures_path_for, run_batch
+
+    def detect(item):
+        raise DataError(item.image, f"unreadable ({item.seriesuid})")
+
+    runs = {"test": [ScanItem("a", "a.mhd")], "validation": [ScanItem("b", "b.mhd"), ScanItem("c", "c.mhd")]}
+    for key, items in runs.items():
+        assert run_batch(detect, items, tmp_path / f"preds_{key}.csv", progress=False)["failed"] == len(items)
+    for key, items in runs.items():
+        path = failures_path_for(tmp_path / f"preds_{key}.csv")
+        assert path == tmp_path / f"preds_{key}_failures.csv"
+        assert pd.read_csv(path, dtype=str)["seriesuid"].tolist() == [i.seriesuid for i in items]
+    assert not (tmp_path / "failures.csv").exists()

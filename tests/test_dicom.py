@@ -381,7 +381,7 @@ def test_pacs_round_trip_with_a_failed_store_and_a_rerun(untrained_models, tmp_p
     items, hook, failed = dicom_items(parser.parse_args(["--dicomweb", down.dicomweb, *args, "--output", str(out)]))
     assert items == [] and hook is None
     run_batch(lambda item: {}, items, out, progress=False, prior_failures=failed)
-    failures = pd.read_csv(out.with_name("failures.csv"), dtype=str)
+    failures = pd.read_csv(out.with_name(out.stem + "_failures.csv"), dtype=str)
     assert list(failures.seriesuid) == [study_uid] and "DICOMweb search (QIDO-RS)" in failures.error[0]
     assert down.dicomweb in failures.error[0] and "\n" not in failures.error[0]
 
@@ -399,7 +399,7 @@ def test_pacs_round_trip_with_a_failed_store_and_a_rerun(untrained_models, tmp_p
         assert marker.exists(), proc.communicate()[0][-3000:]
     log = proc.communicate(timeout=600)[0]
     assert proc.returncode == 0, log[-3000:]
-    failures = pd.read_csv(out.with_name("failures.csv"), dtype=str)
+    failures = pd.read_csv(out.with_name(out.stem + "_failures.csv"), dtype=str)
     assert list(failures.seriesuid) == [SERIES_UID] and "STOW-RS" in failures.error[0], log[-3000:]
     assert (dicom_out / SERIES_UID / "sr.dcm").is_file() and not (tmp_path / "preds_scans" / f"{SERIES_UID}.json").exists()
 
@@ -407,7 +407,7 @@ def test_pacs_round_trip_with_a_failed_store_and_a_rerun(untrained_models, tmp_p
     with Orthanc(storage) as pacs:
         log = _detect(untrained_models, out, "--dicomweb", pacs.dicomweb, *args)
         assert "1 scans processed" in log
-        assert pd.read_csv(out.with_name("failures.csv")).empty
+        assert pd.read_csv(out.with_name(out.stem + "_failures.csv")).empty
         result = _check_outputs_match_csv(out)
         stored = set(result["dicom"]["stored"])
         series = requests.get(f"{pacs.dicomweb}/studies/{study_uid}/series", timeout=30).json()

@@ -7,13 +7,13 @@ Outputs for ``--output preds.csv``:
 - ``preds_scans/<seriesuid>.json``: one file per finished scan (findings with sizes and both stages'
   scores, timings). These are the ledger: a rerun skips scans that have one, so nothing is done twice
   and no row is ever duplicated;
-- ``failures.csv`` beside ``preds.csv``: ``seriesuid,image,error`` for scans that could not be processed
+- ``preds_failures.csv`` beside ``preds.csv``: ``seriesuid,image,error`` for scans that could not be processed
   (unreadable, not 3D, NaNs, smaller than a patch...). The run goes on with the other scans.
 - with a report dir: ``index.html``, a PNG per shown finding (``images/``) and per scan a 3D Slicer point list
   of the same findings (``slicer/<seriesuid>.mrk.json``, world LPS mm).
 
 Under ``torchrun`` each rank takes every WORLD_SIZE-th scan and writes its own JSON files and
-``failures.rank<R>.csv``; rank 0 merges them when all ranks are done.
+``preds_failures.rank<R>.csv``; rank 0 merges them when all ranks are done.
 """
 
 from __future__ import annotations
@@ -80,6 +80,13 @@ def scans_dir_for(output_csv: str | os.PathLike) -> Path:
     return output_csv.with_name(output_csv.stem + "_scans")
 
 
+def failures_path_for(output_csv: str | os.PathLike, rank: int | None = None) -> Path:
+    """``<stem>_failures.csv`` beside ``output_csv`` (``<stem>_failures.rank<R>.csv`` for one rank's part): named after
+    the output, like its per-scan folder, so that two runs into one folder keep their own failure records."""
+    output_csv = Path(output_csv)
+    return output_csv.with_name(output_csv.stem + "_failures" + ("" if rank is None else f".rank{rank}") + ".csv")
+
+
 def scan_result_rows(result: dict) -> list[dict]:
     """Submission rows of one scan's JSON result (:data:`OUTPUT_COLUMNS`; sizes NaN where a result has none)."""
     return [
@@ -105,7 +112,7 @@ def ledger_findings(scans_dir: str | os.PathLike) -> pd.DataFrame:
 
 
 def merge_outputs(items: Sequence[ScanItem], output_csv: str | os.PathLike, world_size: int = 1) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Write ``output_csv`` and ``failures.csv`` from the per-scan JSON files and the ranks' failure files."""
+    """Write ``output_csv`` and its failures file (:func:`failures_path_for`) from the per-scan JSON files and the ranks' failure files."""
     output_csv = Path(output_csv)
     scans_dir = scans_dir_for(output_csv)
     rows = []
@@ -117,13 +124,13 @@ def merge_outputs(items: Sequence[ScanItem], output_csv: str | os.PathLike, worl
     write_csv_atomic(output_csv, preds)
     failures = []
     for rank in range(world_size):
-        part = output_csv.with_name(f"failures.rank{rank}.csv")
+        part = failures_path_for(output_csv, rank)
         if part.is_file():
             failures.append(pd.read_csv(part, dtype=str, keep_default_na=False))
     fail = pd.concat(failures, ignore_index=True) if failures else pd.DataFrame(columns=["seriesuid", "image", "error"])
     done = {p.stem for p in scans_dir.glob("*.json")} if scans_dir.is_dir() else set()
     fail = fail[~fail["seriesuid"].isin(done)]  # a scan that failed before and succeeded on a rerun is not a failure
-    write_csv_atomic(output_csv.with_name("failures.csv"), fail)
+    write_csv_atomic(failures_path_for(output_csv), fail)
     return preds, fail
 
 
@@ -186,7 +193,7 @@ def run_batch(
     scans_dir = scans_dir_for(output_csv)
     scans_dir.mkdir(parents=True, exist_ok=True)
     mine = list(items)[rank::world_size]
-    failures_part = output_csv.with_name(f"failures.rank{rank}.csv")
+    failures_part = failures_path_for(output_csv, rank)
     failures: list[dict] = []
     stats = {"processed": 0, "skipped": 0, "failed": 0}
     start = time.perf_counter()
@@ -341,7 +348,7 @@ def write_report_index(output_csv: str | os.PathLike, report_dir: str | os.PathL
 
     output_csv = Path(output_csv)
     scans_dir = scans_dir_for(output_csv)
-    failures_path = output_csv.with_name("failures.csv")
+    failures_path = failures_path_for(output_csv)
     failed = pd.read_csv(failures_path, dtype=str, keep_default_na=False) if failures_path.is_file() else pd.DataFrame(columns=["seriesuid", "error"])
     errors = dict(zip(failed["seriesuid"], failed["error"]))
     scans = []

@@ -62,7 +62,7 @@ def _distributed() -> tuple[int, int, int]:
 def detect_main(args: argparse.Namespace) -> int:
     import torch
 
-    from monai_lung.detection.batch import detect_items, items_from_datalist, items_from_paths
+    from monai_lung.detection.batch import detect_items, failures_path_for, items_from_datalist, items_from_paths
     from monai_lung.detection.loading import load_detector
 
     if args.prefetch < 0:
@@ -108,7 +108,7 @@ def detect_main(args: argparse.Namespace) -> int:
         print(
             f"detect: {stats['processed']} scans processed, {stats['skipped']} already done, {stats['failed']} failed "
             f"in {stats['seconds']:.1f} s; {stats['predictions']} predictions in {args.output}"
-            + (f"; failures in {args.output.with_name('failures.csv')}" if stats.get("failures_total") else "")
+            + (f"; failures in {failures_path_for(args.output)}" if stats.get("failures_total") else "")
         )
     if world > 1:
         import torch.distributed as dist
