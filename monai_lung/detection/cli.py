@@ -18,7 +18,8 @@ def add_detect_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", type=Path, help="folder the data list's image paths are relative to")
     p.add_argument("--key", default="test", help="which list of the data list to process (default: test)")
     p.add_argument("--output", type=Path, required=True, help="LUNA16 submission CSV to write (world mm)")
-    p.add_argument("--models", type=Path, help="the two-stage detection bundle folder (its models/model.pt)")
+    p.add_argument("--det-bundle", "--models", dest="models", type=Path, metavar="DET_BUNDLE",
+                   help="the trained two-stage detection bundle folder (its models/model.pt)")
     p.add_argument("--seg-bundle", type=Path, help="stage-1 bundle folder (with --cls-bundle, instead of --models)")
     p.add_argument("--cls-bundle", type=Path, help="stage-2 bundle folder")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
@@ -76,7 +77,7 @@ def detect_main(args: argparse.Namespace) -> int:
     if args.dicomweb and args.dicom_out is None:
         raise SystemExit("monai-lung detect: --dicomweb needs --dicom-out (the pulled study and the SR/SEG go there)")
     if args.models is None and not (args.seg_bundle and args.cls_bundle):
-        raise SystemExit("monai-lung detect: give --models DIR, or both --seg-bundle and --cls-bundle")
+        raise SystemExit("monai-lung detect: give --det-bundle DIR, or both --seg-bundle and --cls-bundle")
     rank, world, local_rank = _distributed()
     device = args.device
     if world > 1 and device in ("auto", "cuda") and torch.cuda.is_available():

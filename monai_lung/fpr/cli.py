@@ -131,7 +131,8 @@ def hard_negatives_main(args: argparse.Namespace) -> int:
 
 def add_score_arguments(parser: argparse.ArgumentParser) -> None:
     """``score --bundle B2 --points P.csv --output O.csv (--data-dir D | --datalist DL) [--tta]``."""
-    parser.add_argument("--bundle", type=Path, required=True, help="trained stage-2 bundle (configs/inference.json + models/model.pt)")
+    parser.add_argument("--cls-bundle", "--bundle", dest="bundle", type=Path, required=True, metavar="CLS_BUNDLE",
+                        help="trained stage-2 bundle (configs/inference.json + models/model.pt)")
     parser.add_argument("--weights", type=Path, default=None, help="weights (default: <bundle>/models/model.pt)")
     parser.add_argument("--points", type=Path, required=True, help="seriesuid,coordX,coordY,coordZ (world mm, LPS)")
     parser.add_argument("--output", type=Path, required=True, help="seriesuid,coordX,coordY,coordZ,probability")
