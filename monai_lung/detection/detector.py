@@ -31,6 +31,7 @@ from monai_lung.io.coords import voxel_spacing
 from monai_lung.io.errors import DataError
 from monai_lung.networks import resolve_device
 from monai_lung.transforms.lung_mask import lung_masks
+from monai_lung.transforms.preprocessing import DEFAULT_HU_WINDOW
 
 
 #: final-score rules of :func:`final_score` (``DetectorConfig.score``)
@@ -82,35 +83,27 @@ class DetectorConfig:
     """Detection parameters. Units: mm for sizes and distances; ``roi_size`` in voxels of stage 1's grid
     (``seg_spacing``), ``crop_size`` in voxels of stage 2's (``cls_spacing``)."""
 
-    hu_window: tuple[float, float] = (-1000.0, 400.0)
+    hu_window: tuple[float, float] = DEFAULT_HU_WINDOW
     use_lung_mask: bool = True  # False: the sliding window covers the whole scan
     roi_size: tuple[int, int, int] = (96, 96, 96)  # the UNet is fully convolutional: trained on 48^3, run on 96^3
     overlap: float = 0.25
     sw_batch_size: int = 4
     blend_mode: str = "gaussian"
-    # stage-1 test-time augmentation: the sliding window also runs on the scan flipped along these axes of
-    # the RAS grid (0: left-right, 1: front-back, 2: up-down; one pass each) and the probabilities are
-    # averaged; () runs once (default). It paid while stage 2 was weak (20 held-out scans, product CPM 0.571 ->
-    # 0.588); with the 32^3 stage 2, over 40 held-out scans and three stage-2 seeds, odds_product CPM was
-    # 0.698 without it and 0.700 with it, for 3x the sliding-window time (~2/3 of a scan's detection on a CPU)
+    # stage-1 test-time augmentation: the sliding window also runs on the scan flipped along these axes of the RAS
+    # grid (0: left-right, 1: front-back, 2: up-down) and the probabilities are averaged; off by default because with
+    # a strong stage 2 it costs a pass per axis for no measurable gain
     seg_flip_axes: tuple[int, ...] = ()
-    # the grid stage 1 runs on, mm per (i, j, k) voxel (the 1 mm scan zoomed, trilinear); None: the scan's own,
-    # the 1 mm training grid. On a finer grid nodules look larger to the UNet, which then finds more of the small
-    # ones it misses at 1 mm; stage 2 scores on its own grid (cls_spacing). Demo models, 40 held-out scans: 0.75
-    # put a candidate on 52 of 60 nodules instead of 49 (447 candidates per scan instead of 168) and raised the
-    # CPM from 0.710 to 0.726, for ~2x the detection time on a CPU (the detection bundle's guide)
+    # the grid stage 1 runs on, mm per (i, j, k) voxel (the 1 mm scan zoomed, trilinear; None: the 1 mm training
+    # grid): zoomed, small nodules look larger to the UNet, which then misses fewer of them
     seg_spacing: tuple[float, float, float] | None = (0.75, 0.75, 0.75)
-    # the grid stage 2 cuts its crop_size crops from, mm per (i, j, k) voxel (the 1 mm scan zoomed, trilinear);
-    # None: the scan's own 1 mm grid, where the classifier was trained. Its 32^3 crops then cover 25.6 mm and show
-    # every nodule 1.25x larger: demo models on 40 held-out scans, CPM 0.733 -> 0.757 with the demo's classifier
-    # and 0.724 -> 0.767 with a second one (stage-2 AUC 0.985 -> 0.993), mostly from the 3-5 mm nodules
+    # the grid stage 2 cuts its crop_size crops from (None: the 1 mm training grid): at 0.8 mm its 32^3 crops show
+    # every nodule 1.25x larger, which separates the 3-5 mm ones from vessels better
     cls_spacing: tuple[float, float, float] | None = (0.8, 0.8, 0.8)
-    # on the 0.75 mm grid the nodules' peaks are high (the demo's models: 0.95 or more for every nodule found),
-    # and 0.7 instead of 0.3 keeps them all with 176 instead of 447 candidates per scan, so the cap below no
-    # longer cuts any; on the 1 mm grid (seg_spacing None) use 0.3
+    # nodules peak high on the zoomed grid, so a high threshold keeps them with far fewer candidates; on the 1 mm
+    # grid (seg_spacing None) use ~0.3
     seg_threshold: float = 0.7
     min_voxels: int = 3
-    max_candidates: int = 600  # per scan, by stage-1 peak probability (stage 2 scores ~1,000 32^3 crops/s per flip on 2 CPU cores)
+    max_candidates: int = 600  # per scan, by stage-1 peak probability: bounds stage 2's cost on a noisy scan
     # a candidate's component must reach into the lungs (closed, so nodules on the pleura count) grown by this
     # many mm: the UNet's false positives are mostly in the chest wall and mediastinum next to the lungs.
     # Not the centre: a large juxta-pleural nodule's centre can lie outside the mask. None: anywhere (also
@@ -118,23 +111,15 @@ class DetectorConfig:
     candidate_lung_margin_mm: float | None = 4.0
     window_lung_margin_mm: float = 8.0  # where sliding windows run: the lungs grown by this
     merge_distance_mm: float = 5.0  # candidates closer than this are one finding (keeps the higher peak)
-    # the stage-2 classifier's patch_size (32^3: AUC 0.955-0.987 on the demo's held-out candidates vs 0.944-0.951
-    # at 48^3); the detection bundle must carry its classifier's, which `assemble` checks
+    # the stage-2 classifier's patch_size; the detection bundle must carry its classifier's, which `assemble` checks
     crop_size: tuple[int, int, int] = (32, 32, 32)
     cls_batch_size: int = 64
-    # stage 2 averages 4 flips (4x the stage-2 cost): demo candidates on 40 held-out scans, three stage-2 seeds,
-    # AUC 0.924-0.986 -> 0.951-0.989 and odds_product CPM 0.660-0.707 -> 0.676-0.719
-    tta: bool = True
+    tta: bool = True  # stage 2 averages 4 flips: steadier scores for 4x the stage-2 cost, which is small
     # final probability, one of FINAL_SCORES (see final_score). "odds_product" adds the two stages' log-odds, so a
-    # stage that is sure outweighs one that hesitates; "product" caps the result at the weaker stage. Demo's stage
-    # 1 (no flips) with three stage-2 seeds, 40 held-out scans: odds_product first in 7 of 9 seed-and-group CPMs
-    # (e.g. 20 new scans 0.874 / 0.851 / 0.709 / 0.754 for odds_product / product / stage 1 / stage 2, default
-    # seed); the detection bundle's guide has the table
+    # stage that is sure outweighs one that hesitates; "product" caps the result at the weaker stage
     score: str = "odds_product"
-    # odds_product's weight of the stage-1 log-odds. With the 60-epoch stage 2 (classification bundle 0.4.1), 40
-    # held-out scans and three stage-2 seeds, 0.5 gave CPM 0.757 / 0.729 / 0.738 against 0.748 / 0.726 / 0.719 at 1,
-    # and a later demo run's own models 0.675 / 0.630 against 0.651 / 0.613 (test / validation scans); 1 is the
-    # plain sum of log-odds (the detection bundle's guide)
+    # odds_product's weight of the stage-1 log-odds (1: their plain sum): stage 2 sees the candidate's surroundings
+    # and is the better judge, so stage 1 votes at half weight
     stage1_weight: float = 0.5
     min_probability: float = 0.0  # findings below this are not reported
     # how far (mm) a finding's measured segmentation may grow beyond its stage-1 component (monai_lung.detection.sizing)

@@ -12,6 +12,7 @@ from monai.inferers import sliding_window_inference
 
 from monai_lung.bundle_args import flag
 from monai_lung.io.coords import voxel_spacing
+from monai_lung.transforms.preprocessing import DEFAULT_HU_WINDOW
 
 
 class LungGatedPredictor(torch.nn.Module):
@@ -392,7 +393,7 @@ class LungSlidingWindowInferer:
         overlap: float = 0.25,
         mode: str = "gaussian",
         use_lung_mask: bool = True,
-        hu_window: Sequence[float] = (-1000.0, 400.0),
+        hu_window: Sequence[float] = DEFAULT_HU_WINDOW,
         sw_device: torch.device | str | None = None,
         device: torch.device | str | None = None,
     ):
