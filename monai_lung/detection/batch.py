@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterator, Sequence
 import pandas as pd
 
 from monai_lung.detection.sizing import size_band_lungrads_2022
-from monai_lung.datalist import entry_seriesuid
+from monai_lung.datalist import entry_seriesuid, load_datalist_entries
 from monai_lung.io import DataError, PREDICTION_COLUMNS, seriesuid_of, write_csv_atomic, write_json_atomic
 
 #: the predictions CSV's columns: LUNA16's five, then each finding's measured size (world mm), which LUNA16 tools ignore
@@ -49,8 +49,6 @@ class ScanItem:
 
 def items_from_datalist(datalist_file: str | os.PathLike, data_dir: str | os.PathLike | None, key: str = "test") -> list[ScanItem]:
     """Scans of list ``key`` of a Decathlon-style data list (image paths relative to ``data_dir``)."""
-    from monai_lung.datalist import load_datalist_entries
-
     entries = load_datalist_entries(datalist_file, key, data_dir)
     return [ScanItem(entry_seriesuid(e), str(e["image"])) for e in entries]
 

@@ -13,6 +13,7 @@ from monai.inferers import sliding_window_inference
 from monai_lung.bundle_args import flag
 from monai_lung.io.coords import voxel_spacing
 from monai_lung.transforms.preprocessing import DEFAULT_HU_WINDOW
+from monai_lung.transforms.lung_mask import lung_mask
 
 
 class LungGatedPredictor(torch.nn.Module):
@@ -403,8 +404,6 @@ class LungSlidingWindowInferer:
 
     def __call__(self, inputs: torch.Tensor, network: torch.nn.Module, *args, **kwargs) -> torch.Tensor:
         from monai.utils import convert_to_dst_type
-
-        from monai_lung.transforms.lung_mask import lung_mask
 
         outs = []
         for b in range(inputs.shape[0]):

@@ -46,9 +46,11 @@ import pandas as pd
 
 from monai_lung.datalist import entry_seriesuid
 from monai_lung.evaluation.froc import DEFAULT_EXCLUDED_DIAMETER_MM, within_radius
-from monai_lung.io import DataError, index_to_world, voxel_spacing, world_to_index
+from monai_lung.io import DataError, index_to_world, read_candidates, read_mined_candidates, voxel_spacing, world_to_index
 from monai_lung.io.atomic import atomic_path, write_csv_atomic, write_json_atomic
-from monai_lung.transforms.preprocessing import DEFAULT_HU_WINDOW
+from monai_lung.transforms.crops import extract_crops
+from monai_lung.transforms.lung_mask import lung_mask
+from monai_lung.transforms.preprocessing import DEFAULT_HU_WINDOW, ct_preprocessing
 
 logger = logging.getLogger(__name__)
 
@@ -247,8 +249,6 @@ def build_scan_crops(
         outside the scan), the point at voxel S // 2; and a DataFrame of N rows with :data:`INDEX_COLUMNS`
         (``row`` = 0..N-1).
     """
-    from monai_lung.transforms.crops import extract_crops
-
     uid = entry_seriesuid(entry)
     affine = image.affine.numpy() if hasattr(image, "affine") else np.eye(4)
     space = str(image.meta.get("space", "RAS")) if hasattr(image, "meta") else "RAS"
@@ -458,10 +458,6 @@ def build_crop_bank(
     Returns:
         ``{"scans": processed, "skipped": already finished, "crops": rows in the index, "by_source": {...}}``.
     """
-    from monai_lung.io import read_candidates, read_mined_candidates
-    from monai_lung.transforms.lung_mask import lung_mask
-    from monai_lung.transforms.preprocessing import ct_preprocessing
-
     settings = settings or CropBankSettings()
     log = log or logger.info
     bank = CropBank(bank_dir)

@@ -20,6 +20,7 @@ import pandas as pd
 import torch
 
 from monai_lung.datalist import entry_seriesuid
+from monai_lung.fpr.bank import away_from_findings, finding_arrays, nearest_distance
 from monai_lung.evaluation.froc import DEFAULT_EXCLUDED_DIAMETER_MM
 from monai_lung.detection.detector import DetectorConfig, run_stage1
 from monai_lung.transforms.preprocessing import ct_preprocessing
@@ -51,8 +52,6 @@ def label_candidates(
         candidates: rows with ``coordX, coordY, coordZ`` in world LPS mm (e.g. from ``extract_candidates``).
         entry: data-list entry; ``nodules`` / ``excluded`` centres world LPS mm, ``diameter_mm`` in mm.
     """
-    from monai_lung.fpr.bank import away_from_findings, finding_arrays, nearest_distance
-
     out = candidates.copy()
     pts = out[["coordX", "coordY", "coordZ"]].to_numpy(dtype=np.float64).reshape(-1, 3)
     nod_c, nod_r = finding_arrays(entry.get("nodules"))

@@ -17,6 +17,7 @@ from monai_lung.detection.scoring import score_points
 from monai_lung.datalist import entry_seriesuid, read_datalist
 from monai_lung.io import DataError, find_scans
 from monai_lung.io.luna16_csv import PREDICTION_COLUMNS, read_points, write_luna_csv
+from monai_lung.transforms.preprocessing import ct_preprocessing
 
 logger = logging.getLogger(__name__)
 
@@ -75,8 +76,6 @@ def score_points_csv(
     Returns:
         The written DataFrame.
     """
-    from monai_lung.transforms.preprocessing import ct_preprocessing
-
     log = log or logger.info
     amp, tta = flag(amp, "amp"), flag(tta, "tta")  # bundle overrides may be the strings "true"/"false"
     points = read_points(points_csv)

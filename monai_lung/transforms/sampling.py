@@ -33,6 +33,7 @@ from scipy import ndimage
 
 from monai_lung.io.coords import voxel_spacing, world_to_index
 from monai_lung.transforms.preprocessing import DEFAULT_HU_WINDOW
+from monai_lung.transforms.lung_mask import LUNG_MARGIN_MM, lung_masks
 
 
 def balanced_indices(
@@ -229,8 +230,6 @@ class NoduleSamplingIndicesd(MapTransform):
         image = np.asarray(img[0], dtype=np.float32)
         region = thick = None
         if self.use_lung_mask or self.thick_fraction > 0:
-            from monai_lung.transforms.lung_mask import LUNG_MARGIN_MM, lung_masks
-
             spacing = voxel_spacing(img)
             # one segmentation: the grown lungs (lung_mask's region) and the lungs themselves (thick vessels)
             grown, lungs = lung_masks(image, spacing, (LUNG_MARGIN_MM, 0.0), hu_window=self.hu_window)
