@@ -110,8 +110,10 @@ def scans_identity(data_dir: Path) -> dict:
 
 
 def bundle_identity(bundle: Path) -> dict:
-    """A bundle template's configs for a fingerprint (its weights and logs do not count)."""
-    return {"path": str(Path(bundle).resolve()), "configs": {p.name: file_identity(p)["sha256"] for p in sorted((Path(bundle) / "configs").glob("*.json"))}}
+    """A bundle template's configs for a fingerprint: what its training and inference read (not its weights, logs
+    or ``metadata.json``, whose version and changelog change with documentation too)."""
+    configs = sorted(p for p in (Path(bundle) / "configs").glob("*.json") if p.name != "metadata.json")
+    return {"path": str(Path(bundle).resolve()), "configs": {p.name: file_identity(p)["sha256"] for p in configs}}
 
 
 def copy_bundle(template: Path, target: Path, edits: dict | None = None) -> Path:
