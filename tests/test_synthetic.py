@@ -248,7 +248,6 @@ def test_nodule_diameters_follow_luna16s_size_distribution():
     assert capped.max() <= 9.0 and np.median(capped) < np.median(d)
 
 
-
 def test_a_fixed_slice_grid_is_drawn_on_not_resampled():
     """slice_spacing_mm / num_slices give the scan that many slices of that spacing (the anatomy fills their extent)."""
     scan = generate_scan(np.random.default_rng(5), size=64, slice_spacing_mm=0.6, num_slices=90)
@@ -262,6 +261,7 @@ def _drawn_slices(seed: int) -> int:
     from monai_lung.synthetic.geometry import sample_geometry
 
     return sample_geometry(np.random.default_rng(seed), 64).shape_zyx[0]
+
 
 # ------------------------------------------------------------------------------------------------ realistic default scan
 def test_default_geometry_like_real_ct(default_scan):
