@@ -202,6 +202,13 @@ def test_windows_without_lung_are_not_run_and_the_map_inside_the_lungs_is_the_fu
     np.testing.assert_allclose(whole.numpy()[lung], full.numpy()[lung], atol=1e-6)
     assert np.abs(whole.numpy() - full.numpy())[~lung].max() > 0.1  # outside, the skipped windows count as background
 
+    thin = torch.rand((1, 20, 40, 50))  # thinner than a window along i: padded like MONAI pads it, then cropped back
+    with torch.no_grad():
+        prob, box = lung_window_probability(net, thin, None, roi_size=(32, 32, 32))
+        monai_map = torch.softmax(lung_gated_logits(net, thin, None, roi_size=(32, 32, 32)), dim=0)[1]
+    assert prob.shape == (20, 40, 50) and box == (slice(0, 20), slice(0, 40), slice(0, 50))
+    np.testing.assert_allclose(prob.numpy(), monai_map.numpy(), atol=1e-6)
+
 
 def test_inference_network_folds_batch_norm_without_touching_the_original():
     from monai_lung.detection.segment import inference_network
