@@ -33,6 +33,7 @@ from monai_lung.io import (
     find_scans,
     read_annotations,
     read_excluded,
+    read_image_header,
     read_mined_candidates,
     seriesuid_of,
     world_to_sitk_index,
@@ -58,21 +59,11 @@ def fold_subsets(subsets: list[int], fold: int) -> tuple[int | None, int | None]
     return fold, val
 
 
-def _scan_header(path: Path) -> sitk.ImageFileReader:
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError:
-        raise DataError(path, "unreadable image header") from None
-    return reader
-
-
 def _check_inside(path: Path, points: np.ndarray, source: str, uid: str) -> None:
     """Raise when a world LPS point (N, 3) mm lies outside the scan at ``path`` (header only, no voxels read)."""
     if len(points) == 0:
         return
-    header = _scan_header(path)
+    header = read_image_header(path)
     image = sitk.Image([1] * header.GetDimension(), sitk.sitkUInt8)
     image.SetOrigin(header.GetOrigin())
     image.SetSpacing(header.GetSpacing())

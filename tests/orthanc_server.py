@@ -58,7 +58,7 @@ class Orthanc:
         deadline = time.time() + 30
         while time.time() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"Orthanc exited ({self.proc.returncode}): {(self.folder / f'orthanc-{self.port}.log').read_text()[-2000:]}")
+                raise RuntimeError(f"Orthanc exited ({self.proc.returncode}): {(self.folder / f'orthanc-{self.port}.log').read_text(encoding='utf-8')[-2000:]}")
             try:
                 if requests.get(f"{self.url}/system", timeout=1).ok:
                     return self

@@ -175,7 +175,7 @@ def test_stage_bundles_with_other_preprocessing_are_refused(models, tmp_path):
         cls = tmp_path / key / CLS
         shutil.copytree(models["cls"], cls)
         config = cls / "configs" / "inference.json"
-        settings = json.loads(config.read_text())
+        settings = json.loads(config.read_text(encoding="utf-8"))
         settings[key] = value
         config.write_text(json.dumps(settings))
         with pytest.raises(DataError, match=rf"inference.json.*{re.escape(f'{key} {value}')}.*differs"):
@@ -205,7 +205,7 @@ def test_assembling_refuses_another_crop_size_or_pooling(models, tmp_path):
         det = tmp_path / name / DET
         shutil.copytree(models["det"], det)
         config = det / "configs" / "inference.json"
-        settings = json.loads(config.read_text())
+        settings = json.loads(config.read_text(encoding="utf-8"))
         edit(settings)
         config.write_text(json.dumps(settings))
         before = (det / "models" / "model.pt").read_bytes()

@@ -363,7 +363,7 @@ def test_the_detection_bundle_takes_the_detector_defaults_from_one_place():
     from monai_lung.networks import bundle_parser
 
     bundle = REPO / "bundles/lung_nodule_ct_two_stage_detection"
-    config = json.loads((bundle / "configs/inference.json").read_text())["detector_config"]
+    config = json.loads((bundle / "configs/inference.json").read_text(encoding="utf-8"))["detector_config"]
     assert all(isinstance(v, str) and v.startswith("@") for v in config.values()), config
     parser = bundle_parser(bundle)
     loaded = DetectorConfig.from_dict(dict(parser.get_parsed_content("detector_config")))

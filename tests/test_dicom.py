@@ -328,7 +328,7 @@ def _detect(models: Path, out: Path, *args: str, check: bool = True) -> str:
 
 
 def _check_outputs_match_csv(out: Path, series_uid: str = SERIES_UID) -> dict:
-    result = json.loads((out.with_name(out.stem + "_scans") / f"{series_uid}.json").read_text())
+    result = json.loads((out.with_name(out.stem + "_scans") / f"{series_uid}.json").read_text(encoding="utf-8"))
     dicom = result["dicom"]
     preds = pd.read_csv(out, dtype={"seriesuid": str})
     assert list(preds.columns[:5]) == ["seriesuid", "coordX", "coordY", "coordZ", "probability"]
@@ -350,8 +350,8 @@ def test_detect_on_a_dicom_series_writes_sr_and_seg(untrained_models, tmp_path):
                   "--report-dir", str(report), "--max-report-findings", "2")
     assert f"series {SERIES_UID} chosen" in log
     # the sizes reach the review report and the 3D Slicer point list
-    assert "longest axial" in (report / "index.html").read_text() and "Lung-RADS v2022 size band" in (report / "index.html").read_text()
-    points = json.loads((report / "slicer" / f"{SERIES_UID}.mrk.json").read_text())["markups"][0]["controlPoints"]
+    assert "longest axial" in (report / "index.html").read_text(encoding="utf-8") and "Lung-RADS v2022 size band" in (report / "index.html").read_text(encoding="utf-8")
+    points = json.loads((report / "slicer" / f"{SERIES_UID}.mrk.json").read_text(encoding="utf-8"))["markups"][0]["controlPoints"]
     assert "volume" in points[0]["description"] and "longest axial" in points[0]["description"]
     result = _check_outputs_match_csv(out)
     dicom = result["dicom"]

@@ -116,7 +116,7 @@ def test_an_interrupted_run_resumes_and_its_bundle_detects(tmp_path, toy_data):
     work, bundle = tmp_path / "work", tmp_path / "out" / "lung_nodule_ct_two_stage_detection"
     first = _kill_when(train_args(toy_data, work, bundle), "[train] train_stage2 ...")
     assert [s for s in STEPS if f"[train] {s}: " in first] == STEPS[:4]
-    assert not (work / "train_stage2" / "step.json").read_text().count('"done"')
+    assert not (work / "train_stage2" / "step.json").read_text(encoding="utf-8").count('"done"')
 
     again = run_cmd(train_args(toy_data, work, bundle), timeout=900)
     kept = [s for s in STEPS if f"[train] {s}: done before" in again]

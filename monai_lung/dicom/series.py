@@ -30,6 +30,7 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 
 from monai_lung.io.errors import DataError
+from monai_lung.io.sitk_reader import read_image_header
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 MIN_SLICES = 30
@@ -213,14 +214,7 @@ def check_image_on_series(path: str | os.PathLike, info: SeriesInfo, tolerance_m
     """Refuse an image file (``.mhd``, ``.nii.gz``...) that does not cover the same world box as the series ``info``
     (e.g. a LUNA16 ``.mhd`` made from it): its first and last voxel centres must lie within ``tolerance_mm``
     (default: half the series' largest voxel step) of the series'. Reads the header only."""
-    import SimpleITK as sitk
-
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError:
-        raise DataError(path, "unreadable image header") from None
+    reader = read_image_header(path)
     size = np.asarray(reader.GetSize()[:3], dtype=np.float64)
     linear = np.asarray(reader.GetDirection(), dtype=np.float64).reshape(3, 3) @ np.diag(reader.GetSpacing()[:3])
     first = np.asarray(reader.GetOrigin()[:3], dtype=np.float64)

@@ -25,4 +25,4 @@ from monai_lung.io.luna16_csv import (
     write_luna_csv,
 )
 from monai_lung.io.scans import find_scans, seriesuid_of
-from monai_lung.io.sitk_reader import SimpleITKReader, lps_affine, read_sitk_image, resample_to_spacing
+from monai_lung.io.sitk_reader import SimpleITKReader, lps_affine, read_image_header, read_sitk_image, resample_to_spacing

@@ -31,6 +31,18 @@ from monai_lung.io.errors import DataError
 SUFFIXES = (".mhd", ".mha", ".nrrd", ".nhdr", ".nii", ".nii.gz", ".dcm")
 
 
+def read_image_header(path: str | os.PathLike) -> sitk.ImageFileReader:
+    """A reader holding the image file's header (size, spacing, origin, direction; ITK (x, y, z) order, world LPS
+    mm) without its voxels; an unreadable header raises :class:`DataError`."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        raise DataError(path, "unreadable image header") from None
+    return reader
+
+
 def read_sitk_image(path: str | os.PathLike, series_name: str = "") -> sitk.Image:
     """Read one image file or a DICOM series folder with SimpleITK; problems raise :class:`DataError`."""
     path = Path(path)

@@ -549,7 +549,7 @@ class TrainingRun:
 
         def make_datalist(folder: Path, resume: bool) -> None:
             write_datalist(self.datalist_file, datalist if datalist is not None else self.check())
-            counts = self.counts or {k: len(json.loads(self.datalist_file.read_text())[k]) for k in ("training", "validation", "test")}
+            counts = self.counts or {k: len(json.loads(self.datalist_file.read_text(encoding="utf-8"))[k]) for k in ("training", "validation", "test")}
             self._say("  " + ", ".join(f"{k}: {v} scans" for k, v in counts.items()))
 
         def train_stage1(folder: Path, resume: bool) -> None:
