@@ -159,6 +159,23 @@ def test_size_of_phantom_nodules_from_an_under_segmented_component(kind, bound_s
         assert abs(got["longest_axial_mm"] - ph["longest_axial_mm"]) <= 1.0 + 0.1 * d, f"{kind} {d} mm: axial {got['longest_axial_mm']:.2f}"
 
 
+def test_only_the_findings_asked_for_are_refined_on_the_ct():
+    """measure_findings(refine=...): a refined finding measures the nodule, an unrefined one its stage-1 component."""
+    from monai_lung.detection.candidates import extract_candidates
+    from monai_lung.detection.sizing import measure_findings
+
+    ph = size_phantom("solid", 12.0, rng=np.random.default_rng(3))
+    seed = phantom_seed(ph, 1.0)  # the component stops 1 mm inside the nodule's edge
+    prob = seed.astype(np.float32)
+    cands = extract_candidates(prob, ph["affine"], 0.5, 1)
+    assert len(cands) == 1
+    refined, _ = measure_findings(prob, ph["hu"], ph["affine"], cands, 0.5, refine=[True])
+    as_is, masks = measure_findings(prob, ph["hu"], ph["affine"], cands, 0.5, refine=[False])
+    assert abs(refined["diameter_mm"][0] / ph["diameter_mm"] - 1) < 0.03
+    assert as_is["diameter_mm"][0] == pytest.approx(measure_mask(seed, ph["affine"])["diameter_mm"], rel=1e-6)
+    assert as_is["diameter_mm"][0] < ph["diameter_mm"] - 1.0 and masks[0][1].sum() == seed.sum()
+
+
 def test_an_over_segmented_component_shrinks_to_the_nodule():
     for d in (6.0, 12.0, 25.0):
         ph = size_phantom("solid", d, rng=np.random.default_rng(int(d)))

@@ -124,6 +124,9 @@ class DetectorConfig:
     min_probability: float = 0.0  # findings below this are not reported
     # how far (mm) a finding's measured segmentation may grow beyond its stage-1 component (monai_lung.detection.sizing)
     size_reach_mm: float = 2.0
+    # the most probable findings get their size refined on the CT (the ones a reader, the report and the DICOM SR
+    # look at); the rest keep their stage-1 component's size, as refining each costs tens of milliseconds
+    size_refine_top_k: int = 50
     amp: bool = True  # float16 autocast on CUDA
     device: str = "auto"  # where the networks run: "auto" (CUDA when present), "cpu", "cuda", "cuda:1"
     keep_volume_on_cpu: bool = True  # stitch sliding-window output in host memory (large scans on small GPUs)
@@ -334,10 +337,11 @@ class TwoStageDetector:
         Returns:
             ``{"findings": DataFrame(coordX, coordY, coordZ [world LPS mm], diameter_mm, volume_mm3,
             longest_axial_mm, probability, stage1_peak, stage2_prob, mask, ...) sorted by probability,
-            "num_candidates": int, "timings_s": {"stage1_grid", "lung_mask", "sliding_window", "candidates", "sizing",
-            "stage2_grid", "classification"}, "mask_affine": 4x4, "mask_space": str}``. Sizes are the measured
+            "num_candidates": int, "timings_s": {"stage1_grid", "lung_mask", "sliding_window", "candidates",
+            "stage2_grid", "classification", "sizing"}, "mask_affine": 4x4, "mask_space": str}``. Sizes are the measured
             segmentation's (:mod:`monai_lung.detection.sizing`: equivalent-sphere diameter, volume, longest axial
-            diameter, mm); ``mask`` is ``(lo, bool crop)``, the segmentation in (i, j, k) voxels of the stage-1 grid
+            diameter, mm), refined on the CT for the ``size_refine_top_k`` most probable findings and the stage-1
+            component's for the others; ``mask`` is ``(lo, bool crop)``, the segmentation in (i, j, k) voxels of the stage-1 grid
             (``mask_affine``, world ``mask_space``) offset by ``lo``.
         """
         cfg = self.config
@@ -348,25 +352,14 @@ class TwoStageDetector:
         cands, prob, seg_image, affine = stage1.candidates, stage1.prob, stage1.image, stage1.affine
         timings = dict(stage1.timings)
 
-        t = time.perf_counter()
-        # sizes from each component refined on the CT (HU from the windowed image); masks stay on this grid
-        lo_hu, hi_hu = cfg.hu_window
-        window = seg_image[0]
-        sizes, masks = measure_findings(
-            prob, lambda sl: lo_hu + (hi_hu - lo_hu) * np.asarray(window[sl], dtype=np.float32), affine, cands,
-            cfg.seg_threshold, cfg.size_reach_mm,
-        )
-        cands = cands.assign(**sizes, mask=pd.Series(masks, index=cands.index, dtype=object))
-        timings["sizing"] = time.perf_counter() - t
-
-        del prob, stage1  # the stage-1 map is done with: free it before stage 2's grid
+        del stage1
 
         t = time.perf_counter()
-        # stage 2's own grid (cls_spacing): the candidates are world mm, so any grid over the same scan will do
+        # stage 2's own grid (cls_spacing): the candidates are world mm, so any grid over the same scan will do;
+        # the stage-1 grid stays for sizing the findings after stage 2
         if cfg.cls_spacing is not None and cfg.cls_spacing == cfg.seg_spacing:
             cls_image = seg_image  # one zoom serves both stages
         else:
-            del seg_image  # before the next zoom: a LUNA16-size scan on a fine grid takes a few hundred MB
             cls_image = image if cfg.cls_spacing is None else zoom_to_spacing(image, cfg.cls_spacing)
         timings["stage2_grid"] = time.perf_counter() - t
 
@@ -386,6 +379,18 @@ class TwoStageDetector:
         findings["probability"] = final_score(findings["stage1_peak"].to_numpy(), findings["stage2_prob"].to_numpy(), cfg.score, cfg.stage1_weight)
         findings = findings[findings["probability"] >= cfg.min_probability]
         findings = findings.sort_values("probability", ascending=False, kind="stable").reset_index(drop=True)
+        del cls_image
+
+        t = time.perf_counter()
+        # sizes of the reported findings (HU from the windowed stage-1 image); masks stay on the stage-1 grid
+        lo_hu, hi_hu = cfg.hu_window
+        window = seg_image[0]
+        sizes, masks = measure_findings(
+            prob, lambda sl: lo_hu + (hi_hu - lo_hu) * np.asarray(window[sl], dtype=np.float32), affine, findings,
+            cfg.seg_threshold, cfg.size_reach_mm, refine=np.arange(len(findings)) < cfg.size_refine_top_k,
+        )
+        findings = findings.assign(**sizes, mask=pd.Series(masks, index=findings.index, dtype=object))
+        timings["sizing"] = time.perf_counter() - t
         return {"findings": findings, "num_candidates": int(len(cands)), "timings_s": timings, "mask_affine": affine, "mask_space": space}
 
     def __call__(self, inputs, use_inferer: bool = True) -> list[dict]:

@@ -180,7 +180,9 @@ def component_crop(prob: np.ndarray, threshold: float, bbox_lo, bbox_hi, num_vox
     return lo, crop, labels == int(wanted[0])
 
 
-def measure_findings(prob: np.ndarray, hu, affine: np.ndarray, cands, threshold: float, reach_mm: float = 2.0) -> tuple[dict, list]:
+def measure_findings(
+    prob: np.ndarray, hu, affine: np.ndarray, cands, threshold: float, reach_mm: float = 2.0, refine=None
+) -> tuple[dict, list]:
     """Sizes and masks of candidates from :func:`~monai_lung.detection.candidates.extract_candidates`.
 
     Args:
@@ -188,6 +190,8 @@ def measure_findings(prob: np.ndarray, hu, affine: np.ndarray, cands, threshold:
             ``slices -> HU crop``, so a windowed tensor need not be converted whole).
         affine: the grid's (i, j, k) -> world mm affine; ``cands``: a frame with ``bbox_lo_*``, ``bbox_hi_*``,
             ``num_voxels`` and ``index_*`` columns; ``threshold``: the probability the components were cut at.
+        refine: (N,) bool, which candidates get their component refined on the CT (:func:`refine_mask`); the others
+            are measured on their stage-1 component as it is. None: all.
 
     Returns ``({field: (N,) array for SIZE_FIELDS}, [(lo (3,) int, bool mask crop) per candidate])``: masks in
     (i, j, k) voxels of ``prob``'s grid, offset by ``lo``.
@@ -203,7 +207,8 @@ def measure_findings(prob: np.ndarray, hu, affine: np.ndarray, cands, threshold:
             prob, threshold, (row.bbox_lo_i, row.bbox_lo_j, row.bbox_lo_k), (row.bbox_hi_i, row.bbox_hi_j, row.bbox_hi_k),
             row.num_voxels, (row.index_i, row.index_j, row.index_k), margin,
         )
-        mask, _ = refine_mask(get_hu(crop), affine, seed, reach_mm) if seed.any() else (seed, 0.0)
+        refined = refine is None or bool(refine[n])
+        mask, _ = refine_mask(get_hu(crop), affine, seed, reach_mm) if refined and seed.any() else (seed, 0.0)
         for key, value in measure_mask(mask, affine).items():
             sizes[key][n] = value
         masks.append((lo, mask))
