@@ -1,7 +1,7 @@
 """Stage-1 recall benchmark: share of test nodules that the UNet's candidates find, and candidates per scan.
 
-    python benchmarks/stage1_recall.py --bundle bundles/lung_nodule_ct_segmentation \
-        --data-dir demo_output/data --datalist data_lists/demo_fold0.json --key test
+    python benchmarks/stage1_recall.py --bundle demo_output/finetune_stage1/lung_nodule_ct_segmentation \
+        --data-dir demo_output/data --datalist demo_output/datalist/datalist.json --key test
 
 A nodule is found when a candidate's centre lies within its radius (the LUNA16 hit rule), candidates
 being the connected components of the lung-gated sliding-window probability map (threshold, minimum

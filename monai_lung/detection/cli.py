@@ -20,7 +20,7 @@ def add_detect_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", type=Path, required=True, help="LUNA16 submission CSV to write (world mm)")
     p.add_argument("--det-bundle", "--models", dest="models", type=Path, metavar="DET_BUNDLE",
                    help="the trained two-stage detection bundle folder (its models/model.pt)")
-    p.add_argument("--seg-bundle", type=Path, help="stage-1 bundle folder (with --cls-bundle, instead of --models)")
+    p.add_argument("--seg-bundle", type=Path, help="stage-1 bundle folder (with --cls-bundle, instead of --det-bundle)")
     p.add_argument("--cls-bundle", type=Path, help="stage-2 bundle folder")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
     p.add_argument("--report-dir", type=Path, help="write one PNG per finding and an index.html here")

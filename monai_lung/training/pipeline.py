@@ -499,7 +499,7 @@ class TrainingRun:
         if self.o.nproc > 1:
             head += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={self.o.nproc}"]
         cmd = [*head, "-m", "monai_lung", "detect", "--datalist", str(self.datalist_file), "--data-dir", str(self.data_dir), "--key", "test",
-               "--models", str(self.bundle), "--output", str(self.predictions), "--device", self.o.device]
+               "--det-bundle", str(self.bundle), "--output", str(self.predictions), "--device", self.o.device]
         if s["detect_report"]:
             cmd += ["--report-dir", str(self.work / "detect" / "report")]
         for key, value in s["detect_overrides"].items():
