@@ -334,12 +334,6 @@ def write_scan_markups(report_dir: str | os.PathLike, seriesuid: str, findings: 
     return relative.as_posix()
 
 
-def scan_detector(detector, preprocess: Callable[[dict], dict], report_dir: str | os.PathLike | None = None, max_report_findings: int = 10):
-    """``item -> result dict`` for :func:`run_batch`: both steps of :func:`scan_steps` in turn, in this thread."""
-    prepare, detect = scan_steps(detector, preprocess, report_dir, max_report_findings)
-    return lambda item: detect(item, prepare(item))
-
-
 def write_report_index(output_csv: str | os.PathLike, report_dir: str | os.PathLike, items: Sequence[ScanItem]) -> Path:
     """``report_dir/index.html`` over every scan of ``items``: their findings' pictures, or their failure."""
     from monai_lung.report.html import write_index_html
