@@ -89,7 +89,7 @@ def inspect_installation(python: Path, timeout: float = 120.0) -> Installation:
     Raises RuntimeError with the interpreter's output when monailabel does not import there: a broken venv is a
     failure, not a reason to skip.
     """
-    proc = subprocess.run([str(python), "-c", _INSTALL_PROBE], capture_output=True, text=True, timeout=timeout,
+    proc = subprocess.run([str(python), "-c", _INSTALL_PROBE], capture_output=True, encoding="utf-8", errors="replace", timeout=timeout,
                           env=_clean_env(), cwd="/")
     if proc.returncode != 0:
         raise RuntimeError(f"{python} cannot import monailabel (rebuild it with `{CREATE_COMMAND}`):\n"

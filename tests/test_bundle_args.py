@@ -78,7 +78,7 @@ def test_a_bundle_run_without_its_inputs_stops_with_one_line(tmp_path, bundle, o
     (tmp_path / "no_bank").mkdir()
     for key, value in overrides.items():
         args += [f"--{key}", value.format(tmp=tmp_path)]
-    done = subprocess.run(args, capture_output=True, text=True, timeout=300, cwd=str(tmp_path))
+    done = subprocess.run(args, capture_output=True, encoding="utf-8", errors="replace", timeout=300, cwd=str(tmp_path))
     assert done.returncode == 2, done.stderr[-3000:]
     errors = [line for line in done.stderr.splitlines() if "error" in line.lower() or "Traceback" in line]
     assert errors == [f"python -m monai.bundle run: error: {missing.format(tmp=tmp_path)} (build one with `monai-lung crops`) not found"

@@ -16,7 +16,7 @@ import pytest
      "monai-lung evaluate: error: "),
 ])
 def test_a_user_error_is_one_line_with_exit_code_2(tmp_path, args, line):
-    done = subprocess.run([sys.executable, "-m", "monai_lung", *args], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    done = subprocess.run([sys.executable, "-m", "monai_lung", *args], capture_output=True, encoding="utf-8", errors="replace", timeout=120, cwd=tmp_path)
     assert done.returncode == 2, done.stderr
     errors = [ln for ln in done.stderr.splitlines() if ln.startswith("monai-lung") or "Traceback" in ln]
     assert len(errors) == 1 and errors[0].startswith(line), done.stderr

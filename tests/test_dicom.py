@@ -38,7 +38,7 @@ needs_lidc = pytest.mark.skipif(not LIDC.is_dir(), reason="../shared/real_ct (th
 
 
 def dciodvfy_errors(path: Path) -> list[str]:
-    out = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=120)
+    out = subprocess.run(["dciodvfy", str(path)], capture_output=True, encoding="utf-8", errors="replace", timeout=120)
     return [ln for ln in (out.stdout + out.stderr).splitlines() if ln.startswith("Error")]
 
 
@@ -341,7 +341,7 @@ FAST = ["--device", "cpu", "--no-progress", "--prefetch", "0", "--set", "seg_spa
 
 def _detect(models: Path, out: Path, *args: str, check: bool = True) -> str:
     cmd = [sys.executable, "-m", "monai_lung", "detect", *args, "--models", str(models), "--output", str(out), *FAST]
-    return run_cmd(cmd, timeout=600) if check else subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=str(REPO)).stdout
+    return run_cmd(cmd, timeout=600) if check else subprocess.run(cmd, capture_output=True, encoding="utf-8", errors="replace", timeout=600, cwd=str(REPO)).stdout
 
 
 def _check_outputs_match_csv(out: Path, series_uid: str = SERIES_UID) -> dict:
@@ -408,7 +408,7 @@ def test_pacs_round_trip_with_a_failed_store_and_a_rerun(untrained_models, tmp_p
         assert pacs.upload(sorted((LIDC / "dicom").glob("*.dcm"))) == 133
         cmd = [sys.executable, "-m", "monai_lung", "detect", "--dicomweb", pacs.dicomweb, *args, "--models", str(untrained_models),
                "--output", str(out), *FAST]
-        proc = subprocess.Popen(cmd, cwd=str(REPO), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.Popen(cmd, cwd=str(REPO), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, encoding="utf-8", errors="replace")
         marker = dicom_out / ".dicomweb" / study_uid / ".complete"
         deadline = time.time() + 300
         while not marker.exists() and proc.poll() is None and time.time() < deadline:

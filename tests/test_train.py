@@ -91,16 +91,20 @@ def test_dry_run_prints_every_step_and_bundle_override(tmp_path, toy_data, capsy
     assert "-m monai_lung detect" in log and not (tmp_path / "w").exists()
 
 
-def _kill_when(args: list[str], line: str, timeout: float = 600) -> str:
-    """Start ``args``; once a line of its output contains ``line``, kill it and its children; return the output."""
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV, cwd=str(REPO),
+def _kill_when(args: list[str], line: str, timeout: float = 600, log: Path | None = None, log_text: str = "") -> str:
+    """Start ``args``; once a line of its output contains ``line`` (and then, with ``log``, once that file contains
+    ``log_text``), kill it and its children; return the output."""
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, encoding="utf-8", errors="replace", env=ENV, cwd=str(REPO),
                             start_new_session=True)
     out, start = [], time.monotonic()
     try:
         for text in proc.stdout:
             out.append(text)
             if line in text:
-                time.sleep(8)  # well into the step: its command has started
+                # the step's command is running: kill it mid-way, however fast this machine finishes a toy epoch
+                while log is not None and log_text not in (log.read_text(encoding="utf-8", errors="replace") if log.is_file() else ""):
+                    assert time.monotonic() - start < timeout, "".join(out)[-3000:]
+                    time.sleep(0.1)
                 break
             assert time.monotonic() - start < timeout, "".join(out)[-3000:]
         else:
@@ -114,7 +118,8 @@ def _kill_when(args: list[str], line: str, timeout: float = 600) -> str:
 @pytest.mark.slow
 def test_an_interrupted_run_resumes_and_its_bundle_detects(tmp_path, toy_data):
     work, bundle = tmp_path / "work", tmp_path / "out" / "lung_nodule_ct_two_stage_detection"
-    first = _kill_when(train_args(toy_data, work, bundle), "[train] train_stage2 ...")
+    first = _kill_when(train_args(toy_data, work, bundle), "[train] train_stage2 ...", log=work / "train_stage2" / "log.txt",
+                       log_text="Epoch: 1/")
     assert [s for s in STEPS if f"[train] {s}: " in first] == STEPS[:4]
     assert not (work / "train_stage2" / "step.json").read_text(encoding="utf-8").count('"done"')
 
@@ -139,7 +144,7 @@ def test_an_interrupted_run_resumes_and_its_bundle_detects(tmp_path, toy_data):
 
     # other settings in the same work dir: refused, naming them; with --update only the steps they change run again
     changed = train_args(toy_data, work, bundle, settings={**TOY, "bootstrap": 20})
-    refused = subprocess.run(changed, capture_output=True, text=True, env=ENV, cwd=str(REPO), timeout=300)
+    refused = subprocess.run(changed, capture_output=True, encoding="utf-8", errors="replace", env=ENV, cwd=str(REPO), timeout=300)
     assert refused.returncode == 2 and "bootstrap 10 -> 20" in refused.stderr
     third = run_cmd(changed + ["--update"], timeout=600)
     assert [s for s in STEPS if f"[train] {s}: done before" in third] == STEPS[:-1]
@@ -147,7 +152,7 @@ def test_an_interrupted_run_resumes_and_its_bundle_detects(tmp_path, toy_data):
 
     # a failing step: exit code 1, one line naming the command and its log, the failure recorded in the summary
     broken = train_args(toy_data, work, bundle, "--update", settings={**TOY, "bootstrap": 20, "stage2_overrides": {"learning_rate": "oops"}})
-    proc = subprocess.run(broken, capture_output=True, text=True, env=ENV, cwd=str(REPO), timeout=600)
+    proc = subprocess.run(broken, capture_output=True, encoding="utf-8", errors="replace", env=ENV, cwd=str(REPO), timeout=600)
     assert proc.returncode == 1
     assert f"monai-lung train: a step failed: monai.bundle run exited with 1; its log: {work / 'train_stage2' / 'log.txt'}" in proc.stderr
     summary = json.loads((work / "train_summary.json").read_text(encoding="utf-8"))

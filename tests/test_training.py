@@ -94,6 +94,6 @@ def test_ranks_exit_cleanly_right_after_their_last_gather(tmp_path):
     for attempt in range(3):
         proc = subprocess.run(
             [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=3", str(script), "shutdown"],
-            capture_output=True, text=True, timeout=120, env=env,
+            capture_output=True, encoding="utf-8", errors="replace", timeout=120, env=env,
         )
         assert proc.returncode == 0, f"attempt {attempt}: exit {proc.returncode}\n{proc.stderr[-3000:]}"
