@@ -124,9 +124,9 @@ class DetectorConfig:
     min_probability: float = 0.0  # findings below this are not reported
     # how far (mm) a finding's measured segmentation may grow beyond its stage-1 component (monai_lung.detection.sizing)
     size_reach_mm: float = 2.0
-    # the most probable findings get their size refined on the CT (the ones a reader, the report and the DICOM SR
-    # look at); the rest keep their stage-1 component's size, as refining each costs tens of milliseconds
-    size_refine_top_k: int = 50
+    # the most probable findings get their size refined on the CT (twice what the report and the DICOM SR show by
+    # default); the rest keep their stage-1 component's size, as refining each costs tens of milliseconds
+    size_refine_top_k: int = 20
     amp: bool = True  # float16 autocast on CUDA
     device: str = "auto"  # where the networks run: "auto" (CUDA when present), "cpu", "cuda", "cuda:1"
     keep_volume_on_cpu: bool = True  # stitch sliding-window output in host memory (large scans on small GPUs)
