@@ -347,9 +347,8 @@ class TwoStageDetector:
         cfg = self.config
         source = image.meta.get("filename_or_obj") if hasattr(image, "meta") else None
         check_scan(image, source, cfg.crop_size)
-        space = str(image.meta.get("space", "RAS")) if hasattr(image, "meta") else "RAS"
         stage1 = run_stage1(self.network.segmenter, image, cfg, self.device)
-        cands, prob, seg_image, affine = stage1.candidates, stage1.prob, stage1.image, stage1.affine
+        cands, prob, seg_image, affine, space = stage1.candidates, stage1.prob, stage1.image, stage1.affine, stage1.space
         timings = dict(stage1.timings)
 
         del stage1

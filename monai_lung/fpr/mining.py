@@ -118,8 +118,7 @@ class HardNegativeMiner:
         Returns:
             DataFrame with :data:`MINED_COLUMNS`, most confident first.
         """
-        cands = run_stage1(self.network, image, self.config, self.device).candidates
-        cands = cands.sort_values("peak_prob", ascending=False, kind="stable").reset_index(drop=True)
+        cands = run_stage1(self.network, image, self.config, self.device).candidates  # highest peak first
         cands.insert(0, "seriesuid", entry_seriesuid(entry))
         return label_candidates(cands, entry)[MINED_COLUMNS]
 
