@@ -54,13 +54,13 @@ def make_phantom(out_dir: Path, seed: int, slices: int | None = None, slice_spac
 
 def window_counts(detector, image) -> dict:
     """Stage 1's sliding windows on ``image`` (a preprocessed scan): over the lungs' box, and how many hold lung."""
-    from monai_lung.detection.detector import scan_lung_masks
-    from monai_lung.detection.segment import lung_box, window_slices, zoom_to_spacing
     from monai_lung.io.coords import voxel_spacing
+    from monai_lung.stage1.inferer import lung_box, stage1_lung_masks, window_slices
+    from monai_lung.transforms.zoom import zoom_to_spacing
 
     cfg = detector.config
     seg = image if cfg.seg_spacing is None else zoom_to_spacing(image, cfg.seg_spacing)
-    lung, _ = scan_lung_masks(seg, voxel_spacing(seg), cfg)
+    lung, _ = stage1_lung_masks(seg, voxel_spacing(seg), cfg, candidates=False)
     shape = tuple(seg.shape[1:])
     box = lung_box(lung, [r // 4 for r in cfg.roi_size], shape) if lung is not None else tuple(slice(0, s) for s in shape)
     size = [max(b.stop - b.start, r) for b, r in zip(box, cfg.roi_size)]

@@ -15,7 +15,7 @@ in a child process, data loading included) and stops it once the process tree ha
 (user + system time of the trainer and its data workers; building the in-memory cache of resampled
 scans is timed and reported apart, as it is done once per data set and kept on disk for LUNA16).
 
-Stage 1 is the detector's own (:func:`monai_lung.detection.detector.run_stage1`), with the detector's defaults
+Stage 1 is the detector's own (:func:`monai_lung.stage1.run.run_stage1`), with the detector's defaults
 unless an option here changes them.
 """
 
@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from monai_lung.datalist import load_datalist_entries
-from monai_lung.detection.detector import DetectorConfig, run_stage1, stage1_candidates
+from monai_lung.stage1 import Stage1Config, run_stage1, stage1_candidates
 from monai_lung.io.coords import world_to_index
 from monai_lung.networks import stage_network
 from monai_lung.training.checkpoints import latest_checkpoint
@@ -98,9 +98,9 @@ def train_with_budget(bundle: Path, work: Path, args: argparse.Namespace) -> Pat
     return copy
 
 
-def probability_maps(bundle: Path, entries: list[dict], cfg: DetectorConfig):
-    """Yields (entry, :class:`~monai_lung.detection.detector.Stage1Result`, seconds) per scan: the detector's own
-    stage 1 (:func:`~monai_lung.detection.detector.run_stage1`) with ``cfg``, preprocessing included in the seconds."""
+def probability_maps(bundle: Path, entries: list[dict], cfg: Stage1Config):
+    """Yields (entry, :class:`~monai_lung.stage1.run.Stage1Result`, seconds) per scan: the detector's own
+    stage 1 (:func:`~monai_lung.stage1.run.run_stage1`) with ``cfg``, preprocessing included in the seconds."""
     network = stage_network(str(bundle))
     prep = ct_preprocessing()
     for entry in entries:
@@ -123,18 +123,18 @@ def main() -> None:
         help="order of a scan's candidates for the cap: peak probability (the detector's), shape_score "
         "(mean probability x volume^0.3 / elongation: round, sure components first)",
     )
-    p.add_argument("--min-voxels", type=int, default=DetectorConfig.min_voxels)
+    p.add_argument("--min-voxels", type=int, default=Stage1Config.min_voxels)
     p.add_argument(
-        "--candidate-lung-margin", type=float, default=DetectorConfig.candidate_lung_margin_mm,
+        "--candidate-lung-margin", type=float, default=Stage1Config.candidate_lung_margin_mm,
         help="mm; candidate centres must lie in the lungs grown by this (negative: anywhere)",
     )
-    p.add_argument("--roi", type=int, default=DetectorConfig.roi_size[0], help="sliding-window edge (voxels)")
+    p.add_argument("--roi", type=int, default=Stage1Config.roi_size[0], help="sliding-window edge (voxels)")
     p.add_argument(
-        "--seg-spacing", type=float, default=DetectorConfig.seg_spacing[0],
+        "--seg-spacing", type=float, default=Stage1Config.seg_spacing[0],
         help="the isotropic grid stage 1 runs on (mm; the detector's seg_spacing; 0: the 1 mm training grid)",
     )
     p.add_argument(
-        "--flip-axes", default=",".join(map(str, DetectorConfig.seg_flip_axes)),
+        "--flip-axes", default=",".join(map(str, Stage1Config.seg_flip_axes)),
         help="stage-1 flip test-time augmentation as the detector runs it (comma-separated axes; '' for none)",
     )
     p.add_argument("--threads", type=int, default=2)
@@ -148,7 +148,7 @@ def main() -> None:
     margin = None if args.candidate_lung_margin < 0 else args.candidate_lung_margin
     thresholds = [float(t) for t in args.thresholds.split(",")]
     # the detector's stage 1 with the benchmark's grid, window size and flips; every component kept (no cap)
-    args.detector_config = DetectorConfig(
+    args.detector_config = Stage1Config(
         candidate_lung_margin_mm=margin, min_voxels=args.min_voxels, max_candidates=10**6, seg_threshold=min(thresholds),
         seg_spacing=(args.seg_spacing,) * 3 if args.seg_spacing else None, roi_size=(args.roi,) * 3, seg_flip_axes=args.flip_axes,
     )

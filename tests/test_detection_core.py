@@ -9,9 +9,9 @@ import pytest
 import torch
 from monai.networks.nets import UNet
 
-from monai_lung.detection import LungGatedPredictor, extract_candidates, merge_close_candidates, segment_probability
 from monai_lung.io import DataError, index_to_world
-from monai_lung.detection.detector import FINAL_SCORES, DetectorConfig, final_score, stage1_candidates
+from monai_lung.detection.detector import FINAL_SCORES, DetectorConfig, final_score
+from monai_lung.stage1 import BACKGROUND_LOGIT, LungSlidingWindowInferer, Stage1Config, extract_candidates, merge_close_candidates, stage1_candidates
 from monai_lung.transforms import balanced_indices, lung_mask, lung_masks
 
 
@@ -125,29 +125,32 @@ def test_a_large_pleural_nodule_whose_centre_is_outside_the_lung_mask_stays_a_ca
         extract_candidates(prob, np.eye(4), region=tight[:-1])
 
 
-def test_gated_predictor_skips_windows_without_lung():
-    calls = []
+class _Counting(torch.nn.Module):
+    """Records the batch size of every call of ``inner``."""
 
-    class Counting(torch.nn.Module):
-        def forward(self, x):
-            calls.append(x.shape[0])
-            return torch.zeros((x.shape[0], 2, *x.shape[2:]))
+    def __init__(self, inner: torch.nn.Module):
+        super().__init__()
+        self.inner, self.calls = inner, []
 
-    x = torch.zeros((3, 2, 8, 8, 8))
-    x[1, 1, 4, 4, 4] = 1.0  # only window 1 has lung
-    out = LungGatedPredictor(Counting())(x)
-    assert calls == [1]
-    assert torch.all(out[0, 0] == 20.0) and torch.all(out[1] == 0.0)
+    def forward(self, x):
+        self.calls.append(x.shape[0])
+        return self.inner(x)
 
 
-def test_segment_probability_with_and_without_lung_mask():
+def _probability(net, image, lung=None, **settings):
+    """The stage-1 map of the detector's path, on a 32^3 window (the network run as it is, unfolded, unless asked)."""
+    settings = {"roi_size": (32, 32, 32), "fold_batch_norm": False, **settings}
+    return LungSlidingWindowInferer(**settings).probability_map(net, image, lung)
+
+
+def test_the_inferer_maps_with_and_without_a_lung_mask():
     torch.manual_seed(0)
     net = UNet(3, 1, 2, (4, 8, 16), (2, 2), num_res_units=0).eval()
     image = torch.rand((1, 40, 36, 32))
     lung = np.zeros((40, 36, 32), bool)
     lung[10:30, 10:25, 8:24] = True
-    full = segment_probability(net, image, None, roi_size=(32, 32, 32))
-    gated = segment_probability(net, image, lung, roi_size=(32, 32, 32))
+    full = _probability(net, image)
+    gated = _probability(net, image, lung)
     assert full.shape == gated.shape == (40, 36, 32)
     assert 0 <= full.min() and full.max() <= 1
     assert gated[0, 0, 0] < 1e-6  # far from the lungs: not computed, background
@@ -167,51 +170,81 @@ def _unet_with_batch_norm_statistics(seed: int = 0) -> torch.nn.Module:
     return net
 
 
-def test_windows_without_lung_are_not_run_and_the_map_inside_the_lungs_is_the_full_pass():
-    """Only windows holding lung run; inside the lungs the map is the ungated sliding window's, and everywhere it is
-    MONAI's sliding window with background logits for the windows left out (what the gated predictor gives)."""
-    from monai_lung.detection.segment import lung_gated_logits, lung_window_probability, window_slices
+def test_windows_without_lung_are_not_run_and_the_map_is_monais_sliding_window():
+    """Only windows holding lung run; everywhere the map is MONAI's own sliding window (``sliding_window_inference``)
+    of a network that answers background logits for the windows without lung, and inside the lungs it is the plain
+    sliding window's."""
+    from monai.inferers import sliding_window_inference
+
+    from monai_lung.stage1.inferer import window_slices
 
     net = _unet_with_batch_norm_statistics()
     image = torch.rand((1, 90, 60, 50))
     lung = np.zeros((90, 60, 50), bool)
     lung[5:20, 5:20, 5:20] = True  # two opposite corners: the box between them holds windows without lung
     lung[70:85, 40:55, 30:45] = True
-    runs = []
 
-    class Counting(torch.nn.Module):
-        def __init__(self, inner):
-            super().__init__()
-            self.inner = inner
+    def gated(x):  # channel 1 of x: the window's lung mask
+        out = torch.zeros((x.shape[0], 2, *x.shape[2:]))
+        out[:, 0] = BACKGROUND_LOGIT
+        has_lung = x[:, 1:].flatten(1).amax(dim=1) > 0
+        if has_lung.any():
+            out[has_lung] = net(x[has_lung, :1])
+        return out
 
-        def forward(self, x):
-            runs.append(x.shape[0])
-            return self.inner(x)
-
+    counting = _Counting(net)
     with torch.no_grad():
-        prob, box = lung_window_probability(Counting(net), image, lung, roi_size=(32, 32, 32), sw_batch_size=2)
-        gated = torch.softmax(lung_gated_logits(net, image, lung, roi_size=(32, 32, 32), sw_batch_size=2), dim=0)[1]
-        full = torch.softmax(lung_gated_logits(net, image, None, roi_size=(32, 32, 32)), dim=0)[1]
-    assert box == (slice(0, 90), slice(0, 60), slice(0, 50))
+        prob = _probability(counting, image, lung, sw_batch_size=2)
+        both = torch.cat([image, torch.as_tensor(lung, dtype=torch.float32)[None]])[None]
+        monai_gated = torch.softmax(sliding_window_inference(both, (32, 32, 32), 2, gated, overlap=0.25, mode="gaussian")[0], 0)[1]
+        monai_full = torch.softmax(sliding_window_inference(image[None], (32, 32, 32), 4, net, overlap=0.25, mode="gaussian")[0], 0)[1]
     windows = window_slices((90, 60, 50), (32, 32, 32), 0.25)  # MONAI's grid: starts 0, 24, 48, 58 / 0, 24, 28 / 0, 18
     with_lung = [w for w in windows if lung[w].any()]
-    assert len(windows) == 24 and sum(runs) == len(with_lung) == 10 and max(runs) == 2
-    whole = torch.full((90, 60, 50), float(torch.sigmoid(torch.tensor(-20.0))))
-    whole[box] = prob
-    np.testing.assert_allclose(whole.numpy(), gated.numpy(), atol=1e-6)
-    np.testing.assert_allclose(whole.numpy()[lung], full.numpy()[lung], atol=1e-6)
-    assert np.abs(whole.numpy() - full.numpy())[~lung].max() > 0.1  # outside, the skipped windows count as background
+    assert len(windows) == 24 and sum(counting.calls) == len(with_lung) == 10 and max(counting.calls) == 2
+    np.testing.assert_allclose(prob, monai_gated.numpy(), atol=1e-6)
+    np.testing.assert_allclose(prob[lung], monai_full.numpy()[lung], atol=1e-6)
+    assert np.abs(prob - monai_full.numpy())[~lung].max() > 0.1  # outside, the skipped windows count as background
 
     thin = torch.rand((1, 20, 40, 50))  # thinner than a window along i: padded like MONAI pads it, then cropped back
     with torch.no_grad():
-        prob, box = lung_window_probability(net, thin, None, roi_size=(32, 32, 32))
-        monai_map = torch.softmax(lung_gated_logits(net, thin, None, roi_size=(32, 32, 32)), dim=0)[1]
-    assert prob.shape == (20, 40, 50) and box == (slice(0, 20), slice(0, 40), slice(0, 50))
-    np.testing.assert_allclose(prob.numpy(), monai_map.numpy(), atol=1e-6)
+        prob = _probability(net, thin)
+        monai_map = torch.softmax(sliding_window_inference(thin[None], (32, 32, 32), 4, net, overlap=0.25, mode="gaussian")[0], 0)[1]
+    assert prob.shape == (20, 40, 50)
+    np.testing.assert_allclose(prob, monai_map.numpy(), atol=1e-6)
+
+
+def test_the_bundle_interface_and_the_detector_interface_are_one_computation():
+    """``inferer(inputs, network)`` (bundles, MONAI Label) gives logits whose softmax is ``probability_map`` (the
+    detector, the miner), with its own lung mask from the scan, BatchNorm folding and flip TTA alike; settings come
+    as a dict or keywords, ``mode`` being MONAI's name of ``blend_mode``."""
+    from monai.data import MetaTensor
+
+    from monai_lung.stage1 import stage1_lung_masks
+
+    net = _unet_with_batch_norm_statistics()
+    vol = np.full((64, 56, 48), 0.0, np.float32)  # a scaled chest: body 0.74 (40 HU), two lungs 0.11 (-850 HU)
+    vol[4:60, 4:52, :] = 0.74
+    vol[10:30, 12:44, 8:40] = 0.11
+    vol[36:56, 12:44, 8:40] = 0.11
+    image = MetaTensor(torch.as_tensor(vol[None]), affine=torch.diag(torch.tensor([1.5, 1.5, 1.5, 1.0])))
+    for settings in ({"fold_batch_norm": True}, {"fold_batch_norm": False, "seg_flip_axes": (0, 2)}):
+        inferer = LungSlidingWindowInferer({"roi_size": [32, 32, 32], **settings}, mode="gaussian")
+        assert inferer.config.blend_mode == "gaussian" and inferer.config.roi_size == (32, 32, 32)
+        with torch.no_grad():
+            logits = inferer(image[None], net)
+        assert logits.shape == (1, 2, 64, 56, 48) and isinstance(logits, MetaTensor)
+        lung = stage1_lung_masks(image, (1.5, 1.5, 1.5), inferer.config)[0]
+        assert lung.any() and not lung.all()
+        np.testing.assert_array_equal(inferer.lung(image), lung)
+        prob = inferer.probability_map(net, image, lung)
+        np.testing.assert_allclose(torch.softmax(logits[0], 0)[1].numpy(), prob, atol=2e-6)
+    assert LungSlidingWindowInferer(Stage1Config(roi_size=(48, 48, 48)), overlap=0.5).config.roi_size == (48, 48, 48)
+    with pytest.raises(ValueError, match="unknown detector parameter"):
+        LungSlidingWindowInferer(roi=(32, 32, 32))
 
 
 def test_inference_network_folds_batch_norm_without_touching_the_original():
-    from monai_lung.detection.segment import inference_network
+    from monai_lung.networks import inference_network
 
     net = _unet_with_batch_norm_statistics()
     norms = sum(isinstance(m, torch.nn.BatchNorm3d) for m in net.modules())
@@ -222,6 +255,8 @@ def test_inference_network_folds_batch_norm_without_touching_the_original():
     with torch.no_grad():
         np.testing.assert_allclose(fast(x.contiguous(memory_format=torch.channels_last_3d)).numpy(), net(x).numpy(), atol=1e-5)
     assert fast.model[0].conv.weight.is_contiguous(memory_format=torch.channels_last_3d)
+    image = torch.rand((1, 40, 36, 32))  # the inferer folds by default: the same map up to float rounding
+    np.testing.assert_allclose(_probability(net, image, fold_batch_norm=True), _probability(net, image), atol=1e-5)
 
     from monai.networks.nets import ResNet  # stage 2's network: convN/bnN pairs and a conv-norm downsample
 
@@ -248,19 +283,19 @@ def test_flip_tta_maps_each_pass_back_onto_the_scan():
     # gate left unflipped would leave voxels 0-9 as background in the flipped pass
     lung[4:30, 8:40, 8:40] = True
     pointwise = torch.nn.Conv3d(1, 2, kernel_size=1).eval()
-    plain = segment_probability(pointwise, image, lung, roi_size=(32, 32, 32))
-    both = segment_probability(pointwise, image, lung, roi_size=(32, 32, 32), flip_axes=(0, 1))
+    plain = _probability(pointwise, image, lung)
+    both = _probability(pointwise, image, lung, seg_flip_axes=(0, 1))
     np.testing.assert_allclose(both, plain, atol=1e-6)
 
     image = image[:, :32, :32, :32]
 
     net = UNet(3, 1, 2, (4, 8, 16), (2, 2), num_res_units=0).eval()
-    tta = segment_probability(net, image, None, roi_size=(32, 32, 32), flip_axes=(0,))
-    assert np.abs(tta - segment_probability(net, image, None, roi_size=(32, 32, 32))).max() > 1e-4  # it averages something
-    flipped = segment_probability(net, torch.flip(image, dims=(1,)), None, roi_size=(32, 32, 32), flip_axes=(0,))
+    tta = _probability(net, image, seg_flip_axes=(0,))
+    assert np.abs(tta - _probability(net, image)).max() > 1e-4  # it averages something
+    flipped = _probability(net, torch.flip(image, dims=(1,)), seg_flip_axes=(0,))
     np.testing.assert_allclose(flipped, np.flip(tta, axis=0), atol=1e-5)
-    with pytest.raises(ValueError, match="flip_axes: distinct spatial axes"):
-        segment_probability(net, image, None, roi_size=(32, 32, 32), flip_axes=(3,))
+    with pytest.raises(ValueError, match="seg_flip_axes: distinct spatial axes"):
+        _probability(net, image, seg_flip_axes=(3,))
     assert DetectorConfig.from_dict({"seg_flip_axes": [2]}).seg_flip_axes == (2,)
     for bad in ([3], [0, 0]):
         with pytest.raises(ValueError, match="seg_flip_axes"):
@@ -376,7 +411,7 @@ def test_zoom_to_spacing_keeps_world_positions():
     """The finer stage-1 grid: about the asked voxel size, first voxel centre in place, a blob where it was in world mm."""
     from monai.data import MetaTensor
 
-    from monai_lung.detection.segment import zoom_to_spacing
+    from monai_lung.transforms.zoom import zoom_to_spacing
     from monai_lung.io.coords import voxel_spacing
 
     affine = np.array([[0.0, -1.0, 0.0, 40.0], [1.0, 0.0, 0.0, -25.0], [0.0, 0.0, 1.25, -80.0], [0.0, 0.0, 0.0, 1.0]])  # i, j swapped

@@ -161,7 +161,7 @@ def test_size_of_phantom_nodules_from_an_under_segmented_component(kind, bound_s
 
 def test_only_the_findings_asked_for_are_refined_on_the_ct():
     """measure_findings(refine=...): a refined finding measures the nodule, an unrefined one its stage-1 component."""
-    from monai_lung.detection.candidates import extract_candidates
+    from monai_lung.stage1.candidates import extract_candidates
     from monai_lung.detection.sizing import measure_findings
 
     ph = size_phantom("solid", 12.0, rng=np.random.default_rng(3))

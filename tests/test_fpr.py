@@ -349,7 +349,7 @@ def test_hard_negatives_lie_away_from_nodules_and_excluded_findings(synthetic, t
 def test_the_miner_mines_the_candidates_the_detector_scores(synthetic):
     """One stage-1 candidate generator: with the same settings, the hard-negative miner labels exactly the stage-1
     candidates that the deployed detector passes to stage 2 (same grid, threshold, masks, merging and cap)."""
-    from monai_lung.detection import TwoStageDetector, TwoStageNetwork
+    from monai_lung.detection import DetectorConfig, TwoStageDetector, TwoStageNetwork
 
     entry = next(e for e in _entries(synthetic, "training") if e["nodules"])
     image = ct_preprocessing("image")({"image": entry["image"]})["image"]
@@ -357,7 +357,7 @@ def test_the_miner_mines_the_candidates_the_detector_scores(synthetic):
               "crop_size": (16, 16, 16), "tta": False, "device": "cpu"}
     classifier = torch.nn.Sequential(torch.nn.Conv3d(1, 2, 1), torch.nn.AdaptiveAvgPool3d(1), torch.nn.Flatten())
     found = TwoStageDetector(TwoStageNetwork(IntensityStage1(), classifier), config).detect(image)["findings"]
-    mined = HardNegativeMiner(IntensityStage1(), config)(image, entry)
+    mined = HardNegativeMiner(IntensityStage1(), DetectorConfig.from_dict(config))(image, entry)  # the detector's is a stage-1 config
     assert 0 < len(mined) == len(found) <= 40
     key = ["coordX", "coordY", "coordZ"]
     np.testing.assert_allclose(mined.sort_values(key)[key].to_numpy(), found.sort_values(key)[key].to_numpy())

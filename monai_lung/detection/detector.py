@@ -13,25 +13,19 @@ expects: ``detector(inputs, use_inferer=True)`` with a ``network`` attribute.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 
-from monai_lung.bundle_args import flag
-from monai_lung.detection.candidates import extract_candidates
 from monai_lung.detection.scoring import score_points
-from monai_lung.detection.segment import (
-    check_flip_axes, check_grid_spacing, inference_network, segment_probability, zoom_to_spacing,
-)
 from monai_lung.detection.sizing import measure_findings
-from monai_lung.io.coords import voxel_spacing
 from monai_lung.io.errors import DataError
-from monai_lung.networks import resolve_device
-from monai_lung.transforms.lung_mask import lung_masks
-from monai_lung.transforms.preprocessing import DEFAULT_HU_WINDOW
+from monai_lung.networks import inference_network, resolve_device
+from monai_lung.stage1 import Stage1Config, run_stage1
+from monai_lung.transforms.zoom import check_grid_spacing, zoom_to_spacing
 
 
 #: final-score rules of :func:`final_score` (``DetectorConfig.score``)
@@ -79,38 +73,14 @@ def final_score(stage1_peak, stage2_prob, rule: str = "odds_product", stage1_wei
 
 
 @dataclass
-class DetectorConfig:
-    """Detection parameters. Units: mm for sizes and distances; ``roi_size`` in voxels of stage 1's grid
-    (``seg_spacing``), ``crop_size`` in voxels of stage 2's (``cls_spacing``)."""
+class DetectorConfig(Stage1Config):
+    """Detection parameters: stage 1's (:class:`~monai_lung.stage1.config.Stage1Config`, inherited) and those of
+    stage 2, the final score and sizing. Units: mm for sizes and distances; ``crop_size`` in voxels of stage 2's
+    grid (``cls_spacing``)."""
 
-    hu_window: tuple[float, float] = DEFAULT_HU_WINDOW
-    use_lung_mask: bool = True  # False: the sliding window covers the whole scan
-    roi_size: tuple[int, int, int] = (96, 96, 96)  # the UNet is fully convolutional: trained on 48^3, run on 96^3
-    overlap: float = 0.25
-    sw_batch_size: int = 4
-    blend_mode: str = "gaussian"
-    # stage-1 test-time augmentation: the sliding window also runs on the scan flipped along these axes of the RAS
-    # grid (0: left-right, 1: front-back, 2: up-down) and the probabilities are averaged; off by default because with
-    # a strong stage 2 it costs a pass per axis for no measurable gain
-    seg_flip_axes: tuple[int, ...] = ()
-    # the grid stage 1 runs on, mm per (i, j, k) voxel (the 1 mm scan zoomed, trilinear; None: the 1 mm training
-    # grid): zoomed, small nodules look larger to the UNet, which then misses fewer of them
-    seg_spacing: tuple[float, float, float] | None = (0.75, 0.75, 0.75)
     # the grid stage 2 cuts its crop_size crops from (None: the 1 mm training grid): at 0.8 mm its 32^3 crops show
     # every nodule 1.25x larger, which separates the 3-5 mm ones from vessels better
     cls_spacing: tuple[float, float, float] | None = (0.8, 0.8, 0.8)
-    # nodules peak high on the zoomed grid, so a high threshold keeps them with far fewer candidates; on the 1 mm
-    # grid (seg_spacing None) use ~0.3
-    seg_threshold: float = 0.7
-    min_voxels: int = 3
-    max_candidates: int = 600  # per scan, by stage-1 peak probability: bounds stage 2's cost on a noisy scan
-    # a candidate's component must reach into the lungs (closed, so nodules on the pleura count) grown by this
-    # many mm: the UNet's false positives are mostly in the chest wall and mediastinum next to the lungs.
-    # Not the centre: a large juxta-pleural nodule's centre can lie outside the mask. None: anywhere (also
-    # when use_lung_mask is off)
-    candidate_lung_margin_mm: float | None = 4.0
-    window_lung_margin_mm: float = 8.0  # where sliding windows run: the lungs grown by this
-    merge_distance_mm: float = 5.0  # candidates closer than this are one finding (keeps the higher peak)
     # the stage-2 classifier's patch_size; the detection bundle must carry its classifier's, which `assemble` checks
     crop_size: tuple[int, int, int] = (32, 32, 32)
     cls_batch_size: int = 64
@@ -127,34 +97,14 @@ class DetectorConfig:
     # the most probable findings get their size refined on the CT (twice what the report and the DICOM SR show by
     # default); the rest keep their stage-1 component's size, as refining each costs tens of milliseconds
     size_refine_top_k: int = 20
-    amp: bool = True  # float16 autocast on CUDA
-    device: str = "auto"  # where the networks run: "auto" (CUDA when present), "cpu", "cuda", "cuda:1"
-    keep_volume_on_cpu: bool = True  # stitch sliding-window output in host memory (large scans on small GPUs)
+
+    TUPLE_FIELDS = (*Stage1Config.TUPLE_FIELDS, "crop_size", "cls_spacing")
 
     def __post_init__(self):
-        # checked here, not at the first scan: a batch job would otherwise record every scan as failed
-        for field in fields(self):
-            if field.type in (bool, "bool"):  # an override of amp/tta/... may be the string "false"
-                setattr(self, field.name, flag(getattr(self, field.name), field.name))
-        check_flip_axes(self.seg_flip_axes, "seg_flip_axes")
-        self.seg_spacing = check_grid_spacing(self.seg_spacing, "seg_spacing")
+        super().__post_init__()
         self.cls_spacing = check_grid_spacing(self.cls_spacing, "cls_spacing")
         check_final_score(self.score)
         check_stage1_weight(self.stage1_weight)
-
-    @classmethod
-    def from_dict(cls, values: dict | None) -> "DetectorConfig":
-        values = dict(values or {})
-        unknown = set(values) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown detector parameter(s): {', '.join(sorted(unknown))}")
-        for key in ("hu_window", "roi_size", "crop_size", "seg_flip_axes", "seg_spacing", "cls_spacing"):
-            if values.get(key) is not None:
-                values[key] = tuple(values[key])
-        return cls(**values)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 class TwoStageNetwork(torch.nn.Module):
@@ -169,124 +119,6 @@ class TwoStageNetwork(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.segmenter(x)
-
-
-def merge_close_candidates(frame: pd.DataFrame, distance_mm: float) -> pd.DataFrame:
-    """Greedy non-maximum suppression in world mm: keep the highest ``peak_prob``, drop candidates within
-    ``distance_mm`` of a kept one. ``frame`` has world ``coordX/Y/Z`` columns; order is kept."""
-    if distance_mm <= 0 or len(frame) < 2:
-        return frame
-    from scipy.spatial import cKDTree
-
-    frame = frame.sort_values("peak_prob", ascending=False, kind="stable").reset_index(drop=True)
-    pts = frame[["coordX", "coordY", "coordZ"]].to_numpy(dtype=np.float64)
-    # each candidate's neighbours closer than distance_mm, found once (a pairwise loop took seconds at ~1,000)
-    neighbours = cKDTree(pts).query_ball_point(pts, r=distance_mm)
-    suppressed = np.zeros(len(frame), dtype=bool)
-    kept = []
-    for i in range(len(frame)):  # strongest first; only a kept candidate suppresses others
-        if suppressed[i]:
-            continue
-        kept.append(i)
-        near = np.asarray(neighbours[i], dtype=np.int64)
-        near = near[np.linalg.norm(pts[near] - pts[i], axis=1) < distance_mm]  # the ball includes the radius itself
-        suppressed[near] = True
-    return frame.iloc[kept].reset_index(drop=True)
-
-
-def scan_lung_masks(image: torch.Tensor, spacing, cfg: DetectorConfig) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """(window mask, candidate mask): (i, j, k) bool lung masks of a preprocessed (1, i, j, k) scan for
-    where sliding windows run and where candidate centres may lie; None where the config turns them off."""
-    if not cfg.use_lung_mask:
-        return None, None
-    margins = [cfg.window_lung_margin_mm]
-    if cfg.candidate_lung_margin_mm is not None:
-        margins.append(cfg.candidate_lung_margin_mm)
-    masks = lung_masks(image, spacing, margins, hu_window=cfg.hu_window)
-    return masks[0], (masks[1] if len(masks) > 1 else None)
-
-
-def stage1_candidates(
-    prob: np.ndarray, affine: np.ndarray, cfg: DetectorConfig, lung_core: np.ndarray | None = None, space: str = "RAS"
-) -> pd.DataFrame:
-    """Candidates of a stage-1 (i, j, k) probability map (grid ``affine``, world ``space``): components
-    above ``cfg.seg_threshold`` with at least ``cfg.min_voxels`` voxels that reach into ``lung_core``
-    (an (i, j, k) bool mask, None: anywhere), near-duplicates merged, the ``cfg.max_candidates`` with the
-    highest peak probability. Columns: :data:`~monai_lung.detection.candidates.CANDIDATE_FIELDS`."""
-    cands = extract_candidates(prob, affine, cfg.seg_threshold, cfg.min_voxels, max_candidates=None, space=space, region=lung_core)
-    cands = merge_close_candidates(cands, cfg.merge_distance_mm)
-    return cands.head(cfg.max_candidates).reset_index(drop=True)
-
-
-@dataclass
-class Stage1Result:
-    """What stage 1 made of one scan.
-
-    Attributes:
-        candidates: :func:`stage1_candidates`' table (world LPS mm, ``peak_prob``, sizes in voxels of the grid).
-        prob: (i, j, k) float32 nodule probability on the stage-1 grid.
-        image: (1, i, j, k) the scan on the stage-1 grid (``seg_spacing``), scaled as the input was.
-        affine: (4, 4) index -> world mm (``space``) of that grid.
-        space: the world frame of ``affine`` (RAS after the shared preprocessing).
-        lung_core: (i, j, k) bool, where candidate components must reach (None: anywhere), to re-threshold ``prob``
-            with :func:`stage1_candidates`.
-        timings: seconds of ``stage1_grid``, ``lung_mask``, ``sliding_window``, ``candidates``.
-    """
-
-    candidates: pd.DataFrame
-    prob: np.ndarray
-    image: torch.Tensor
-    affine: np.ndarray
-    space: str
-    lung_core: np.ndarray | None
-    timings: dict
-
-
-def run_stage1(segmenter: torch.nn.Module, image: torch.Tensor, cfg: DetectorConfig, device: torch.device | str = "cpu") -> Stage1Result:
-    """Stage 1 of the detector on one preprocessed scan: zoom to ``cfg.seg_spacing``, lung masks, the sliding window
-    over the lungs, then :func:`stage1_candidates`. The one stage-1 candidate generator: the detector, the hard-negative
-    miner and the stage-1 benchmark all call it, so stage 2 trains on the false positives of the stage 1 it is
-    deployed behind.
-
-    Args:
-        segmenter: the stage-1 UNet (2 classes), any mode (an inference copy is made).
-        image: (1, i, j, k) MetaTensor on the training grid (1 mm, RAS), window-scaled to [0, 1].
-        cfg: the detector's settings.
-        device: where the network runs.
-    """
-    timings = {}
-    space = str(image.meta.get("space", "RAS")) if hasattr(image, "meta") else "RAS"
-    t = time.perf_counter()
-    # stage 1 may run on its own grid (seg_spacing); candidates leave it as world mm, so stage 2 is unaffected
-    seg_image = image if cfg.seg_spacing is None else zoom_to_spacing(image, cfg.seg_spacing)
-    affine = seg_image.affine.numpy() if hasattr(seg_image, "affine") else np.eye(4)
-    timings["stage1_grid"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    lung, lung_core = scan_lung_masks(seg_image, voxel_spacing(seg_image), cfg)
-    timings["lung_mask"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    device = torch.device(device)
-    prob = segment_probability(
-        segmenter,
-        seg_image,
-        lung,
-        roi_size=cfg.roi_size,
-        sw_batch_size=cfg.sw_batch_size,
-        overlap=cfg.overlap,
-        mode=cfg.blend_mode,
-        device="cpu" if cfg.keep_volume_on_cpu else device,
-        sw_device=device,
-        amp=cfg.amp,
-        flip_axes=cfg.seg_flip_axes,
-    )
-    timings["sliding_window"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    cands = stage1_candidates(prob, affine, cfg, lung_core, space)
-    timings["candidates"] = time.perf_counter() - t
-    return Stage1Result(cands, prob, seg_image, affine, space, lung_core, timings)
 
 
 def check_scan(image: torch.Tensor, source: str | None, min_shape: Sequence[int]) -> None:

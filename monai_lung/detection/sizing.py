@@ -183,7 +183,7 @@ def component_crop(prob: np.ndarray, threshold: float, bbox_lo, bbox_hi, num_vox
 def measure_findings(
     prob: np.ndarray, hu, affine: np.ndarray, cands, threshold: float, reach_mm: float = 2.0, refine=None
 ) -> tuple[dict, list]:
-    """Sizes and masks of candidates from :func:`~monai_lung.detection.candidates.extract_candidates`.
+    """Sizes and masks of candidates from :func:`~monai_lung.stage1.candidates.extract_candidates`.
 
     Args:
         prob: (i, j, k) stage-1 probability map; ``hu``: (i, j, k) CT in HU on the same grid (array or a callable

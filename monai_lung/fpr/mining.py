@@ -2,7 +2,7 @@
 
 Random lung points are easy negatives; what stage 2 has to reject are the vessels, scars and pleural
 bumps that stage 1 mistakes for nodules. :class:`HardNegativeMiner` runs the detector's stage 1 on a scan
-(:func:`~monai_lung.detection.detector.run_stage1`) and :func:`label_candidates` labels each component
+(:func:`~monai_lung.stage1.run.run_stage1`) and :func:`label_candidates` labels each component
 with the LUNA16 hit rule: 1 when its centre lies within the radius of an annotated nodule, -1 when it
 lies on an excluded finding (neither positive nor negative), 0 otherwise (a hard negative).
 """
@@ -22,7 +22,7 @@ import torch
 from monai_lung.datalist import entry_seriesuid
 from monai_lung.fpr.bank import away_from_findings, finding_arrays, nearest_distance
 from monai_lung.evaluation.froc import DEFAULT_EXCLUDED_DIAMETER_MM
-from monai_lung.detection.detector import DetectorConfig, run_stage1
+from monai_lung.stage1 import Stage1Config, run_stage1
 from monai_lung.transforms.preprocessing import ct_preprocessing
 from monai_lung.io.atomic import write_csv_atomic
 from monai_lung.networks import bundle_parser, resolve_device, stage_network
@@ -35,12 +35,6 @@ MINED_COLUMNS = [
     "nodule_distance_mm",  # to the nearest annotated nodule centre (NaN: none in the scan)
     "label",  # 1 hit a nodule, 0 false positive (hard negative), -1 on an excluded finding
 ]
-
-#: the detector settings that change what stage 1 finds (part of a crop bank's fingerprint)
-STAGE1_FIELDS = (
-    "hu_window", "use_lung_mask", "roi_size", "overlap", "blend_mode", "seg_flip_axes", "seg_spacing", "seg_threshold",
-    "min_voxels", "max_candidates", "candidate_lung_margin_mm", "window_lung_margin_mm", "merge_distance_mm",
-)
 
 
 def label_candidates(
@@ -66,25 +60,25 @@ def label_candidates(
 class HardNegativeMiner:
     """Stage 1 over a preprocessed scan -> labelled candidates (hard negatives are ``label == 0``).
 
-    It runs :func:`~monai_lung.detection.detector.run_stage1`, the detector's own stage 1 with the detector's
+    It runs :func:`~monai_lung.stage1.run.run_stage1`, the detector's own stage 1 with the detector's stage-1
     settings (grid, threshold, lung masks, duplicate merging, cap), so that stage 2 trains on the false positives
     of the stage 1 it will be deployed behind.
 
     Args:
         network: the stage-1 UNet (2 output channels).
-        config: the detector's settings (:class:`~monai_lung.detection.detector.DetectorConfig` or a dict of its
-            fields; None: its defaults, which the detection bundle uses).
+        config: stage 1's settings (:class:`~monai_lung.stage1.config.Stage1Config`, e.g. the detector's, or a dict
+            of its fields; None: its defaults, which the detection bundle uses).
         device: where windows run.
         fingerprint: identifies the model and settings in the crop bank's ``bank.json`` (a bank cut with another
             model is refused instead of mixed).
     """
 
     def __init__(
-        self, network: torch.nn.Module, config: DetectorConfig | dict | None = None, device: torch.device | str = "cpu",
+        self, network: torch.nn.Module, config: Stage1Config | dict | None = None, device: torch.device | str = "cpu",
         fingerprint: str = "",
     ):
         self.network = network.eval()
-        self.config = config if isinstance(config, DetectorConfig) else DetectorConfig.from_dict(config)
+        self.config = config.stage1() if isinstance(config, Stage1Config) else Stage1Config.from_dict(config)
         self.device, self.fingerprint = resolve_device(device), fingerprint
 
     @classmethod
@@ -96,15 +90,19 @@ class HardNegativeMiner:
         detection_bundle: str | os.PathLike | None = None,
         **overrides,
     ) -> "HardNegativeMiner":
-        """A miner running the stage-1 bundle's network with the detector settings of ``detection_bundle``'s
-        ``detector_config`` (None: :class:`DetectorConfig`'s defaults), ``overrides`` (its fields) winning."""
+        """A miner running the stage-1 bundle's network with the stage-1 settings of ``detection_bundle``'s
+        ``detector_config`` (None: :class:`~monai_lung.stage1.config.Stage1Config`'s defaults), ``overrides`` winning.
+        Detector settings of the other stages (``tta``, ``crop_size``, ...) are logged and left out."""
         network = stage_network(bundle_dir, weights=weights, device=device)
         weights = Path(weights) if weights is not None else Path(bundle_dir) / "models" / "model.pt"
         settings = dict(bundle_parser(detection_bundle).get_parsed_content("detector_config")) if detection_bundle else {}
         settings.update(overrides)
-        config = DetectorConfig.from_dict(settings)
+        config = Stage1Config.from_dict(settings, ignore_unknown=True)
+        others = sorted(set(settings) - set(config.to_dict()))
+        if others:
+            logger.info("stage 1 of the miner leaves out settings of the detector's other stages: %s", ", ".join(others))
         digest = hashlib.sha1(weights.read_bytes()).hexdigest()[:12]  # weights are a few MB
-        stage1 = {k: v for k, v in config.to_dict().items() if k in STAGE1_FIELDS}
+        stage1 = config.finding_settings()
         return cls(network, config, device=device, fingerprint=f"{weights.name}:{digest}:{stage1}")
 
     def __call__(self, image, entry: dict) -> pd.DataFrame:
