@@ -20,6 +20,7 @@ import numpy as np
 
 from monai_lung.dicom.dicomweb import fetch_study, store_files
 from monai_lung.dicom.objects import write_dicom_outputs
+from monai_lung.findings import Finding, FindingMask
 from monai_lung.dicom.series import choose_series
 from monai_lung.detection.sizing import measure_mask
 
@@ -34,13 +35,15 @@ def ball_findings(n: int, diameter: float, spacing: float = 0.75):
     mask = np.linalg.norm((grid - (size - 1) / 2) * spacing, axis=-1) <= r
     affine = np.diag([spacing, spacing, spacing, 1.0])
     affine[:3, 3] = LUNA16_CENTRE * [-1, -1, 1] - (size - 1) / 2 * spacing  # RAS
-    findings, masks = [], []
+    findings = []
     for k in range(n):
         lo = np.zeros(3, int) if k == 0 else rng.integers(-40, 41, 3)
         centre = LUNA16_CENTRE + lo * spacing * np.array([-1, -1, 1])
-        findings.append({"coord": centre.tolist(), "probability": float(1 - 0.05 * k), **measure_mask(mask, affine)})
-        masks.append((lo, mask))
-    return findings, masks, affine
+        shift = np.eye(4)
+        shift[:3, 3] = lo
+        findings.append(Finding(coord=centre, probability=float(1 - 0.05 * k), **measure_mask(mask, affine),
+                                mask=FindingMask(mask, affine @ shift, "RAS")))
+    return findings
 
 
 def main() -> None:
@@ -62,9 +65,9 @@ def main() -> None:
         t = time.perf_counter()
         info, why = choose_series(folder)
         times["choose series (headers)"] = time.perf_counter() - t
-        findings, masks, affine = ball_findings(args.findings, args.diameter)
+        findings = ball_findings(args.findings, args.diameter)
         t = time.perf_counter()
-        out = write_dicom_outputs(info, findings, masks, affine, work / "out")
+        out = write_dicom_outputs(info, findings, work / "out")
         times[f"write SR + SEG ({args.findings} findings)"] = time.perf_counter() - t
         if args.dicomweb:
             t = time.perf_counter()

@@ -476,12 +476,11 @@ def test_detector_finds_the_same_world_point_on_its_own_stage1_grid():
         config = {"use_lung_mask": False, "roi_size": [32, 32, 32], "crop_size": [16, 16, 16], "seg_spacing": spacing,
                   "seg_threshold": 0.3, "tta": False, "device": "cpu", "merge_distance_mm": 0.0}
         result = TwoStageDetector(TwoStageNetwork(segmenter, classifier), config).detect(image)
-        findings = result["findings"]
-        assert result["num_candidates"] == 1 and len(findings) == 1
-        np.testing.assert_allclose(findings[["coordX", "coordY", "coordZ"]].to_numpy()[0], expected_lps, atol=0.35)
-        found[str(spacing)] = findings.iloc[0]
-    # the same ball, counted in finer voxels: (4/3)^3 as many, the same volume in mm^3
-    assert found[str([0.75] * 3)].num_voxels > 2.0 * found["None"].num_voxels
+        assert result.num_candidates == 1 and len(result.findings) == 1
+        np.testing.assert_allclose(result.findings[0].coord, expected_lps, atol=0.35)
+        found[str(spacing)] = result.findings[0]
+    # the same ball, measured in finer voxels: more of them, the same volume in mm^3
+    assert found[str([0.75] * 3)].mask.num_voxels() > 1.5 * found["None"].mask.num_voxels()  # its mask is on the finer grid
     assert found[str([0.75] * 3)].volume_mm3 == pytest.approx(found["None"].volume_mm3, rel=0.15)
     assert DetectorConfig.from_dict({"seg_spacing": [0.8, 0.8, 0.8]}).seg_spacing == (0.8, 0.8, 0.8)
     for bad in ([0.75, 0.75], [0.75, -1.0, 0.75], [float("nan")] * 3):
@@ -521,20 +520,20 @@ def test_stage2_crops_its_own_grid_around_the_candidates_world_point():
             "seg_threshold": 0.3, "tta": False, "device": "cpu", "merge_distance_mm": 0.0}
     for spacing in (None, [0.8, 0.8, 0.8], [0.6, 0.7, 0.9]):
         result = TwoStageDetector(TwoStageNetwork(segmenter, _CentreVoxel()), {**base, "cls_spacing": spacing}).detect(image)
-        assert result["num_candidates"] == 1
-        assert result["findings"].stage2_prob.iloc[0] > 0.99, spacing  # the crop's centre is the ball's
-        assert "stage2_grid" in result["timings_s"]
+        assert result.num_candidates == 1
+        assert result.findings[0].stage2_prob > 0.99, spacing  # the crop's centre is the ball's
+        assert "stage2_grid" in result.timings_s
     # counted in 0.8 mm voxels the ball has ~1/0.512 times as many: the crops come from the finer grid
     probs = {}
     for spacing in (None, [0.8, 0.8, 0.8]):
         net = TwoStageNetwork(segmenter, _BrightVoxels(threshold=160.0))
-        probs[str(spacing)] = TwoStageDetector(net, {**base, "cls_spacing": spacing}).detect(image)["findings"].stage2_prob.iloc[0]
+        probs[str(spacing)] = TwoStageDetector(net, {**base, "cls_spacing": spacing}).detect(image).findings[0].stage2_prob
     assert probs["None"] < 0.01 and probs[str([0.8] * 3)] > 0.99, probs
     # stage 1 and stage 2 on one grid share it (no second zoom): centred, and counted in 0.8 mm voxels as above
     shared = {**base, "seg_spacing": [0.8] * 3, "cls_spacing": [0.8] * 3}
     for classifier in (_CentreVoxel(), _BrightVoxels(threshold=160.0)):
         result = TwoStageDetector(TwoStageNetwork(segmenter, classifier), shared).detect(image)
-        assert result["findings"].stage2_prob.iloc[0] > 0.99, type(classifier).__name__
+        assert result.findings[0].stage2_prob > 0.99, type(classifier).__name__
     assert DetectorConfig.from_dict({"cls_spacing": [0.8, 0.8, 0.8]}).cls_spacing == (0.8, 0.8, 0.8)
     for bad in ([0.8, 0.8], [0.8, 0.0, 0.8], [float("inf")] * 3):
         with pytest.raises(ValueError, match="cls_spacing"):

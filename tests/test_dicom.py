@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -11,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import highdicom as hd
 import numpy as np
 import pandas as pd
 import pydicom
@@ -24,6 +26,7 @@ from monai_lung.detection.cli import add_detect_arguments, dicom_items
 from monai_lung.detection.sizing import measure_mask, refine_mask, size_band_lungrads_2022
 from monai_lung.dicom.objects import read_seg_masks, read_sr_findings, write_dicom_outputs
 from monai_lung.dicom.series import choose_series
+from monai_lung.findings import Finding, FindingMask
 from monai_lung.io.errors import DataError
 from monai_lung.io.lidc_xml import outline_mask, read_lidc_readers
 from monai_lung.synthetic.size_phantom import phantom_seed, size_phantom
@@ -248,8 +251,7 @@ def _ball_finding(radius_mm: float = 8.0, spacing: float = 0.75):
     affine[:3, 3] = centre_ras - (n - 1) / 2 * spacing
     grid = np.indices((n, n, n)).transpose(1, 2, 3, 0)
     mask = np.linalg.norm((grid - (n - 1) / 2) * spacing, axis=-1) <= radius_mm
-    size = measure_mask(mask, affine)
-    finding = {"coord": LUNA16_CENTRE.tolist(), "probability": 0.93, **size}
+    finding = Finding(coord=LUNA16_CENTRE, probability=0.93, **measure_mask(mask, affine), mask=FindingMask(mask, affine, "RAS"))
     return finding, mask, affine
 
 
@@ -257,32 +259,38 @@ def _ball_finding(radius_mm: float = 8.0, spacing: float = 0.75):
 def test_sr_and_seg_read_back_to_the_same_world_coordinates(tmp_path):
     info, _ = choose_series(LIDC / "dicom")
     finding, mask, affine = _ball_finding()
-    # the same ball 40, -12, 24 voxels away on the grid: (-30, 9, 18) mm RAS, (30, -9, 18) mm LPS
-    second = {**finding, "coord": (LUNA16_CENTRE + [30.0, -9.0, 18.0]).tolist(), "probability": 0.41}
-    masks = [(np.zeros(3, int), mask), (np.array([-40, 12, 24]), mask)]
-    out = write_dicom_outputs(info, [finding, second], masks, affine, tmp_path)
+    # the same ball 40, -12, 24 voxels away on the grid: (-30, 9, 18) mm RAS, (30, -9, 18) mm LPS; found as a mass
+    shift = np.eye(4)
+    shift[:3, 3] = [-40, 12, 24]
+    second = dataclasses.replace(finding, coord=LUNA16_CENTRE + [30.0, -9.0, 18.0], probability=0.41, kind="mass",
+                                 mask=FindingMask(mask, affine @ shift, "RAS"))
+    out = write_dicom_outputs(info, [finding, second], tmp_path, comments=["slices of 2.5 mm: in range"])
     assert Path(out["sr"]).parent.name == SERIES_UID and Path(out["seg"]).is_file()
     back = read_sr_findings(out["sr"])
     assert [b["probability"] for b in back] == pytest.approx([0.93, 0.41])
     for b, f in zip(back, (finding, second)):
-        assert np.allclose(b["coord"], f["coord"], atol=1e-3)
+        assert np.allclose(b["coord"], f.coord, atol=1e-3)
         for key in ("diameter_mm", "longest_axial_mm", "volume_mm3"):
-            assert b[key] == pytest.approx(f[key], rel=1e-5)
+            assert b[key] == pytest.approx(getattr(f, key), rel=1e-5)
+    # the finding's kind is its SR finding type and SEG property; the scan's warnings are SR comments
+    groups = hd.sr.srread(out["sr"]).content.get_volumetric_roi_measurement_groups()
+    assert [g.finding_type.meaning for g in groups] == ["Nodule", "Mass"]
+    assert "slices of 2.5 mm: in range" in [item.TextValue for item in pydicom.dcmread(out["sr"]).ContentSequence if "TextValue" in item]
     segments = read_seg_masks(out["seg"], info)
     assert len(segments) == 2
     voxel = float(np.prod(np.diag(info.affine)[:3]))
     for seg, f in zip(segments, (finding, second)):
         slices, rows, cols = np.nonzero(seg)
         centre = info.affine[:3, :3] @ np.array([cols.mean(), rows.mean(), slices.mean()]) + info.affine[:3, 3]
-        assert np.linalg.norm(centre - np.asarray(f["coord"])) < 1.0  # world LPS mm
-        assert seg.sum() * voxel == pytest.approx(f["volume_mm3"], rel=0.08)
+        assert np.linalg.norm(centre - np.asarray(f.coord)) < 1.0  # world LPS mm
+        assert seg.sum() * voxel == pytest.approx(f.volume_mm3, rel=0.08)
     sr = pydicom.dcmread(out["sr"])
     seg_ds = pydicom.dcmread(out["seg"])
     assert sr.StudyInstanceUID == seg_ds.StudyInstanceUID == info.datasets[0].StudyInstanceUID
     assert seg_ds.FrameOfReferenceUID == info.datasets[0].FrameOfReferenceUID
     assert "RESEARCH" in sr.SeriesDescription and "RESEARCH" in seg_ds.SeriesDescription
     # the same findings give the same objects (a rerun does not add copies to a PACS)
-    again = write_dicom_outputs(info, [finding, second], masks, affine, tmp_path / "again")
+    again = write_dicom_outputs(info, [finding, second], tmp_path / "again", comments=["slices of 2.5 mm: in range"])
     assert again["sr_sop_instance_uid"] == out["sr_sop_instance_uid"] and again["seg_sop_instance_uid"] == out["seg_sop_instance_uid"]
 
 
@@ -291,7 +299,8 @@ def test_sr_and_seg_read_back_to_the_same_world_coordinates(tmp_path):
 def test_sr_and_seg_pass_dciodvfy(tmp_path):
     info, _ = choose_series(LIDC / "dicom")
     finding, mask, affine = _ball_finding()
-    out = write_dicom_outputs(info, [finding], [(np.zeros(3, int), mask)], affine, tmp_path)
+    out = write_dicom_outputs(info, [finding, dataclasses.replace(finding, kind="mass", probability=0.5)], tmp_path,
+                              comments=["a warning about the scan"])
     assert dciodvfy_errors(Path(out["sr"])) == []
     assert dciodvfy_errors(Path(out["seg"])) == []
 

@@ -356,7 +356,7 @@ def test_the_miner_mines_the_candidates_the_detector_scores(synthetic):
     config = {"roi_size": (48, 48, 48), "seg_spacing": (0.8, 0.8, 0.8), "cls_spacing": None, "seg_threshold": 0.5, "max_candidates": 40,
               "crop_size": (16, 16, 16), "tta": False, "device": "cpu"}
     classifier = torch.nn.Sequential(torch.nn.Conv3d(1, 2, 1), torch.nn.AdaptiveAvgPool3d(1), torch.nn.Flatten())
-    found = TwoStageDetector(TwoStageNetwork(IntensityStage1(), classifier), config).detect(image)["findings"]
+    found = TwoStageDetector(TwoStageNetwork(IntensityStage1(), classifier), config).detect(image).frame()
     mined = HardNegativeMiner(IntensityStage1(), DetectorConfig.from_dict(config))(image, entry)  # the detector's is a stage-1 config
     assert 0 < len(mined) == len(found) <= 40
     key = ["coordX", "coordY", "coordZ"]

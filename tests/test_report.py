@@ -11,6 +11,7 @@ import SimpleITK as sitk
 from matplotlib.image import imread
 from scipy import ndimage
 
+from monai_lung.findings import Finding
 from monai_lung.io import DataError
 from monai_lung.report.findings import (
     PADDING_COLOR,
@@ -178,7 +179,7 @@ def test_bad_coordinates_raise():
     with pytest.raises(ValueError):
         finding_slices(image, [1.0, 2.0])
     with pytest.raises(ValueError):
-        render_finding_png(image, {"probability": 0.5}, "/nonexistent/never.png")
+        render_finding_png(image, Finding(coord=(1.0, float("nan"), 2.0), probability=0.5), "/nonexistent/never.png")
 
 
 # ---------------------------------------------------------------- PNGs
@@ -201,8 +202,8 @@ def _panel_pixels(rgb: np.ndarray) -> np.ndarray:
 def test_render_finding_png_panels_and_marker(tmp_path, overview):
     c = _center_world()
     out = tmp_path / "f.png"
-    finding = {"coord": list(c), "diameter_mm": 10.0, "probability": 0.87654, "seriesuid": "1.2.3"}
-    assert render_finding_png(_phantom(c, markers=False), finding, out, overview=overview) == out
+    finding = Finding(coord=c, diameter_mm=10.0, probability=0.87654)
+    assert render_finding_png(_phantom(c, markers=False), finding, out, overview=overview, seriesuid="1.2.3") == out
     assert out.is_file() and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f.png"]  # no temporary files left
     rgb = imread(out)[..., :3]
@@ -243,7 +244,7 @@ def test_coronal_panel_is_not_squashed(tmp_path):
     # the sphere must look round in the coronal panel although slices are 3.6x thicker than pixels
     c = _center_world()
     out = tmp_path / "f.png"
-    render_finding_png(_phantom(c, markers=False), {"coord": list(c), "diameter_mm": 10.0, "probability": 0.5},
+    render_finding_png(_phantom(c, markers=False), Finding(coord=c, diameter_mm=10.0, probability=0.5),
                        out, overview=False, crosshair=False)
     rgb = imread(out)[..., :3]
     height = rgb.shape[0]
@@ -273,19 +274,19 @@ def test_render_scan_findings(tmp_path):
     scan = tmp_path / "scan.mhd"
     sitk.WriteImage(_phantom(c), str(scan))
     findings = [
-        {"coord": list(c), "diameter_mm": 6.0, "probability": 0.2, "extra": "a"},
-        {"coord": list(c + 5), "diameter_mm": 10.0, "probability": 0.9, "extra": "b"},
-        {"coord": list(c - 5), "diameter_mm": 4.0, "probability": 0.5, "extra": "c"},
+        Finding(coord=c, diameter_mm=6.0, probability=0.2),
+        Finding(coord=c + 5, diameter_mm=10.0, probability=0.9, kind="mass"),
+        Finding(coord=c - 5, diameter_mm=4.0, probability=0.5),
     ]
     report = tmp_path / "report"
     rows = render_scan_findings(scan, "1.2.840.99", findings, report, max_findings=2)
     assert [r["probability"] for r in rows] == [0.9, 0.5]
-    assert [r["extra"] for r in rows] == ["b", "c"]
+    assert [r["kind"] for r in rows] == ["mass", "nodule"]  # each row is the finding's JSON with its picture
     assert [r["png"] for r in rows] == ["images/1.2.840.99_1.png", "images/1.2.840.99_2.png"]
     assert all(r["seriesuid"] == "1.2.840.99" for r in rows)
-    assert [r["coord"] for r in rows] == [findings[1]["coord"], findings[2]["coord"]]
+    assert [r["coord"] for r in rows] == [list(findings[1].coord), list(findings[2].coord)]
+    assert [Finding.from_json(r) for r in rows] == findings[1:]
     assert sorted(p.name for p in (report / "images").iterdir()) == ["1.2.840.99_1.png", "1.2.840.99_2.png"]
-    assert "seriesuid" not in findings[0]  # inputs untouched
     assert render_scan_findings(tmp_path / "missing.mhd", "x", [], report) == []  # nothing to draw: not read
     with pytest.raises(DataError):
         render_scan_findings(tmp_path / "missing.mhd", "x", findings, report)
@@ -317,12 +318,10 @@ def test_index_html(tmp_path):
     sitk.WriteImage(_phantom(c), str(scan_a))
     sitk.WriteImage(_phantom(c + np.array([3.0, 0, 0]), markers=False), str(scan_b))
     report = tmp_path / "report"
-    low = render_scan_findings(scan_a, "1.2.3.low", [{"coord": list(c), "diameter_mm": 6.0, "probability": 0.4}],
-                               report)
+    low = render_scan_findings(scan_a, "1.2.3.low", [Finding(coord=c, diameter_mm=6.0, probability=0.4)], report)
     high = render_scan_findings(scan_b, "1.2.3.high", [
-        {"coord": list(c + np.array([3.0, 0, 0])), "diameter_mm": 9.96, "probability": 0.71234},
-        {"coord": [-1.234, 5.678, -90.05], "diameter_mm": 3.0, "probability": 0.95, "stage1_peak": 0.99949,
-         "stage2_prob": 0.47578},
+        Finding(coord=c + np.array([3.0, 0, 0]), diameter_mm=9.96, probability=0.71234),
+        Finding(coord=(-1.234, 5.678, -90.05), diameter_mm=3.0, probability=0.95, stage1_peak=0.99949, stage2_prob=0.47578),
     ], report)
     evil = '1.2.<script>alert("x")</script>'
     scans = [
@@ -336,7 +335,7 @@ def test_index_html(tmp_path):
     out = write_index_html(report, scans[:1])  # first call with a partial list, as the batch runner does
     assert out == report / "index.html" and "1.2.3.high" not in out.read_text(encoding="utf-8")
     scans.insert(1, {"seriesuid": "1.2.3.high", "image": str(scan_b), "status": "ok", "error": None,
-                     "findings": high, "timings_s": {"load": 1.0, "total": 9.0}})
+                     "findings": high, "timings_s": {"load": 1.0, "total": 9.0}, "warnings": ["slices of 5 <mm>", "no contrast"]})
     out = write_index_html(report, scans)
     text = out.read_text(encoding="utf-8")
 
@@ -367,7 +366,9 @@ def test_index_html(tmp_path):
     section = text[text.index('id="findings"'): text.index('id="all"')]
     assert section.index("0.950") < section.index("0.712")
     # both stages' scores beside the final one where the finding has them (the caption, and the flat table)
-    assert section.count("(stage 1 0.999, stage 2 0.476)") == 1 and section.count("(stage 1") == 1
+    assert section.count("stage 1 0.999 · stage 2 0.476") == 1 and section.count("stage 1") == 1
+    # the scan's warnings (a per-scan attribute) under its heading, escaped
+    assert section.count('<p class="warn">warnings: slices of 5 &lt;mm&gt;; no contrast</p>') == 1
     # flat list of all findings by score
     flat = text[text.index('id="all"'):]
     assert "<th class=\"num\">stage 1</th>" in flat and flat.count(">0.999<") == 1 and flat.count(">0.476<") == 1

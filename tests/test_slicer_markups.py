@@ -9,6 +9,7 @@ import pytest
 import SimpleITK as sitk
 
 from monai_lung.cli import main
+from monai_lung.findings import Finding
 from monai_lung.io.errors import DataError
 from monai_lung.report.slicer import csv_to_markups, finding_points, point_list_markups
 from tests.conftest import make_image, rotation_direction
@@ -75,9 +76,18 @@ def test_predictions_by_probability_filtered_per_scan(tmp_path):
     assert _markup(written["1.3.6.1.b"])["controlPoints"] == []  # the scan is still listed: nothing above 0.15
 
 
-def test_finding_description_and_bad_coordinates():
-    (point,) = finding_points([{"coord": [1, 2, 3], "probability": 0.5, "stage1_peak": 0.99, "stage2_prob": 0.25, "diameter_mm": 6.04}])
-    assert point["description"] == "probability 0.500, stage 1 0.990, stage 2 0.250, diameter 6.0 mm"
+def test_finding_description_and_bad_coordinates(tmp_path):
+    (point,) = finding_points([Finding(coord=(1, 2, 3), probability=0.5, stage1_peak=0.99, stage2_prob=0.25, diameter_mm=6.04)])
+    assert point["description"] == "probability 0.500, stage 1 0.990, stage 2 0.250, diameter 6.0 mm"  # what is known
+    assert point["coord"] == [1.0, 2.0, 3.0] and point["label"] == "1 p0.50"
+    (mass,) = finding_points([Finding(coord=(1, 2, 3), probability=0.5, volume_mm3=40000.0, kind="mass")])
+    assert mass["description"] == "probability 0.500, volume 40000 mm³, kind mass"  # a kind other than nodule is named
+    # a predictions CSV of `detect` carries the sizes: the points describe them
+    csv = tmp_path / "preds.csv"
+    csv.write_text("seriesuid,coordX,coordY,coordZ,probability,diameter_mm,volume_mm3,longest_axial_mm\n1.2,1,2,3,0.5,6.2,125.0,7.1\n",
+                   encoding="utf-8")
+    (cp,) = _markup(csv_to_markups(csv, tmp_path / "out")["1.2"])["controlPoints"]
+    assert cp["description"] == "probability 0.500, diameter 6.2 mm, volume 125 mm³, longest axial 7.1 mm"
     with pytest.raises(ValueError, match="finite"):
         point_list_markups([{"coord": [1.0, float("nan"), 3.0], "label": "x"}], "scan")
     with pytest.raises(ValueError, match="three"):

@@ -2,11 +2,12 @@
 
 Outputs for ``--output preds.csv``:
 
-- ``preds.csv``: LUNA16 submission rows ``seriesuid,coordX,coordY,coordZ,probability`` (world LPS mm),
-  rewritten atomically from the per-scan results, in data-list order then by probability;
-- ``preds_scans/<seriesuid>.json``: one file per finished scan (findings with sizes and both stages'
-  scores, timings). These are the ledger: a rerun skips scans that have one, so nothing is done twice
-  and no row is ever duplicated;
+- ``preds.csv``: LUNA16 submission rows ``seriesuid,coordX,coordY,coordZ,probability`` (world LPS mm), then the
+  findings' CSV attributes (:func:`~monai_lung.findings.record.csv_columns`), rewritten atomically from the per-scan
+  results, in data-list order then by probability;
+- ``preds_scans/<seriesuid>.json``: one file per finished scan, a :class:`~monai_lung.findings.record.ScanResult`
+  (findings with sizes and both stages' scores, timings, warnings). These are the ledger: a rerun skips scans that
+  have one, so nothing is done twice and no row is ever duplicated;
 - ``preds_failures.csv`` beside ``preds.csv``: ``seriesuid,image,error`` for scans that could not be processed
   (unreadable, not 3D, NaNs, smaller than a patch...). The run goes on with the other scans.
 - with a report dir: ``index.html``, a PNG per shown finding (``images/``) and per scan a 3D Slicer point list
@@ -28,13 +29,9 @@ from typing import Any, Callable, Iterator, Sequence
 
 import pandas as pd
 
-from monai_lung.detection.sizing import size_band_lungrads_2022
 from monai_lung.datalist import entry_seriesuid, load_datalist_entries
-from monai_lung.io import DataError, PREDICTION_COLUMNS, seriesuid_of, write_csv_atomic, write_json_atomic
-
-#: the predictions CSV's columns: LUNA16's five, then each finding's measured size (world mm), which LUNA16 tools ignore
-SIZE_COLUMNS = ["diameter_mm", "volume_mm3", "longest_axial_mm"]
-OUTPUT_COLUMNS = [*PREDICTION_COLUMNS, *SIZE_COLUMNS]
+from monai_lung.findings import Finding, ScanResult, attributes, csv_columns
+from monai_lung.io import DataError, seriesuid_of, write_csv_atomic, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -85,13 +82,9 @@ def failures_path_for(output_csv: str | os.PathLike, rank: int | None = None) ->
     return output_csv.with_name(output_csv.stem + "_failures" + ("" if rank is None else f".rank{rank}") + ".csv")
 
 
-def scan_result_rows(result: dict) -> list[dict]:
-    """Submission rows of one scan's JSON result (:data:`OUTPUT_COLUMNS`; sizes NaN where a result has none)."""
-    return [
-        {"seriesuid": result["seriesuid"], "coordX": f["coord"][0], "coordY": f["coord"][1], "coordZ": f["coord"][2], "probability": f["probability"],
-         **{k: f.get(k, float("nan")) for k in SIZE_COLUMNS}}
-        for f in result.get("findings", [])
-    ]
+def read_scan_result(path: str | os.PathLike) -> ScanResult:
+    """A per-scan JSON file of the ledger as a :class:`~monai_lung.findings.record.ScanResult`."""
+    return ScanResult.from_json(json.loads(Path(path).read_text(encoding="utf-8")))
 
 
 LEDGER_FINDING_COLUMNS = ["seriesuid", "coordX", "coordY", "coordZ", "diameter_mm", "probability", "stage1_peak", "stage2_prob"]
@@ -101,12 +94,12 @@ def ledger_findings(scans_dir: str | os.PathLike) -> pd.DataFrame:
     """Every finding of the per-scan JSON results in ``scans_dir`` (all of a scan's candidates, not only the
     100 per scan a submission keeps), one row each: :data:`LEDGER_FINDING_COLUMNS` (centre world LPS mm,
     diameter mm, final probability and both stages' scores). Scans in file-name order, findings as stored."""
-    rows = []
+    frames = []
     for path in sorted(Path(scans_dir).glob("*.json")):
-        result = json.loads(path.read_text(encoding="utf-8"))
-        for f in result.get("findings", []):
-            rows.append((result["seriesuid"], *f["coord"], f["diameter_mm"], f["probability"], f["stage1_peak"], f["stage2_prob"]))
-    return pd.DataFrame(rows, columns=LEDGER_FINDING_COLUMNS)
+        scan = read_scan_result(path)
+        frames.append(scan.frame(LEDGER_FINDING_COLUMNS[1:]).assign(seriesuid=scan.seriesuid))
+    frames = [f for f in frames if len(f)]
+    return pd.concat(frames, ignore_index=True)[LEDGER_FINDING_COLUMNS] if frames else pd.DataFrame(columns=LEDGER_FINDING_COLUMNS)
 
 
 def merge_outputs(items: Sequence[ScanItem], output_csv: str | os.PathLike, world_size: int = 1) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -117,8 +110,9 @@ def merge_outputs(items: Sequence[ScanItem], output_csv: str | os.PathLike, worl
     for item in items:
         path = scans_dir / f"{item.seriesuid}.json"
         if path.is_file():
-            rows.extend(sorted(scan_result_rows(json.loads(path.read_text(encoding="utf-8"))), key=lambda r: -r["probability"]))
-    preds = pd.DataFrame(rows, columns=OUTPUT_COLUMNS)
+            scan = read_scan_result(path)
+            rows.extend(sorted((f.csv_row(scan.seriesuid) for f in scan.findings), key=lambda r: -r["probability"]))
+    preds = pd.DataFrame(rows, columns=csv_columns(Finding))
     write_csv_atomic(output_csv, preds)
     failures = []
     for rank in range(world_size):
@@ -170,8 +164,9 @@ def run_batch(
     """Run ``detect_scan`` over this rank's share of ``items`` and write the outputs (module docstring).
 
     Args:
-        detect_scan: ``item -> {"findings": [{"coord": [x, y, z] world LPS mm, "probability", ...}], "timings_s": {...}, ...}``;
-            raising marks the scan failed. With ``prepare``: ``(item, prepare(item)) -> result``.
+        detect_scan: ``item -> result``, a JSON-able dict (a :class:`~monai_lung.findings.record.ScanResult`'s
+            ``to_json()``, with the scan's other outputs); raising marks the scan failed. With ``prepare``:
+            ``(item, prepare(item)) -> result``.
         rank, world_size: this process's share is ``items[rank::world_size]``.
         on_scan_done: called with each finished scan's result (report pictures).
         barrier: waits for all ranks before rank 0 merges (``torch.distributed.barrier``).
@@ -226,6 +221,8 @@ def run_batch(
             "%s: %d findings; %s", item.seriesuid, len(result.get("findings", [])),
             ", ".join(f"{k} {v:.2f} s" for k, v in timings.items()),
         )
+        for warning in result.get("warnings", []):
+            logger.warning("%s: %s", item.seriesuid, warning)
         if on_scan_done is not None:
             on_scan_done(result)
 
@@ -255,16 +252,17 @@ def run_batch(
 
 def scan_steps(
     detector, preprocess: Callable[[dict], dict], report_dir: str | os.PathLike | None = None, max_report_findings: int = 10,
-    extra_outputs: Callable[[ScanItem, dict, list], dict] | None = None,
+    extra_outputs: Callable[[ScanItem, ScanResult], dict] | None = None,
 ):
     """The two steps of one scan for :func:`run_batch`: ``prepare(item) -> (image, seconds)`` (read, resample,
     window: CPU only, so it can run ahead in a background thread) and ``detect(item, prepared) -> result dict``
     (both stages, and optionally the report pictures).
 
     ``detector`` is a :class:`~monai_lung.detection.detector.TwoStageDetector`; ``preprocess`` the CT chain
-    (``{"image": path} -> {"image": (1, i, j, k) MetaTensor}``, RAS grid, windowed to [0, 1]). Findings are
-    world LPS mm. ``extra_outputs(item, detector output, findings) -> dict`` (e.g. DICOM objects) adds its entries
-    to the result; raising fails the scan, so that a rerun does it again.
+    (``{"image": path} -> {"image": (1, i, j, k) MetaTensor}``, RAS grid, windowed to [0, 1]). The result is the
+    detector's :class:`~monai_lung.findings.record.ScanResult` as JSON (findings world LPS mm) with the outputs
+    written from it. ``extra_outputs(item, scan result) -> dict`` (e.g. DICOM objects) adds its entries to the
+    result; raising fails the scan, so that a rerun does it again.
     """
 
     def prepare(item: ScanItem):
@@ -275,47 +273,25 @@ def scan_steps(
     def detect(item: ScanItem, prepared) -> dict:
         image, total_prep = prepared
         read_s, resample_s = float(image.meta.get("read_s", 0.0)), float(image.meta.get("resample_s", 0.0))
-        out = detector.detect(image)
-        findings = [
-            {
-                "coord": [float(r.coordX), float(r.coordY), float(r.coordZ)],
-                "diameter_mm": float(r.diameter_mm),
-                "volume_mm3": float(r.volume_mm3),
-                "longest_axial_mm": float(r.longest_axial_mm),
-                "size_band_lungrads_v2022": size_band_lungrads_2022(float(r.volume_mm3)),
-                "probability": float(r.probability),
-                "stage1_peak": float(r.stage1_peak),
-                "stage2_prob": float(r.stage2_prob),
-                "box": [float(r.coordX), float(r.coordY), float(r.coordZ), *([float(r.diameter_mm)] * 3)],
-            }
-            for r in out["findings"].itertuples()
-        ]
-        result = {
-            "findings": findings,
-            "num_candidates": out["num_candidates"],
-            "timings_s": {
-                "load": read_s, "resample": resample_s, "preprocess_other": max(total_prep - read_s - resample_s, 0.0),
-                **out["timings_s"],
-            },
-            "grid_shape": list(image.shape[1:]),
-            "coordinate_system": "world mm, ITK/LPS physical points (LUNA16); box = centre x, y, z + size x, y, z",
-            "sizes": "measured segmentation: diameter_mm equivalent-sphere, longest_axial_mm, volume_mm3; size band by "
-                     "Lung-RADS v2022 (solid nodule, baseline) volume bounds; research use only",
-        }
+        scan = detector.detect(image)
+        scan.seriesuid, scan.image = item.seriesuid, item.image
+        scan.timings_s = {"load": read_s, "resample": resample_s, "preprocess_other": max(total_prep - read_s - resample_s, 0.0),
+                          **scan.timings_s}
+        result = scan.to_json()
         if extra_outputs is not None:
             t = time.perf_counter()
-            result.update(extra_outputs(item, out, findings))
+            result.update(extra_outputs(item, scan))
             result["timings_s"]["dicom"] = time.perf_counter() - t
         if report_dir is not None:
             t = time.perf_counter()
             try:
                 from monai_lung.report.findings import render_scan_findings
 
-                result["report"] = render_scan_findings(item.image, item.seriesuid, findings, report_dir, max_report_findings)
+                result["report"] = render_scan_findings(item.image, item.seriesuid, scan.findings, report_dir, max_report_findings)
             except Exception as err:  # a picture must not cost the detections
                 result["report_error"] = short_error(err)
             try:
-                result["markups"] = write_scan_markups(report_dir, item.seriesuid, findings, max_report_findings)
+                result["markups"] = write_scan_markups(report_dir, item.seriesuid, scan.findings, max_report_findings)
             except Exception as err:  # neither may the Slicer file
                 result["report_error"] = "; ".join(filter(None, [result.get("report_error"), short_error(err)]))
             result["timings_s"]["report"] = time.perf_counter() - t
@@ -324,7 +300,7 @@ def scan_steps(
     return prepare, detect
 
 
-def write_scan_markups(report_dir: str | os.PathLike, seriesuid: str, findings: Sequence[dict], max_findings: int) -> str:
+def write_scan_markups(report_dir: str | os.PathLike, seriesuid: str, findings: Sequence[Finding], max_findings: int) -> str:
     """``report_dir/slicer/<seriesuid>.mrk.json``: the scan's ``max_findings`` best findings (world LPS mm) as a
     3D Slicer point list; returns its path relative to ``report_dir``."""
     from monai_lung.report.slicer import MARKUPS_SUFFIX, finding_points, point_list_markups, write_markups
@@ -350,7 +326,7 @@ def write_report_index(output_csv: str | os.PathLike, report_dir: str | os.PathL
             res = json.loads(path.read_text(encoding="utf-8"))
             scans.append({"seriesuid": item.seriesuid, "image": item.image, "status": "ok", "error": res.get("report_error"),
                           "findings": res.get("report", []), "timings_s": res.get("timings_s", {}),
-                          "markups": res.get("markups")})
+                          "markups": res.get("markups"), **{name: res[name] for name, _ in attributes(ScanResult) if name in res}})
         elif item.seriesuid in errors:
             scans.append({"seriesuid": item.seriesuid, "image": item.image, "status": "failed", "error": errors[item.seriesuid],
                           "findings": [], "timings_s": {}})
@@ -369,7 +345,7 @@ def detect_items(
     progress: bool = True,
     barrier: Callable[[], None] | None = None,
     prefetch: int = 1,
-    extra_outputs: Callable[[ScanItem, dict, list], dict] | None = None,
+    extra_outputs: Callable[[ScanItem, ScanResult], dict] | None = None,
     prior_failures: Sequence[dict] = (),
 ) -> dict:
     """Detect over ``items`` and write every output (the CLI's ``detect`` and the detection bundle's ``run``);

@@ -3,7 +3,8 @@
 Pipeline per scan (every knob lives in :class:`DetectorConfig`):
 zoom to stage 1's grid (0.75 mm) -> lung mask -> stage-1 UNet sliding window over the lungs -> candidates
 (components of the probability map, as world mm) -> merge near-duplicates -> zoom to stage 2's grid (0.8 mm)
--> 32^3 crops around the candidates -> batched stage-2 ResNet -> final score -> findings.
+-> 32^3 crops around the candidates -> batched stage-2 ResNet -> final score -> findings, measured
+(:mod:`~monai_lung.detection.sizing`) and returned as :class:`~monai_lung.findings.record.Finding` records.
 
 :class:`TwoStageNetwork` holds both networks as submodules: its ``state_dict`` is the detection
 bundle's ``models/model.pt``. :class:`TwoStageDetector` is the callable MONAI Label's detection task
@@ -21,7 +22,8 @@ import pandas as pd
 import torch
 
 from monai_lung.detection.scoring import score_points
-from monai_lung.detection.sizing import measure_findings
+from monai_lung.detection.sizing import measure_findings, size_band_lungrads_2022
+from monai_lung.findings import Finding, FindingMask, ScanResult
 from monai_lung.io.errors import DataError
 from monai_lung.networks import inference_network, resolve_device
 from monai_lung.stage1 import Stage1Config, run_stage1
@@ -158,7 +160,7 @@ class TwoStageDetector:
         return self
 
     @torch.no_grad()
-    def detect(self, image: torch.Tensor) -> dict:
+    def detect(self, image: torch.Tensor) -> ScanResult:
         """Detect nodules in one preprocessed scan.
 
         Args:
@@ -167,14 +169,13 @@ class TwoStageDetector:
                 world mm.
 
         Returns:
-            ``{"findings": DataFrame(coordX, coordY, coordZ [world LPS mm], diameter_mm, volume_mm3,
-            longest_axial_mm, probability, stage1_peak, stage2_prob, mask, ...) sorted by probability,
-            "num_candidates": int, "timings_s": {"stage1_grid", "lung_mask", "sliding_window", "candidates",
-            "stage2_grid", "classification", "sizing"}, "mask_affine": 4x4, "mask_space": str}``. Sizes are the measured
-            segmentation's (:mod:`monai_lung.detection.sizing`: equivalent-sphere diameter, volume, longest axial
-            diameter, mm), refined on the CT for the ``size_refine_top_k`` most probable findings and the stage-1
-            component's for the others; ``mask`` is ``(lo, bool crop)``, the segmentation in (i, j, k) voxels of the stage-1 grid
-            (``mask_affine``, world ``mask_space``) offset by ``lo``.
+            A :class:`~monai_lung.findings.record.ScanResult`: its findings sorted by probability (centres world LPS
+            mm), ``num_candidates``, ``grid_shape`` (the input's) and ``timings_s`` (``stage1_grid``, ``lung_mask``,
+            ``sliding_window``, ``candidates``, ``stage2_grid``, ``classification``, ``sizing``). Sizes are the
+            measured segmentation's (:mod:`monai_lung.detection.sizing`: equivalent-sphere diameter, volume, longest
+            axial diameter, mm), refined on the CT for the ``size_refine_top_k`` most probable findings and the
+            stage-1 component's for the others; each finding's ``mask`` is that segmentation on a crop of the
+            stage-1 grid.
         """
         cfg = self.config
         source = image.meta.get("filename_or_obj") if hasattr(image, "meta") else None
@@ -220,9 +221,18 @@ class TwoStageDetector:
             prob, lambda sl: lo_hu + (hi_hu - lo_hu) * np.asarray(window[sl], dtype=np.float32), affine, findings,
             cfg.seg_threshold, cfg.size_reach_mm, refine=np.arange(len(findings)) < cfg.size_refine_top_k,
         )
-        findings = findings.assign(**sizes, mask=pd.Series(masks, index=findings.index, dtype=object))
         timings["sizing"] = time.perf_counter() - t
-        return {"findings": findings, "num_candidates": int(len(cands)), "timings_s": timings, "mask_affine": affine, "mask_space": space}
+        records = [
+            Finding(
+                coord=(r.coordX, r.coordY, r.coordZ), probability=float(r.probability), stage1_peak=float(r.stage1_peak),
+                stage2_prob=float(r.stage2_prob), diameter_mm=float(sizes["diameter_mm"][n]), volume_mm3=float(sizes["volume_mm3"][n]),
+                longest_axial_mm=float(sizes["longest_axial_mm"][n]),
+                size_band_lungrads_v2022=size_band_lungrads_2022(float(sizes["volume_mm3"][n])),
+                mask=FindingMask(mask, affine @ _shift(lo), space),
+            )
+            for n, (r, (lo, mask)) in enumerate(zip(findings.itertuples(), masks))
+        ]
+        return ScanResult(records, num_candidates=int(len(cands)), timings_s=timings, grid_shape=list(image.shape[1:]))
 
     def __call__(self, inputs, use_inferer: bool = True) -> list[dict]:
         """MONAI Label's detection interface: ``inputs`` a (B, 1, i, j, k) batch or a list of (1, i, j, k)
@@ -233,14 +243,19 @@ class TwoStageDetector:
         images = list(inputs) if not isinstance(inputs, torch.Tensor) or inputs.ndim == 5 else [inputs]
         results = []
         for image in images:
-            found = self.detect(image)["findings"]
-            centre = found[["coordX", "coordY", "coordZ"]].to_numpy(dtype=np.float32).reshape(-1, 3)
-            size = np.repeat(found["diameter_mm"].to_numpy(dtype=np.float32)[:, None], 3, axis=1)
+            found = self.detect(image).findings
             results.append(
                 {
-                    "box": torch.from_numpy(np.concatenate([centre, size], axis=1)),
+                    "box": torch.tensor([f.box for f in found], dtype=torch.float32).reshape(-1, 6),
                     "label": torch.zeros(len(found), dtype=torch.long),
-                    "label_scores": torch.from_numpy(found["probability"].to_numpy(dtype=np.float32)),
+                    "label_scores": torch.tensor([f.probability for f in found], dtype=torch.float32),
                 }
             )
         return results
+
+
+def _shift(lo) -> np.ndarray:
+    """The 4x4 matrix moving index (0, 0, 0) to ``lo``: a crop's affine is its grid's affine times this."""
+    shift = np.eye(4)
+    shift[:3, 3] = np.asarray(lo, dtype=np.float64)
+    return shift

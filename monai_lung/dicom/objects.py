@@ -4,9 +4,10 @@
   own slices and pixel grid, so that a viewer overlays it on the scan;
 - **SR** (Comprehensive 3D SR, TID 1500 Measurement Report): one volumetric measurement group (TID 1411) per
   finding, with the finding's centre as a 3D POINT in the series' frame of reference (world LPS mm, the numbers
-  of the predictions CSV), its equivalent-sphere diameter, longest axial diameter (mm), volume (mm3) and
-  detection probability, referencing the source series. A finding's SR group and SEG segment share one
-  tracking UID.
+  of the predictions CSV), its finding type (``Finding.kind``) and every attribute the finding record declares for
+  the SR (:func:`monai_lung.findings.record.sr_items`: detection probability, equivalent-sphere diameter, volume,
+  longest axial diameter, ...), referencing the source series; the scan's warnings as comments. A finding's SR
+  group and SEG segment share one tracking UID.
 
 Both are marked as research output (series description and the SR's text). UIDs derive from the source series
 and the findings, so writing the same result twice gives the same objects (a PACS keeps one copy).
@@ -28,6 +29,7 @@ from scipy import ndimage
 
 from monai_lung import __version__
 from monai_lung.dicom.series import SeriesInfo
+from monai_lung.findings import KIND_CODES, Finding, SRCode, SRMeasurement, attributes, sr_items
 from monai_lung.io.atomic import atomic_path
 
 RESEARCH_NOTE = "RESEARCH USE ONLY - not for diagnosis"
@@ -81,26 +83,36 @@ def mask_on_series(mask: np.ndarray, mask_affine: np.ndarray, series: SeriesInfo
     return out
 
 
-def _uid(series: SeriesInfo, kind: str, findings: Sequence[dict]) -> str:
-    content = json.dumps([[round(v, 3) for v in f["coord"]] + [round(f["probability"], 6)] for f in findings])
+def code(value) -> hd.sr.CodedConcept:
+    """A DICOM code from the finding record's notation: ``"SCT.Nodule"`` (pydicom's code dictionary) or ``(value,
+    scheme designator, meaning)``."""
+    if isinstance(value, str):
+        scheme, _, name = value.partition(".")
+        found = getattr(getattr(codes, scheme), name)
+        return hd.sr.CodedConcept(found.value, found.scheme_designator, found.meaning)
+    return hd.sr.CodedConcept(*value)
+
+
+def _uid(series: SeriesInfo, kind: str, findings: Sequence[Finding]) -> str:
+    content = json.dumps([[round(v, 3) for v in f.coord] + [round(f.probability, 6)] for f in findings])
     return generate_uid(entropy_srcs=[series.uid, kind, __version__, content])
 
 
-def _common(series: SeriesInfo, kind: str, findings: Sequence[dict], number: int) -> dict:
+def _common(series: SeriesInfo, kind: str, findings: Sequence[Finding], number: int) -> dict:
     return dict(
         series_instance_uid=_uid(series, kind + "-series", findings), series_number=number,
         sop_instance_uid=_uid(series, kind, findings), instance_number=1, manufacturer=MANUFACTURER,
     )
 
 
-def build_seg(series: SeriesInfo, findings: Sequence[dict], masks: Sequence[np.ndarray], tracking_uids: Sequence[str]) -> hd.seg.Segmentation:
+def build_seg(series: SeriesInfo, findings: Sequence[Finding], masks: Sequence[np.ndarray], tracking_uids: Sequence[str]) -> hd.seg.Segmentation:
     """The SEG of ``findings`` (one segment each, in order) from their (slices, rows, columns) bool ``masks``
     on the series (:func:`mask_on_series`)."""
     descriptions = [
         hd.seg.SegmentDescription(
             segment_number=n, segment_label=f"finding {n}",
             segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
-            segmented_property_type=codes.SCT.Nodule,
+            segmented_property_type=code(KIND_CODES[findings[n - 1].kind]),
             algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
             algorithm_identification=hd.AlgorithmIdentificationSequence(family=codes.cid7162.ArtificialIntelligence, **_ALGORITHM),
             tracking_uid=tracking_uids[n - 1], tracking_id=f"finding {n}",
@@ -120,28 +132,38 @@ def build_seg(series: SeriesInfo, findings: Sequence[dict], masks: Sequence[np.n
     )
 
 
-def build_sr(series: SeriesInfo, findings: Sequence[dict], tracking_uids: Sequence[str]) -> hd.sr.Comprehensive3DSR:
-    """The TID 1500 measurement report of ``findings`` (dicts with ``coord`` world LPS mm, ``probability``,
-    ``diameter_mm``, ``longest_axial_mm``, ``volume_mm3``), one TID 1411 group each, in order."""
+def _sr_content(finding: Finding, algorithm: hd.sr.AlgorithmIdentification) -> tuple[list, list]:
+    """(measurements, qualitative evaluations) of a finding's SR group, from its declared SR attributes."""
+    measurements, evaluations = [], []
+    for _, spec, value in sr_items(finding):
+        if isinstance(spec.sr, SRMeasurement):
+            if value is None or not np.isfinite(float(value)):
+                continue  # not measured: no measurement item
+            measurements.append(hd.sr.Measurement(
+                name=code(spec.sr.concept), value=float(value), unit=code(spec.sr.unit),
+                method=code(spec.sr.method) if spec.sr.method is not None else None, algorithm_id=algorithm,
+            ))
+        elif isinstance(spec.sr, SRCode) and value in spec.sr.values:
+            evaluations.append(hd.sr.QualitativeEvaluation(name=code(spec.sr.concept), value=code(spec.sr.values[value])))
+    return measurements, evaluations
+
+
+def build_sr(series: SeriesInfo, findings: Sequence[Finding], tracking_uids: Sequence[str], comments: Sequence[str] = ()) -> hd.sr.Comprehensive3DSR:
+    """The TID 1500 measurement report of ``findings`` (centres world LPS mm), one TID 1411 group each, in order,
+    with the measurements and evaluations their record declares; ``comments`` (the scan's warnings) as text items."""
     frame_of_reference = str(series.datasets[0].FrameOfReferenceUID)
     algorithm = hd.sr.AlgorithmIdentification(**_ALGORITHM)
     groups = []
     for n, f in enumerate(findings, start=1):
-        measurements = [
-            hd.sr.Measurement(name=codes.SCT.Diameter, value=float(f["diameter_mm"]), unit=codes.UCUM.Millimeter,
-                              method=codes.DCM.SumOfSegmentedVoxelMethodForVolume, algorithm_id=algorithm),
-            hd.sr.Measurement(name=codes.SCT.LongAxis, value=float(f["longest_axial_mm"]), unit=codes.UCUM.Millimeter, algorithm_id=algorithm),
-            hd.sr.Measurement(name=codes.SCT.Volume, value=float(f["volume_mm3"]), unit=codes.UCUM.CubicMillimeter,
-                              method=codes.DCM.SumOfSegmentedVoxelMethodForVolume, algorithm_id=algorithm),
-            hd.sr.Measurement(name=codes.DCM.Probability, value=float(f["probability"]), unit=codes.UCUM.NoUnits, algorithm_id=algorithm),
-        ]
+        measurements, evaluations = _sr_content(f, algorithm)
         groups.append(hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
             tracking_identifier=hd.sr.TrackingIdentifier(uid=tracking_uids[n - 1], identifier=f"finding {n} (SEG segment {n})"),
             referenced_volume_surface=hd.sr.VolumeSurface(
-                graphic_type=hd.sr.GraphicTypeValues3D.POINT, graphic_data=np.asarray([f["coord"]], dtype=np.float64),
+                graphic_type=hd.sr.GraphicTypeValues3D.POINT, graphic_data=np.asarray([f.coord], dtype=np.float64),
                 frame_of_reference_uid=frame_of_reference, source_series=hd.sr.SourceSeriesForSegmentation(series.uid),
             ),
-            finding_type=codes.SCT.Nodule, algorithm_id=algorithm, measurements=measurements,
+            finding_type=code(KIND_CODES[f.kind]), algorithm_id=algorithm, measurements=measurements,
+            qualitative_evaluations=evaluations or None,
         ))
     observer = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
@@ -151,42 +173,43 @@ def build_sr(series: SeriesInfo, findings: Sequence[dict], tracking_uids: Sequen
         observation_context=hd.sr.ObservationContext(observer_device_context=observer),
         procedure_reported=codes.LN.CTUnspecifiedBodyRegion, imaging_measurements=groups,
     )
+    for text in comments:  # the scan's warnings travel with its findings
+        report[0].ContentSequence.append(hd.sr.TextContentItem(
+            name=codes.DCM.Comment, value=str(text)[:1024], relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+        ))
     return hd.sr.Comprehensive3DSR(
         evidence=series.datasets, content=report, series_description="monai_lung nodule measurements - RESEARCH USE ONLY",
         **_common(series, "sr", findings, 9902),
     )
 
 
-def tracking_uids(series: SeriesInfo, findings: Sequence[dict]) -> list[str]:
+def tracking_uids(series: SeriesInfo, findings: Sequence[Finding]) -> list[str]:
     return [_uid(series, f"track{n}", findings) for n in range(1, len(findings) + 1)]
 
 
-def write_dicom_outputs(
-    series: SeriesInfo, findings: Sequence[dict], masks: Sequence[tuple], mask_affine: np.ndarray, out_dir: str | os.PathLike,
-    space: str = "RAS",
-) -> dict:
-    """Write ``out_dir/<SeriesInstanceUID>/{sr.dcm, seg.dcm}`` for ``findings`` (their order) and return
-    ``{"sr": path, "seg": path or None, "sr_sop_instance_uid", "seg_sop_instance_uid", "series_instance_uid"}``.
+def write_dicom_outputs(series: SeriesInfo, findings: Sequence[Finding], out_dir: str | os.PathLike, comments: Sequence[str] = ()) -> dict:
+    """Write ``out_dir/<SeriesInstanceUID>/{sr.dcm, seg.dcm}`` for ``findings`` (their order; each with its ``mask``)
+    and return ``{"sr": path, "seg": path or None, "sr_sop_instance_uid", "seg_sop_instance_uid",
+    "series_instance_uid"}``. ``comments``: the scan's warnings, as text in the SR.
 
-    ``masks``: per finding ``(lo (3,) int, bool crop)`` in voxels of the grid ``mask_affine`` (world ``space``),
-    offset by ``lo``. Without findings no SEG is written (a SEG needs a segment); the SR then has no groups.
+    Without findings no SEG is written (a SEG needs a segment); the SR then has no groups. A finding without a mask
+    is refused (its SEG segment would be empty).
     """
     folder = Path(out_dir) / series.uid
     folder.mkdir(parents=True, exist_ok=True)
     tracks = tracking_uids(series, findings)
     outputs = {"series_instance_uid": series.uid, "seg": None, "seg_sop_instance_uid": None}
-    mask_affine = np.asarray(mask_affine, dtype=np.float64)
     if findings:
         on_series = []
-        for lo, crop in masks:
-            shift = np.eye(4)
-            shift[:3, 3] = np.asarray(lo, dtype=np.float64)
-            on_series.append(mask_on_series(crop, mask_affine @ shift, series, space))
+        for n, f in enumerate(findings, start=1):
+            if f.mask is None:
+                raise ValueError(f"finding {n} has no mask: the SEG needs each finding's segmentation")
+            on_series.append(mask_on_series(f.mask.array, f.mask.affine, series, f.mask.space))
         seg = build_seg(series, findings, on_series, tracks)
         with atomic_path(folder / SEG_NAME) as tmp:
             seg.save_as(tmp)
         outputs["seg"], outputs["seg_sop_instance_uid"] = str(folder / SEG_NAME), str(seg.SOPInstanceUID)
-    sr = build_sr(series, findings, tracks)
+    sr = build_sr(series, findings, tracks, comments)
     with atomic_path(folder / SR_NAME) as tmp:
         sr.save_as(tmp)
     outputs["sr"], outputs["sr_sop_instance_uid"] = str(folder / SR_NAME), str(sr.SOPInstanceUID)
@@ -194,17 +217,16 @@ def write_dicom_outputs(
 
 
 def read_sr_findings(path: str | os.PathLike) -> list[dict]:
-    """The findings of an SR written by :func:`write_dicom_outputs`: ``[{"coord" (world LPS mm), "diameter_mm",
-    "longest_axial_mm", "volume_mm3", "probability", "tracking_uid"}]`` in group order."""
+    """The findings of an SR written by :func:`write_dicom_outputs`: ``[{"coord" (world LPS mm), "tracking_uid", and
+    each measured attribute the finding record declares (``probability``, ``diameter_mm``, ...)}]`` in group order."""
     sr = hd.sr.srread(path)
-    names = {codes.SCT.Diameter: "diameter_mm", codes.SCT.LongAxis: "longest_axial_mm", codes.SCT.Volume: "volume_mm3",
-             codes.DCM.Probability: "probability"}
+    names = [(code(spec.sr.concept), name) for name, spec in attributes(Finding) if isinstance(spec.sr, SRMeasurement)]
     out = []
     for group in sr.content.get_volumetric_roi_measurement_groups():
         item = {"coord": [float(v) for v in group.roi.graphic_data[0]], "tracking_uid": str(group.tracking_uid)}
         for m in group.get_measurements():
-            for code, key in names.items():
-                if m.name == code:
+            for concept, key in names:
+                if m.name == concept:
                     item[key] = float(m.value)
         out.append(item)
     return out

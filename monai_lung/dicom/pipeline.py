@@ -18,6 +18,7 @@ from pathlib import Path
 from monai_lung.dicom.dicomweb import fetch_study, store_files
 from monai_lung.dicom.objects import write_dicom_outputs
 from monai_lung.dicom.series import SeriesInfo, choose_series, series_reading_folder
+from monai_lung.findings import ScanResult
 
 logger = logging.getLogger(__name__)
 LINK_FOLDER = ".series"  # under the DICOM output folder: links to a chosen series' files
@@ -51,7 +52,7 @@ def pacs_scan(url: str, study_uid: str, work_dir: str | os.PathLike, headers: di
 
 
 class DicomOutputs:
-    """``(item, detector output, findings) -> {"dicom": {...}}`` for the detection batch (``extra_outputs``).
+    """``(item, scan result) -> {"dicom": {...}}`` for the detection batch (``extra_outputs``).
 
     Args:
         scans: the :class:`DicomScan` of each item, by seriesuid.
@@ -66,14 +67,13 @@ class DicomOutputs:
         self.scans, self.out_dir, self.max_findings = scans, Path(out_dir), int(max_findings)
         self.store_url, self.headers = store_url, headers
 
-    def __call__(self, item, out: dict, findings: list) -> dict:
+    def __call__(self, item, result: ScanResult) -> dict:
         scan = self.scans.get(item.seriesuid)
         if scan is None:  # not a DICOM input (a file given beside DICOM folders)
             return {}
-        kept = list(range(min(self.max_findings, len(findings))))  # findings come sorted by probability
-        masks = [out["findings"]["mask"].iloc[i] for i in kept]
+        kept = result.findings[: self.max_findings]  # findings come sorted by probability
         t = time.perf_counter()
-        files = write_dicom_outputs(scan.series, [findings[i] for i in kept], masks, out["mask_affine"], self.out_dir, out.get("mask_space", "RAS"))
+        files = write_dicom_outputs(scan.series, kept, self.out_dir, comments=result.warnings)
         info = {**files, "study_instance_uid": scan.study_uid, "series_choice": scan.why, "num_findings": len(kept),
                 "write_s": time.perf_counter() - t}
         if self.store_url:

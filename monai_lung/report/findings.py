@@ -42,6 +42,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import SimpleITK as sitk
 
+from monai_lung.findings import Finding, report_items
 from monai_lung.io import atomic_path, read_sitk_image
 
 #: lung window, HU: width 1500, level -600
@@ -201,19 +202,6 @@ def overview_slice(image: sitk.Image, coord_lps: Sequence[float]) -> PlaneSlice:
                       {"top": "A", "bottom": "P", "left": "R", "right": "L"})
 
 
-def _number(value: Any) -> float:
-    """``value`` as a float, NaN when missing or not numeric."""
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        return float("nan")
-    return out
-
-
-def _fmt(value: float, digits: int, unit: str = "") -> str:
-    return "n/a" if not math.isfinite(value) else f"{value:.{digits}f}{unit}"
-
-
 def _draw_panel(ax, plane: PlaneSlice, window: tuple[float, float], radius_mm: float, half_fov_mm: float,
                 crosshair: bool, cmap, title: str) -> None:
     """Show ``plane`` on ``ax`` in mm around the finding, with marker, direction letters and a 10 mm bar."""
@@ -271,9 +259,10 @@ def _draw_overview(ax, plane: PlaneSlice, window: tuple[float, float], half_fov_
 
 def render_finding_png(
     image: sitk.Image,
-    finding: Mapping[str, Any],
+    finding: Finding,
     out_png: str | os.PathLike,
     title_prefix: str = "",
+    seriesuid: str = "",
     fov_mm: float = DEFAULT_FOV_MM,
     window_hu: tuple[float, float] = LUNG_WINDOW_HU,
     overview: bool = True,
@@ -285,10 +274,11 @@ def render_finding_png(
     Args:
         image: the scan, a 3D ``sitk.Image`` in HU (any direction matrix; an LPS-aligned one from
             :func:`lps_aligned` saves re-orienting per finding).
-        finding: ``{"coord": [x, y, z] world LPS mm, "diameter_mm": float, "probability": float, ...}``;
-            an optional ``"seriesuid"`` goes into the title. Missing diameter/probability show as "n/a".
+        finding: the :class:`~monai_lung.findings.record.Finding` (centre world LPS mm); the title shows its report
+            attributes (probability, sizes, ...; a missing number as "n/a").
         out_png: output path; written atomically (temporary file beside it, renamed when complete).
         title_prefix: text put in front of the title (e.g. "#3  ").
+        seriesuid: the scan's id, for the title.
         fov_mm: side of each square panel, mm (padded with dark blue where it leaves the scan).
         window_hu: display window (low, high) in HU; default lung window W 1500 / L -600.
         overview: add a fourth, whole-axial-slice panel with the field of view outlined.
@@ -302,13 +292,10 @@ def render_finding_png(
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    if "coord" not in finding:
-        raise ValueError("finding has no 'coord' (world LPS x, y, z mm)")
-    coord = np.asarray(finding["coord"], dtype=np.float64).reshape(-1)
+    coord = np.asarray(finding.coord, dtype=np.float64).reshape(-1)
     img = lps_aligned(image)
     planes = finding_slices(img, coord, fov_mm)
-    diameter = _number(finding.get("diameter_mm"))
-    probability = _number(finding.get("probability"))
+    diameter = float(finding.diameter_mm)
     radius = max(diameter / 2.0 if math.isfinite(diameter) else 0.0, MIN_MARKER_RADIUS_MM)
     window = (float(window_hu[0]), float(window_hu[1]))
     cmap = colormaps["gray"].with_extremes(bad=PADDING_COLOR)
@@ -327,14 +314,12 @@ def render_finding_png(
         _draw_overview(axes[3], overview_slice(img, coord), window, half, cmap)
         axes[3].title.set_color("white")
 
-    uid = str(finding.get("seriesuid", "") or "")
-    line1 = f"{title_prefix}{uid}".strip() or "finding"
-    volume = _number(finding.get("volume_mm3"))
-    size = f" ({_fmt(volume, 0, ' mm3')})" if math.isfinite(volume) else ""
-    line2 = (f"probability {_fmt(probability, 3)}    diameter {_fmt(diameter, 1, ' mm')}{size}    "
-             f"LPS ({coord[0]:.1f}, {coord[1]:.1f}, {coord[2]:.1f}) mm")
-    fig.suptitle(f"{line1}\n{line2}", color="white", fontsize=10)
-    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.02, top=0.80, wspace=0.04)
+    line1 = f"{title_prefix}{seriesuid or ''}".strip() or "finding"
+    items = [f"{label} {text}" for label, text in report_items(finding, exclude=("stage1_peak", "stage2_prob"))]
+    half = (len(items) + 1) // 2  # two lines of attributes, then the position
+    line2, line3 = "    ".join(items[:half]), "    ".join(items[half:] + [f"LPS ({coord[0]:.1f}, {coord[1]:.1f}, {coord[2]:.1f}) mm"])
+    fig.suptitle(f"{line1}\n{line2}\n{line3}", color="white", fontsize=10)
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.02, top=0.76, wspace=0.04)
 
     out_png = Path(out_png)
     with atomic_path(out_png) as tmp:
@@ -352,15 +337,15 @@ def png_stem(seriesuid: str) -> str:
     return safe
 
 
-def _score(finding: Mapping[str, Any]) -> float:
-    p = _number(finding.get("probability"))
+def _score(finding: Finding) -> float:
+    p = float(finding.probability)
     return p if math.isfinite(p) else -math.inf
 
 
 def render_scan_findings(
     scan_path: str | os.PathLike,
     seriesuid: str,
-    findings: Sequence[Mapping[str, Any]],
+    findings: Sequence[Finding],
     report_dir: str | os.PathLike,
     max_findings: int = 20,
     **render_kwargs: Any,
@@ -371,14 +356,14 @@ def render_scan_findings(
         scan_path: .mhd/.nii(.gz)/DICOM folder, read once with :func:`monai_lung.io.read_sitk_image`
             (unreadable scans raise :class:`monai_lung.io.DataError`); not read when there are no findings.
         seriesuid: scan id, used in file names (made file-name safe, see :func:`png_stem`) and titles.
-        findings: dicts with ``"coord"`` (world LPS x, y, z mm), ``"diameter_mm"``, ``"probability"``, ...
+        findings: the scan's :class:`~monai_lung.findings.record.Finding` records (centres world LPS mm).
         report_dir: report folder; images go to its ``images/`` subfolder.
         max_findings: render at most this many, the highest probabilities first.
         render_kwargs: passed to :func:`render_finding_png` (``fov_mm``, ``window_hu``, ``overview``...).
 
     Returns:
-        ``[{"seriesuid", "png": path relative to report_dir (POSIX), **finding}]`` sorted by probability,
-        descending (ties keep input order; missing probabilities last).
+        ``[{"seriesuid", "png": path relative to report_dir (POSIX), **finding.to_json()}]`` sorted by probability,
+        descending (ties keep input order; missing probabilities last): what the HTML index reads back.
     """
     ranked = sorted(findings, key=_score, reverse=True)[: max(int(max_findings), 0)]
     if not ranked:
@@ -389,9 +374,6 @@ def render_scan_findings(
     out = []
     for k, finding in enumerate(ranked, start=1):
         rel = f"images/{stem}_{k}.png"
-        render_finding_png(image, {**finding, "seriesuid": seriesuid}, report_dir / rel,
-                           title_prefix=f"#{k}  ", **render_kwargs)
-        row = {"seriesuid": seriesuid, "png": rel}
-        row.update((key, value) for key, value in finding.items() if key not in row)
-        out.append(row)
+        render_finding_png(image, finding, report_dir / rel, title_prefix=f"#{k}  ", seriesuid=seriesuid, **render_kwargs)
+        out.append({"seriesuid": seriesuid, "png": rel, **finding.to_json()})
     return out

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 from urllib.parse import quote
 
+from monai_lung.findings import Finding, ScanResult, attributes, report_items
 from monai_lung.io import atomic_path
 
 #: display width of the finding PNGs in the page, CSS pixels (they also shrink to the window)
@@ -39,6 +40,7 @@ td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; white-sp
 td.uid { word-break: break-all; }
 tr.failed td { color: #ff7b72; }
 .error { color: #ff7b72; white-space: pre-wrap; word-break: break-word; font-family: monospace; }
+.warn { color: #f0b429; }
 figure { margin: 0.8em 0 1.4em; }
 figure img { max-width: 100%; height: auto; display: block; border: 1px solid #333; }
 figcaption { font-variant-numeric: tabular-nums; margin-top: 0.3em; }
@@ -170,13 +172,15 @@ def _scan_section(report_dir: Path, anchor: str, scan: Mapping[str, Any]) -> str
         parts.append(f'<p class="error">{_esc(scan.get("error") or "failed (no error message)")}</p>')
     elif scan.get("error"):
         parts.append(f'<p class="error">{_esc(scan.get("error"))}</p>')
+    for label, text in _scan_items(scan):
+        parts.append(f'<p class="warn">{_esc(label)}: {_esc(text)}</p>')
     findings = _sorted_findings(scan)
     if _is_ok(scan) and not findings:
         parts.append('<p class="meta">no findings</p>')
     for k, f in enumerate(findings, start=1):
-        caption = (f"<b>#{k}</b> · probability <b>{_fmt(f.get('probability'), 3)}</b>{_stage_text(f)} · "
-                   f"diameter {_fmt(f.get('diameter_mm'), 1)} mm{_size_text(f)} · "
-                   f"world LPS (x, y, z) = {_esc(_coord_text(f.get('coord')))} mm")
+        items = [f"{_esc(label)} <b>{_esc(text)}</b>" if n == 0 else f"{_esc(label)} {_esc(text)}"
+                 for n, (label, text) in enumerate(report_items(_record(f), skip_missing=True))]
+        caption = " · ".join([f"<b>#{k}</b>", *items, f"world LPS (x, y, z) = {_esc(_coord_text(f.get('coord')))} mm"])
         alt = f"{uid} finding {k}"
         parts.append(f'<figure id="{anchor}-f{k}">{_img(report_dir, f.get("png"), alt)}'
                      f"<figcaption>{caption}</figcaption></figure>")
@@ -191,24 +195,15 @@ def _markups_link(report_dir: Path, markups: Any) -> str:
     return f' · <a href="{_esc(quote(Path(str(markups)).as_posix(), safe="/"))}">3D Slicer points (.mrk.json)</a>'
 
 
-def _size_text(finding: Mapping[str, Any]) -> str:
-    """`` (longest axial 9.1 mm, volume 310 mm³, Lung-RADS v2022 size band 8-<15 mm)`` for a measured finding,
-    else empty. Research output: a size band is not a Lung-RADS category."""
-    axial, volume = _number(finding.get("longest_axial_mm")), _number(finding.get("volume_mm3"))
-    if not (math.isfinite(axial) and math.isfinite(volume)):
-        return ""
-    band = finding.get("size_band_lungrads_v2022")
-    return (f" (longest axial {_fmt(axial, 1)} mm, volume {_fmt(volume, 0)} mm³"
-            + (f", Lung-RADS v2022 size band {_esc(band)}" if band else "") + ")")
+def _record(finding: Mapping[str, Any]) -> Finding:
+    """A report row (a finding's JSON with its ``png``) as a :class:`~monai_lung.findings.record.Finding`."""
+    return Finding.from_json({"coord": (math.nan,) * 3, "probability": math.nan, **finding})
 
 
-def _stage_text(finding: Mapping[str, Any]) -> str:
-    """`` (stage 1 0.999, stage 2 0.476)`` when the finding carries both stages' scores, else empty: the final
-    score of two sure stages reads 1.000, the stages show why."""
-    s1, s2 = _number(finding.get("stage1_peak")), _number(finding.get("stage2_prob"))
-    if not (math.isfinite(s1) and math.isfinite(s2)):
-        return ""
-    return f" (stage 1 {_fmt(s1, 3)}, stage 2 {_fmt(s2, 3)})"
+def _scan_items(scan: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """``(label, text)`` of the scan's declared per-scan attributes that say something (e.g. its warnings)."""
+    declared = {name: scan[name] for name, _ in attributes(ScanResult) if scan.get(name) is not None}
+    return report_items(ScanResult(**declared))
 
 
 def _all_findings(ordered: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
@@ -219,20 +214,25 @@ def _all_findings(ordered: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
     items.sort(key=lambda t: t[0], reverse=True)  # stable: equal scores keep scan order
     if not items:
         return '<p class="meta">no findings</p>'
+    # one column per labelled finding attribute (the first, the probability, links to the finding's figure)
+    specs = [spec for _, spec in attributes(Finding) if spec.label]
     rows = []
     for rank, (_, anchor, k, uid, f) in enumerate(items, start=1):
+        cells = []
+        for n, (spec, (_, text)) in enumerate(zip(specs, report_items(_record(f), with_defaults=True))):
+            value = _esc(text.removesuffix(f" {spec.unit}") if spec.unit else text)
+            cells.append(f'<td class="{"num" if spec.digits is not None else "txt"}">'
+                         + (f'<a href="#{anchor}-f{k}">{value}</a>' if n == 0 else value) + "</td>")
         rows.append(
-            f'<tr><td class="num">{rank}</td>'
-            f'<td class="num"><a href="#{anchor}-f{k}">{_fmt(f.get("probability"), 3)}</a></td>'
-            f'<td class="num">{_fmt(f.get("stage1_peak"), 3)}</td><td class="num">{_fmt(f.get("stage2_prob"), 3)}</td>'
-            f'<td class="num">{_fmt(f.get("diameter_mm"), 1)}</td>'
-            f'<td class="num">{_fmt(f.get("longest_axial_mm"), 1)}</td><td class="num">{_fmt(f.get("volume_mm3"), 0)}</td>'
+            f'<tr><td class="num">{rank}</td>{"".join(cells)}'
             f'<td class="num">{_esc(_coord_text(f.get("coord")))}</td>'
             f'<td class="uid"><a href="#{anchor}">{_esc(uid)}</a> #{k}</td></tr>'
         )
-    head = ('<tr><th class="num">rank</th><th class="num">probability</th><th class="num">stage 1</th>'
-            '<th class="num">stage 2</th><th class="num">diameter (mm)</th>'
-            '<th class="num">longest axial (mm)</th><th class="num">volume (mm³)</th>'
+    head_cells = "".join(
+        f'<th class="{"num" if spec.digits is not None else "txt"}">{_esc(spec.label)}' + (f" ({_esc(spec.unit)})" if spec.unit else "") + "</th>"
+        for spec in specs
+    )
+    head = (f'<tr><th class="num">rank</th>{head_cells}'
             '<th class="num">world LPS (x, y, z) mm</th><th>scan, finding</th></tr>')
     return f"<table>\n<thead>{head}</thead>\n<tbody>\n" + "\n".join(rows) + "\n</tbody></table>"
 
@@ -252,15 +252,17 @@ def write_index_html(report_dir: str | os.PathLike, scans: Sequence[Mapping[str,
     Args:
         report_dir: report folder; the findings' ``"png"`` paths are relative to it.
         scans: ``[{"seriesuid", "image": scan path, "status": "ok" | "failed", "error": str | None,
-            "findings": [dicts from :func:`monai_lung.report.findings.render_scan_findings`: "png", "coord"
-            (world LPS x, y, z mm), "diameter_mm", "probability", ...], "timings_s": {stage: seconds},
-            "markups": optional path of the scan's 3D Slicer ``.mrk.json``, relative to report_dir}]``.
+            "findings": [rows from :func:`monai_lung.report.findings.render_scan_findings`: "png" and a finding's
+            JSON, "coord" world LPS x, y, z mm], "timings_s": {stage: seconds},
+            "markups": optional path of the scan's 3D Slicer ``.mrk.json``, relative to report_dir, and the scan's
+            declared attributes such as "warnings" (:class:`~monai_lung.findings.record.ScanResult`)}]``.
             An "ok" scan's "error" (e.g. its pictures failed) is shown too.
         title: page heading.
 
     The page holds a summary (scans, failures, findings), a table of scans (best finding's probability
     first, failed scans last with their error), per scan its findings by probability with their PNGs, world
-    coordinates (mm, 1 decimal), diameters and probabilities, and one table of all findings by probability.
+    coordinates (mm, 1 decimal) and declared attributes (probabilities, sizes, ...) and the scan's warnings, and one
+    table of all findings by probability.
     Safe to call again with a longer list: the file is replaced as a whole.
     """
     report_dir = Path(report_dir)

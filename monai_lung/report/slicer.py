@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+import pandas as pd
 
+from monai_lung.findings import Finding, csv_columns, report_items
 from monai_lung.io.atomic import write_json_atomic
 from monai_lung.io.errors import DataError
 from monai_lung.io.luna16_csv import read_annotations, read_predictions
@@ -62,35 +64,20 @@ def point_list_markups(points: Sequence[Mapping[str, Any]], name: str, color: Se
     }
 
 
-def _fmt(value: Any, digits: int) -> str | None:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        return None
-    return f"{v:.{digits}f}" if math.isfinite(v) else None
-
-
-def finding_points(findings: Sequence[Mapping[str, Any]], max_points: int | None = None, min_probability: float = -math.inf) -> list[dict]:
-    """Points for :func:`point_list_markups` from detector findings, highest probability first.
-
-    ``findings``: ``[{"coord": (x, y, z) world LPS mm, "probability": float, and optionally "diameter_mm",
-    "longest_axial_mm", "volume_mm3", "stage1_peak", "stage2_prob"}]`` (a detection JSON's ``findings`` or LUNA16 prediction rows). Keeps those
-    with ``probability >= min_probability``, at most ``max_points``. Labels read ``"1 p0.93"``: rank and probability.
-    """
-    kept = [f for f in findings if float(f["probability"]) >= min_probability]
-    kept.sort(key=lambda f: -float(f["probability"]))  # stable: equal scores keep their order
+def finding_points(findings: Sequence[Finding], max_points: int | None = None, min_probability: float = -math.inf) -> list[dict]:
+    """Points for :func:`point_list_markups` from :class:`~monai_lung.findings.record.Finding` records (centres world
+    LPS mm), highest probability first: those with ``probability >= min_probability``, at most ``max_points``. Labels
+    read ``"1 p0.93"`` (rank and probability); the description lists the finding's report attributes that are known
+    (probability, both stages, sizes, ...)."""
+    kept = [f for f in findings if float(f.probability) >= min_probability]
+    kept.sort(key=lambda f: -float(f.probability))  # stable: equal scores keep their order
     if max_points is not None:
         kept = kept[: max(int(max_points), 0)]
-    points = []
-    for rank, f in enumerate(kept, start=1):
-        parts = [f"probability {float(f['probability']):.3f}"]
-        for key, text, digits, unit in (("stage1_peak", "stage 1", 3, ""), ("stage2_prob", "stage 2", 3, ""), ("diameter_mm", "diameter", 1, " mm"),
-                                        ("longest_axial_mm", "longest axial", 1, " mm"), ("volume_mm3", "volume", 0, " mm3")):
-            value = _fmt(f.get(key), digits)
-            if value is not None:
-                parts.append(f"{text} {value}{unit}")
-        points.append({"coord": f["coord"], "label": f"{rank} p{float(f['probability']):.2f}", "description": ", ".join(parts)})
-    return points
+    return [
+        {"coord": list(f.coord), "label": f"{rank} p{float(f.probability):.2f}",
+         "description": ", ".join(f"{label} {text}" for label, text in report_items(f, skip_missing=True))}
+        for rank, f in enumerate(kept, start=1)
+    ]
 
 
 def annotation_points(rows: Sequence[Mapping[str, Any]]) -> list[dict]:
@@ -141,10 +128,14 @@ def csv_to_markups(
     for uid in frame["seriesuid"].unique():  # checked before anything is written
         if Path(uid).name != uid or uid in (".", ".."):  # it names a file in output_dir, nothing else
             raise DataError(csv_path, f"seriesuid {uid!r} is not usable as a file name")
+    extra = [c for c in csv_columns(Finding)[5:] if c in header] if kind == "findings" else []
+    if extra:  # a predictions CSV of `detect` also holds the findings' sizes
+        sizes = pd.read_csv(csv_path, usecols=extra)
+        frame = frame.join(sizes.loc[frame.index])
     for uid, rows in frame.groupby("seriesuid", sort=False):
         coords = rows[["coordX", "coordY", "coordZ"]].to_numpy(np.float64)
         if kind == "findings":
-            items = [{"coord": c, "probability": p} for c, p in zip(coords, rows["probability"])]
+            items = [Finding(coord=c, probability=r["probability"], **{k: r[k] for k in extra}) for c, (_, r) in zip(coords, rows.iterrows())]
             points = finding_points(items, max_per_scan, min_probability)
             color = FINDING_COLOR
         else:
