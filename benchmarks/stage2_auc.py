@@ -18,7 +18,7 @@ Steps (each reuses what an earlier run left in ``--work-dir``):
    nothing is selected on the test set);
 5. test ROC AUC: every annotated nodule centre of the test scans (positives) against the scans' class-0
    ``candidates.csv`` points and random lung points (and, with ``--seg-bundle``, stage-1 false positives),
-   scored from the scans with :func:`monai_lung.detection.score_points` exactly as the inference bundle does.
+   scored from the scans with :func:`monai_lung.stage2.score_points` exactly as the inference bundle does.
 """
 
 from __future__ import annotations
@@ -135,7 +135,8 @@ def run_training(work: Path, datalist: Path, data_dir: Path, bank: Path, minutes
 
 def test_points(entry: dict, candidates: pd.DataFrame, image, lung: np.ndarray, n_random: int, seed: int) -> pd.DataFrame:
     """Test points of one scan: nodule centres (1), class-0 candidates (0), random lung points (0); world LPS mm."""
-    from monai_lung.fpr.bank import away_from_findings, finding_arrays, random_lung_points, scan_rng
+    from monai_lung.io.annotations import away_from_findings, finding_arrays
+    from monai_lung.stage2.bank import random_lung_points, scan_rng
     from monai_lung.io import index_to_world
 
     nod_c, nod_r = finding_arrays(entry["nodules"])
@@ -181,8 +182,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from monai_lung.datalist import load_datalist_entries
-    from monai_lung.detection.scoring import score_points
-    from monai_lung.fpr import CropBankSettings, build_crop_bank
+    from monai_lung.stage2.scoring import score_points
+    from monai_lung.stage2 import CropBankSettings, build_crop_bank
     from monai_lung.io import read_candidates, voxel_spacing
     from monai_lung.synthetic import generate_dataset
     from monai_lung.transforms import ct_preprocessing, lung_mask
@@ -210,7 +211,7 @@ def main() -> None:
 
     miner = None
     if args.seg_bundle is not None:
-        from monai_lung.fpr import HardNegativeMiner
+        from monai_lung.stage2 import HardNegativeMiner
 
         miner = HardNegativeMiner.from_bundle(args.seg_bundle)
     bank = work / ("bank_hard" if miner is not None else "bank")

@@ -6,7 +6,7 @@
 Reads the per-scan JSON files that ``monai-lung detect`` writes (every stage-1 candidate with its stage-1
 peak and stage-2 probability, not only the 100 per scan the submission CSV keeps) of the scans in the data
 list's ``--key`` list. Candidates are labelled as the hard-negative miner labels them
-(:func:`monai_lung.fpr.label_candidates`: positive within an annotated nodule's radius, the LUNA16 hit
+(:func:`monai_lung.stage2.label_candidates`: positive within an annotated nodule's radius, the LUNA16 hit
 rule; ignored when only on an excluded finding; negative otherwise). Prints the ROC AUC of the stage-2
 probability (and, for comparison, of the stage-1 peak), the counts, and how many annotated nodules no
 candidate hit (stage-1 misses, which no stage-2 score can recover).
@@ -22,8 +22,8 @@ import pandas as pd
 
 from monai_lung.datalist import load_datalist_entries
 from monai_lung.detection.batch import ledger_findings
-from monai_lung.fpr.bank import away_from_findings, finding_arrays
-from monai_lung.fpr.mining import label_candidates
+from monai_lung.io.annotations import away_from_findings, finding_arrays
+from monai_lung.stage2.mining import label_candidates
 from stage2_auc import roc_auc
 
 

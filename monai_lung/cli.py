@@ -123,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_assemble_arguments(p)
     p.set_defaults(func=_cmd_assemble)
 
-    from monai_lung.fpr.cli import (
+    from monai_lung.stage2.cli import (
         add_crops_arguments,
         add_hard_negative_arguments,
         add_score_arguments,

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from monai_lung.fpr import CropBankSettings, build_crop_bank
+from monai_lung.stage2 import CropBankSettings, build_crop_bank
 from tests.bundle_utils import SHARED_SCHEMA, REPO, bundle_run, copy_bundle, run_cmd
 
 NAME = "lung_nodule_ct_classification"
@@ -140,12 +140,12 @@ def test_inference_scores_every_point_of_a_csv(data, trained, tmp_path):
     # `monai-lung score` runs the same bundle in process: same numbers
     import argparse
 
-    from monai_lung.fpr.cli import add_score_arguments, score_main
+    from monai_lung.stage2.cli import add_score_arguments, score_main
 
     parser = argparse.ArgumentParser()
     add_score_arguments(parser)
     out3 = tmp_path / "out3.csv"
-    score_main(parser.parse_args(["--bundle", str(bundle), "--points", str(points_csv), "--output", str(out3),
+    score_main(parser.parse_args(["--stage2-bundle", str(bundle), "--points", str(points_csv), "--output", str(out3),
                                   "--data-dir", str(data["data_dir"]), "--tta", "--device", "cpu"]))
     np.testing.assert_allclose(pd.read_csv(out3)["probability"], scored["probability"], atol=1e-5)
 
@@ -181,7 +181,7 @@ def test_synthetic_nodules_take_the_crop_banks_spacing(data, tmp_path):
 
     from monai.bundle import ConfigParser
 
-    from monai_lung.fpr import bank_spacing
+    from monai_lung.stage2 import bank_spacing
     from monai_lung.io import DataError
     from monai_lung.transforms import RandCentreNoduled
 

@@ -25,7 +25,7 @@ SEG, CLS, DET = "lung_nodule_ct_segmentation", "lung_nodule_ct_classification", 
 def models(tmp_path_factory):
     """Six 128x128 synthetic scans; stage 1 trained to overfit them, stage 2 trained briefly, assembled."""
     from monai_lung.datalist import build_datalist, write_datalist
-    from monai_lung.fpr.bank import CropBankSettings, build_crop_bank
+    from monai_lung.stage2.bank import CropBankSettings, build_crop_bank
     from monai_lung.datalist import load_datalist_entries
     from monai_lung.synthetic import generate_dataset
 
@@ -49,7 +49,7 @@ def models(tmp_path_factory):
         "bundle_root": cls, "dataset_dir": data, "data_list_file_path": datalist, "crop_bank_dir": bank,
         "max_epochs": 1, "epoch_length": 64, "num_workers": 0, "val_interval": 1,
     })
-    run_cmd([sys.executable, "-m", "monai_lung", "assemble", "--seg-bundle", str(seg), "--cls-bundle", str(cls), "--output-bundle", str(det)])
+    run_cmd([sys.executable, "-m", "monai_lung", "assemble", "--seg-bundle", str(seg), "--stage2-bundle", str(cls), "--output-bundle", str(det)])
     entries = load_datalist_entries(datalist, "test", data)  # absolute image paths
     return {"root": root, "data": data, "datalist": datalist, "seg": seg, "cls": cls, "det": det, "entries": entries,
             "annotations": pd.read_csv(data / "annotations.csv", dtype={"seriesuid": str})}
@@ -98,7 +98,7 @@ def test_per_scan_json_and_report(models, first_run):
     assert len(scans) == len(models["entries"])
     result = json.loads(scans[0].read_text(encoding="utf-8"))
     assert {"findings", "timings_s", "num_candidates"} <= set(result)
-    assert {"load", "resample", "lung_mask", "sliding_window", "candidates", "classification"} <= set(result["timings_s"])
+    assert {"load", "resample", "lung_mask", "sliding_window", "candidates", "stage2"} <= set(result["timings_s"])
     preds = pd.read_csv(out, dtype={"seriesuid": str})
     mine = preds[preds.seriesuid == result["seriesuid"]]
     assert len(mine) == len(result["findings"])
@@ -181,9 +181,9 @@ def test_stage_bundles_with_other_preprocessing_are_refused(models, tmp_path):
         with pytest.raises(DataError, match=rf"inference.json.*{re.escape(f'{key} {value}')}.*differs"):
             assemble_two_stage(models["seg"], cls, models["det"])
         with pytest.raises(DataError, match=rf"{re.escape(f'{key} {value}')}.*differs"):
-            load_detector(seg_bundle=models["seg"], cls_bundle=cls)
+            load_detector(seg_bundle=models["seg"], stage2_bundle=cls)
     # the bundles as trained still agree
-    detector, prep = load_detector(seg_bundle=models["seg"], cls_bundle=models["cls"])
+    detector, prep = load_detector(seg_bundle=models["seg"], stage2_bundle=models["cls"])
     assert {k: prep[k] for k in ("spacing", "hu_window")} == {"spacing": [1.0, 1.0, 1.0], "hu_window": [-1000.0, 400.0]}
     # the segmentation bundle's own chain, not a copy: its last step windows with the bundle's hu_window
     assert type(prep["transform"].transforms[-1]).__name__ == "ScaleIntensityRanged"
@@ -193,10 +193,10 @@ def test_assembling_refuses_another_crop_size_or_pooling(models, tmp_path):
     """The classifier's weights fit a ResNet with or without max pooling and at any crop size: a detection
     bundle that differs from the classification bundle in either would score other features, silently."""
     from monai_lung.detection import assemble_two_stage, load_detector
-    from monai_lung.detection.loading import classifier_crop_size
+    from monai_lung.detection.loading import stage2_crop_size
     from monai_lung.io import DataError
 
-    cls_patch = classifier_crop_size(models["cls"])
+    cls_patch = stage2_crop_size(models["cls"])
     for name, edit, message in (
         ("crop", lambda c: c["detector_config"].update(crop_size=[48, 48, 48] if cls_patch != (48, 48, 48) else [40, 40, 40]),
          r"crop_size \[\d+, \d+, \d+\] differs from the classifier's patch_size"),
@@ -213,7 +213,7 @@ def test_assembling_refuses_another_crop_size_or_pooling(models, tmp_path):
             assemble_two_stage(models["seg"], models["cls"], det)
         assert (det / "models" / "model.pt").read_bytes() == before  # nothing written
     # the stage bundles alone: the detector cuts crops of the classifier's own size
-    detector, _ = load_detector(seg_bundle=models["seg"], cls_bundle=models["cls"])
+    detector, _ = load_detector(seg_bundle=models["seg"], stage2_bundle=models["cls"])
     assert tuple(detector.config.crop_size) == cls_patch
 
 

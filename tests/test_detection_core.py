@@ -389,7 +389,7 @@ def test_batch_prefetch_gives_each_scan_its_own_volume_and_records_bad_ones(tmp_
 
 def test_the_detection_bundle_takes_the_detector_defaults_from_one_place():
     """DetectorConfig states every detector default once: the detection bundle's detector_config only links bundle-level
-    ids (``@hu_window``, ``@amp``), so `detect --models` and `detect --seg-bundle --cls-bundle` score alike, and an
+    ids (``@hu_window``, ``@amp``), so `detect --models` and `detect --seg-bundle --stage2-bundle` score alike, and an
     override such as ``--detector_config#seg_threshold 0.5`` still reaches the detector."""
     import json
 
@@ -510,7 +510,7 @@ class _BrightVoxels(torch.nn.Module):
 
 
 def test_stage2_crops_its_own_grid_around_the_candidates_world_point():
-    """cls_spacing: stage 2 cuts its crops from the scan zoomed to that grid, centred on the same world point."""
+    """stage2_spacing: stage 2 cuts its crops from the scan zoomed to that grid, centred on the same world point."""
     from monai_lung.detection.detector import TwoStageDetector, TwoStageNetwork
 
     segmenter = _threshold_segmenter()
@@ -519,7 +519,7 @@ def test_stage2_crops_its_own_grid_around_the_candidates_world_point():
     base = {"use_lung_mask": False, "roi_size": [32, 32, 32], "crop_size": [16, 16, 16], "seg_spacing": None,
             "seg_threshold": 0.3, "tta": False, "device": "cpu", "merge_distance_mm": 0.0}
     for spacing in (None, [0.8, 0.8, 0.8], [0.6, 0.7, 0.9]):
-        result = TwoStageDetector(TwoStageNetwork(segmenter, _CentreVoxel()), {**base, "cls_spacing": spacing}).detect(image)
+        result = TwoStageDetector(TwoStageNetwork(segmenter, _CentreVoxel()), {**base, "stage2_spacing": spacing}).detect(image)
         assert result.num_candidates == 1
         assert result.findings[0].stage2_prob > 0.99, spacing  # the crop's centre is the ball's
         assert "stage2_grid" in result.timings_s
@@ -527,17 +527,20 @@ def test_stage2_crops_its_own_grid_around_the_candidates_world_point():
     probs = {}
     for spacing in (None, [0.8, 0.8, 0.8]):
         net = TwoStageNetwork(segmenter, _BrightVoxels(threshold=160.0))
-        probs[str(spacing)] = TwoStageDetector(net, {**base, "cls_spacing": spacing}).detect(image).findings[0].stage2_prob
+        probs[str(spacing)] = TwoStageDetector(net, {**base, "stage2_spacing": spacing}).detect(image).findings[0].stage2_prob
     assert probs["None"] < 0.01 and probs[str([0.8] * 3)] > 0.99, probs
     # stage 1 and stage 2 on one grid share it (no second zoom): centred, and counted in 0.8 mm voxels as above
-    shared = {**base, "seg_spacing": [0.8] * 3, "cls_spacing": [0.8] * 3}
+    shared = {**base, "seg_spacing": [0.8] * 3, "stage2_spacing": [0.8] * 3}
     for classifier in (_CentreVoxel(), _BrightVoxels(threshold=160.0)):
         result = TwoStageDetector(TwoStageNetwork(segmenter, classifier), shared).detect(image)
         assert result.findings[0].stage2_prob > 0.99, type(classifier).__name__
-    assert DetectorConfig.from_dict({"cls_spacing": [0.8, 0.8, 0.8]}).cls_spacing == (0.8, 0.8, 0.8)
+    assert DetectorConfig.from_dict({"stage2_spacing": [0.8, 0.8, 0.8]}).stage2_spacing == (0.8, 0.8, 0.8)
     for bad in ([0.8, 0.8], [0.8, 0.0, 0.8], [float("inf")] * 3):
-        with pytest.raises(ValueError, match="cls_spacing"):
-            DetectorConfig.from_dict({"cls_spacing": bad})
+        with pytest.raises(ValueError, match="stage2_spacing"):
+            DetectorConfig.from_dict({"stage2_spacing": bad})
+    # the old names are read for one release
+    old = DetectorConfig.from_dict({"cls_spacing": [0.7, 0.7, 0.7], "cls_batch_size": 8})
+    assert old.stage2_spacing == (0.7, 0.7, 0.7) and old.stage2_batch_size == 8
 
 
 def test_two_batch_runs_into_one_folder_keep_their_own_failure_records(tmp_path):

@@ -343,7 +343,7 @@ def untrained_models(tmp_path_factory):
 
 
 # a coarse grid and few candidates keep a CPU run of the real 512x512x133 series short
-FAST = ["--device", "cpu", "--no-progress", "--prefetch", "0", "--set", "seg_spacing=[2.0,2.0,2.0]", "--set", "cls_spacing=[2.0,2.0,2.0]",
+FAST = ["--device", "cpu", "--no-progress", "--prefetch", "0", "--set", "seg_spacing=[2.0,2.0,2.0]", "--set", "stage2_spacing=[2.0,2.0,2.0]",
         "--set", "roi_size=[64,64,64]", "--set", "tta=false", "--set", "seg_threshold=0.5", "--set", "max_candidates=8",
         "--dicom-max-findings", "3"]
 

@@ -69,7 +69,7 @@ def served(tmp_path_factory):
     assert install.version == ml.MONAILABEL_VERSION, f"{python} has monailabel {install.version}"
 
     from monai_lung.datalist import build_datalist, load_datalist_entries, write_datalist
-    from monai_lung.fpr.bank import CropBankSettings, build_crop_bank
+    from monai_lung.stage2.bank import CropBankSettings, build_crop_bank
     from monai_lung.synthetic import generate_dataset
 
     timings: dict = {}
@@ -95,7 +95,7 @@ def served(tmp_path_factory):
         "max_epochs": 1, "epoch_length": 32, "batch_size": 8, "val_batch_size": 16, "num_workers": 0, "val_interval": 1,
     })
     _timed(timings, "assemble", run_cmd, [sys.executable, "-m", "monai_lung", "assemble", "--seg-bundle", str(seg),
-                                          "--cls-bundle", str(cls), "--output-bundle", str(det)])
+                                          "--stage2-bundle", str(cls), "--output-bundle", str(det)])
     # a one-epoch stage 1 rarely reaches the default threshold (0.7, for trained models on the 0.75 mm grid); these
     # tests check what the boxes look like over HTTP, so the served copy takes 0.3 to have some
     config_path = det / "configs" / "inference.json"

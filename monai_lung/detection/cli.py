@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 from monai_lung.bundle_args import parse_overrides
+from monai_lung.deprecation import add_renamed_option
 
 logger = logging.getLogger("monai_lung.detect")
 
@@ -20,8 +21,8 @@ def add_detect_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", type=Path, required=True, help="LUNA16 submission CSV to write (world mm)")
     p.add_argument("--det-bundle", "--models", dest="models", type=Path, metavar="DET_BUNDLE",
                    help="the trained two-stage detection bundle folder (its models/model.pt)")
-    p.add_argument("--seg-bundle", type=Path, help="stage-1 bundle folder (with --cls-bundle, instead of --det-bundle)")
-    p.add_argument("--cls-bundle", type=Path, help="stage-2 bundle folder")
+    p.add_argument("--seg-bundle", type=Path, help="stage-1 bundle folder (with --stage2-bundle, instead of --det-bundle)")
+    add_renamed_option(p, "--stage2-bundle", "--cls-bundle", type=Path, help="stage-2 bundle folder")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
     p.add_argument("--report-dir", type=Path, help="write one PNG per finding and an index.html here")
     p.add_argument("--max-report-findings", type=int, default=10, help="PNGs per scan in the report")
@@ -76,8 +77,8 @@ def detect_main(args: argparse.Namespace) -> int:
         raise SystemExit("monai-lung detect: --dicomweb needs --study STUDY_UID (and --store needs --dicomweb)")
     if args.dicomweb and args.dicom_out is None:
         raise SystemExit("monai-lung detect: --dicomweb needs --dicom-out (the pulled study and the SR/SEG go there)")
-    if args.models is None and not (args.seg_bundle and args.cls_bundle):
-        raise SystemExit("monai-lung detect: give --det-bundle DIR, or both --seg-bundle and --cls-bundle")
+    if args.models is None and not (args.seg_bundle and args.stage2_bundle):
+        raise SystemExit("monai-lung detect: give --det-bundle DIR, or both --seg-bundle and --stage2-bundle")
     rank, world, local_rank = _distributed()
     device = args.device
     if world > 1 and device in ("auto", "cuda") and torch.cuda.is_available():
@@ -85,7 +86,7 @@ def detect_main(args: argparse.Namespace) -> int:
     overrides = parse_overrides(args.set)
     if args.no_lung_mask:
         overrides["use_lung_mask"] = False
-    detector, prep = load_detector(args.models, args.seg_bundle, args.cls_bundle, device=device, config_overrides=overrides)
+    detector, prep = load_detector(args.models, args.seg_bundle, args.stage2_bundle, device=device, config_overrides=overrides)
     items, extra_outputs, pre_failures = (
         dicom_items(args) if (args.dicomweb or args.dicom_out or any(Path(p).is_dir() for p in args.images))
         else (items_from_datalist(args.datalist, args.data_dir, args.key) if args.datalist else items_from_paths(args.images), None, [])
@@ -162,13 +163,13 @@ def dicom_items(args: argparse.Namespace) -> tuple[list, object, list[dict]]:
 
 def add_assemble_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seg-bundle", type=Path, required=True, help="trained stage-1 bundle folder")
-    p.add_argument("--cls-bundle", type=Path, required=True, help="trained stage-2 bundle folder")
+    add_renamed_option(p, "--stage2-bundle", "--cls-bundle", type=Path, required=True, help="trained stage-2 bundle folder")
     p.add_argument("--output-bundle", type=Path, required=True, help="the two-stage detection bundle folder")
 
 
 def assemble_main(args: argparse.Namespace) -> int:
     from monai_lung.detection.loading import assemble_two_stage
 
-    out = assemble_two_stage(args.seg_bundle, args.cls_bundle, args.output_bundle)
-    print(f"assemble: wrote {out} (stage 1 from {args.seg_bundle}, stage 2 from {args.cls_bundle})")
+    out = assemble_two_stage(args.seg_bundle, args.stage2_bundle, args.output_bundle)
+    print(f"assemble: wrote {out} (stage 1 from {args.seg_bundle}, stage 2 from {args.stage2_bundle})")
     return 0

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from monai_lung.detection.scoring import score_points
+from monai_lung.stage2.scoring import score_points
 from monai_lung.detection.sizing import measure_findings, size_band_lungrads_2022
 from monai_lung.findings import Finding, FindingMask, ScanResult
 from monai_lung.io.errors import DataError
@@ -78,14 +78,14 @@ def final_score(stage1_peak, stage2_prob, rule: str = "odds_product", stage1_wei
 class DetectorConfig(Stage1Config):
     """Detection parameters: stage 1's (:class:`~monai_lung.stage1.config.Stage1Config`, inherited) and those of
     stage 2, the final score and sizing. Units: mm for sizes and distances; ``crop_size`` in voxels of stage 2's
-    grid (``cls_spacing``)."""
+    grid (``stage2_spacing``)."""
 
     # the grid stage 2 cuts its crop_size crops from (None: the 1 mm training grid): at 0.8 mm its 32^3 crops show
     # every nodule 1.25x larger, which separates the 3-5 mm ones from vessels better
-    cls_spacing: tuple[float, float, float] | None = (0.8, 0.8, 0.8)
+    stage2_spacing: tuple[float, float, float] | None = (0.8, 0.8, 0.8)
     # the stage-2 classifier's patch_size; the detection bundle must carry its classifier's, which `assemble` checks
     crop_size: tuple[int, int, int] = (32, 32, 32)
-    cls_batch_size: int = 64
+    stage2_batch_size: int = 64
     tta: bool = True  # stage 2 averages 4 flips: steadier scores for 4x the stage-2 cost, which is small
     # final probability, one of FINAL_SCORES (see final_score). "odds_product" adds the two stages' log-odds, so a
     # stage that is sure outweighs one that hesitates; "product" caps the result at the weaker stage
@@ -100,19 +100,20 @@ class DetectorConfig(Stage1Config):
     # default); the rest keep their stage-1 component's size, as refining each costs tens of milliseconds
     size_refine_top_k: int = 20
 
-    TUPLE_FIELDS = (*Stage1Config.TUPLE_FIELDS, "crop_size", "cls_spacing")
+    TUPLE_FIELDS = (*Stage1Config.TUPLE_FIELDS, "crop_size", "stage2_spacing")
 
     def __post_init__(self):
         super().__post_init__()
-        self.cls_spacing = check_grid_spacing(self.cls_spacing, "cls_spacing")
+        self.stage2_spacing = check_grid_spacing(self.stage2_spacing, "stage2_spacing")
         check_final_score(self.score)
         check_stage1_weight(self.stage1_weight)
 
 
 class TwoStageNetwork(torch.nn.Module):
     """Both networks in one module: ``segmenter`` (stage-1 UNet, 2 classes) and ``classifier`` (stage-2
-    ResNet on (B, 1, *crop_size) crops, 32^3 by default, 2 classes). Its ``forward`` is the segmenter's, so that tools that
-    probe ``network(x)`` see a segmentation network."""
+    ResNet on (B, 1, *crop_size) crops, 32^3 by default, 2 classes; the name is its weights' prefix in the detection
+    bundle's ``model.pt``). Its ``forward`` is the segmenter's, so that tools that probe ``network(x)`` see a
+    segmentation network."""
 
     def __init__(self, segmenter: torch.nn.Module, classifier: torch.nn.Module):
         super().__init__()
@@ -171,7 +172,7 @@ class TwoStageDetector:
         Returns:
             A :class:`~monai_lung.findings.record.ScanResult`: its findings sorted by probability (centres world LPS
             mm), ``num_candidates``, ``grid_shape`` (the input's) and ``timings_s`` (``stage1_grid``, ``lung_mask``,
-            ``sliding_window``, ``candidates``, ``stage2_grid``, ``classification``, ``sizing``). Sizes are the
+            ``sliding_window``, ``candidates``, ``stage2_grid``, ``stage2``, ``sizing``). Sizes are the
             measured segmentation's (:mod:`monai_lung.detection.sizing`: equivalent-sphere diameter, volume, longest
             axial diameter, mm), refined on the CT for the ``size_refine_top_k`` most probable findings and the
             stage-1 component's for the others; each finding's ``mask`` is that segmentation on a crop of the
@@ -187,31 +188,31 @@ class TwoStageDetector:
         del stage1
 
         t = time.perf_counter()
-        # stage 2's own grid (cls_spacing): the candidates are world mm, so any grid over the same scan will do;
+        # stage 2's own grid (stage2_spacing): the candidates are world mm, so any grid over the same scan will do;
         # the stage-1 grid stays for sizing the findings after stage 2
-        if cfg.cls_spacing is not None and cfg.cls_spacing == cfg.seg_spacing:
-            cls_image = seg_image  # one zoom serves both stages
+        if cfg.stage2_spacing is not None and cfg.stage2_spacing == cfg.seg_spacing:
+            stage2_image = seg_image  # one zoom serves both stages
         else:
-            cls_image = image if cfg.cls_spacing is None else zoom_to_spacing(image, cfg.cls_spacing)
+            stage2_image = image if cfg.stage2_spacing is None else zoom_to_spacing(image, cfg.stage2_spacing)
         timings["stage2_grid"] = time.perf_counter() - t
 
         t = time.perf_counter()
         points = cands[["coordX", "coordY", "coordZ"]].to_numpy(dtype=np.float64)
         if len(points):
             p2 = score_points(
-                inference_network(self.network.classifier, self.device), cls_image, points, batch_size=cfg.cls_batch_size, device=self.device,
+                inference_network(self.network.classifier, self.device), stage2_image, points, batch_size=cfg.stage2_batch_size, device=self.device,
                 amp=cfg.amp, tta=cfg.tta, crop_size=cfg.crop_size,
             )
         else:
             p2 = np.zeros(0)
-        timings["classification"] = time.perf_counter() - t
+        timings["stage2"] = time.perf_counter() - t
 
         findings = cands.rename(columns={"peak_prob": "stage1_peak"})
         findings["stage2_prob"] = np.asarray(p2, dtype=np.float64)
         findings["probability"] = final_score(findings["stage1_peak"].to_numpy(), findings["stage2_prob"].to_numpy(), cfg.score, cfg.stage1_weight)
         findings = findings[findings["probability"] >= cfg.min_probability]
         findings = findings.sort_values("probability", ascending=False, kind="stable").reset_index(drop=True)
-        del cls_image
+        del stage2_image
 
         t = time.perf_counter()
         # sizes of the reported findings (HU from the windowed stage-1 image); masks stay on the stage-1 grid

@@ -8,17 +8,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from monai_lung.deprecation import renamed
 from monai_lung.detection.detector import DetectorConfig, TwoStageDetector, TwoStageNetwork
 from monai_lung.io.atomic import atomic_path
 from monai_lung.io.errors import DataError
 from monai_lung.networks import bundle_parser, load_weights, resolve_device, stage_network
 
 
-def classifier_crop_size(cls_bundle: str | os.PathLike) -> tuple[int, int, int]:
+def stage2_crop_size(stage2_bundle: str | os.PathLike) -> tuple[int, int, int]:
     """The stage-2 bundle's crop edge (i, j, k) in voxels of the resampled grid: its ``patch_size``."""
-    parser = bundle_parser(cls_bundle)
+    parser = bundle_parser(stage2_bundle)
     if "patch_size" not in parser.config:
-        raise DataError(Path(cls_bundle) / "configs" / "inference.json", "no patch_size (the classifier's crop size)")
+        raise DataError(Path(stage2_bundle) / "configs" / "inference.json", "no patch_size (the classifier's crop size)")
     return tuple(int(v) for v in parser.get_parsed_content("patch_size"))
 
 
@@ -61,7 +62,7 @@ def check_same_preprocessing(reference: str | os.PathLike, *others: str | os.Pat
     return ref
 
 
-def assemble_two_stage(seg_bundle: str | os.PathLike, cls_bundle: str | os.PathLike, detection_bundle: str | os.PathLike) -> Path:
+def assemble_two_stage(seg_bundle: str | os.PathLike, stage2_bundle: str | os.PathLike, detection_bundle: str | os.PathLike) -> Path:
     """Write ``detection_bundle/models/model.pt``: the two trained stage networks as one state dict.
 
     The three bundles must share ``spacing`` and ``hu_window`` (:func:`check_same_preprocessing`), and the
@@ -69,9 +70,9 @@ def assemble_two_stage(seg_bundle: str | os.PathLike, cls_bundle: str | os.PathL
     and every module setting, such as ResNet's ``no_max_pool``, agrees) and its ``detector_config#crop_size``
     must be the classifier's ``patch_size``; all is checked before anything is written.
     """
-    check_same_preprocessing(seg_bundle, cls_bundle, detection_bundle)
+    check_same_preprocessing(seg_bundle, stage2_bundle, detection_bundle)
     config_path = Path(detection_bundle) / "configs" / "inference.json"
-    combined = TwoStageNetwork(stage_network(seg_bundle), stage_network(cls_bundle))
+    combined = TwoStageNetwork(stage_network(seg_bundle), stage_network(stage2_bundle))
     parser = bundle_parser(detection_bundle)
     target_net = parser.get_parsed_content("network_def")
     try:
@@ -84,9 +85,9 @@ def assemble_two_stage(seg_bundle: str | os.PathLike, cls_bundle: str | os.PathL
         diff = sorted(name for name, values in ours.items() if theirs.get(name) != values)
         raise DataError(config_path, f"network_def differs from the stage bundles' networks in settings of {', '.join(diff) or 'the root'}")
     crop = DetectorConfig.from_dict(dict(parser.get_parsed_content("detector_config"))).crop_size
-    patch = classifier_crop_size(cls_bundle)
+    patch = stage2_crop_size(stage2_bundle)
     if crop != patch:
-        raise DataError(config_path, f"detector_config#crop_size {list(crop)} differs from the classifier's patch_size {list(patch)} in {cls_bundle}")
+        raise DataError(config_path, f"detector_config#crop_size {list(crop)} differs from the classifier's patch_size {list(patch)} in {stage2_bundle}")
     out = Path(detection_bundle) / "models" / "model.pt"
     with atomic_path(out) as tmp:
         torch.save(combined.state_dict(), tmp)
@@ -94,9 +95,9 @@ def assemble_two_stage(seg_bundle: str | os.PathLike, cls_bundle: str | os.PathL
 
 
 def load_detector(
-    models: str | os.PathLike | None = None,
+    det_bundle: str | os.PathLike | None = None,
     seg_bundle: str | os.PathLike | None = None,
-    cls_bundle: str | os.PathLike | None = None,
+    stage2_bundle: str | os.PathLike | None = None,
     device: str = "auto",
     config_overrides: dict | None = None,
 ) -> tuple[TwoStageDetector, dict]:
@@ -104,23 +105,23 @@ def load_detector(
     bundle's own ``preprocessing`` chain (``{"image": path} -> {"image": (1, i, j, k) MetaTensor}``), so that an
     override in the bundle changes the command line's detection too.
 
-    Either ``models`` (the two-stage detection bundle: its ``detector_config``, ``spacing``,
-    ``hu_window``, ``preprocessing`` and ``models/model.pt``) or ``seg_bundle`` + ``cls_bundle`` (default detector
+    Either ``det_bundle`` (the two-stage detection bundle: its ``detector_config``, ``spacing``,
+    ``hu_window``, ``preprocessing`` and ``models/model.pt``) or ``seg_bundle`` + ``stage2_bundle`` (default detector
     settings, spacing, window and preprocessing from the segmentation bundle, crop size from the classification
     bundle's ``patch_size``).
     """
-    if models is not None:
-        parser = bundle_parser(models)
-        network = load_weights(parser.get_parsed_content("network_def"), Path(models) / "models" / "model.pt")
+    if det_bundle is not None:
+        parser = bundle_parser(det_bundle)
+        network = load_weights(parser.get_parsed_content("network_def"), Path(det_bundle) / "models" / "model.pt")
         config = dict(parser.get_parsed_content("detector_config"))
         prep = {**_preprocessing_of(parser), "transform": parser.get_parsed_content("preprocessing")}
-    elif seg_bundle is not None and cls_bundle is not None:
-        prep = check_same_preprocessing(seg_bundle, cls_bundle)
+    elif seg_bundle is not None and stage2_bundle is not None:
+        prep = check_same_preprocessing(seg_bundle, stage2_bundle)
         prep["transform"] = bundle_parser(seg_bundle).get_parsed_content("preprocessing")
-        network = TwoStageNetwork(stage_network(seg_bundle), stage_network(cls_bundle))
-        config = {"hu_window": prep["hu_window"], "crop_size": classifier_crop_size(cls_bundle)}
+        network = TwoStageNetwork(stage_network(seg_bundle), stage_network(stage2_bundle))
+        config = {"hu_window": prep["hu_window"], "crop_size": stage2_crop_size(stage2_bundle)}
     else:
-        raise ValueError("give the detection bundle (models) or both stage bundles (seg_bundle and cls_bundle)")
-    config.update(config_overrides or {})
+        raise ValueError("give the detection bundle (det_bundle) or both stage bundles (seg_bundle and stage2_bundle)")
+    config.update(renamed(dict(config_overrides or {}), "detector parameter"))
     config["device"] = str(resolve_device(device))
     return TwoStageDetector(network, config), prep

@@ -57,11 +57,10 @@ import numpy as np
 import pandas as pd
 
 from monai_lung.io import DataError
+from monai_lung.io.annotations import DEFAULT_EXCLUDED_DIAMETER_MM, within_radius  # LUNA16's hit rule, shared with stage 2
 
 DEFAULT_FP_RATES: tuple[float, ...] = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 DEFAULT_MAX_PREDICTIONS_PER_SCAN = 100
-#: Diameter (mm) given to excluded findings whose diameter is negative (size unknown): radius 5 mm.
-DEFAULT_EXCLUDED_DIAMETER_MM = 10.0
 CONFIDENCE = 0.95
 
 #: Outcome of every input prediction, column ``outcome`` of :attr:`FROCResult.predictions`.
@@ -145,19 +144,6 @@ def match_predictions(
         np.where(any_hit, OUTCOME_DUPLICATE, np.where(on_excluded, OUTCOME_EXCLUDED, OUTCOME_FP)),
     ).astype(object)
     return outcome, best
-
-
-def within_radius(points: np.ndarray, centres: np.ndarray, radii: np.ndarray, margin_mm: float = 0.0) -> np.ndarray:
-    """LUNA16's hit rule, the one used wherever a point is matched to a finding: (M, N) bool
-    ``|points[i] - centres[j]| <= radii[j] + margin_mm`` (a closed ball, compared as squared distances so that a
-    boundary value is exact). points (M, 3) and centres (N, 3) in the same world frame, mm; radii (N,) mm."""
-    points = np.asarray(points, dtype=np.float64).reshape(-1, 3)
-    centres = np.asarray(centres, dtype=np.float64).reshape(-1, 3)
-    if len(points) == 0 or len(centres) == 0:
-        return np.zeros((len(points), len(centres)), dtype=bool)
-    d2 = ((points[:, None, :] - centres[None, :, :]) ** 2).sum(axis=-1)
-    reach = np.asarray(radii, dtype=np.float64).reshape(-1) + margin_mm
-    return d2 <= (reach * reach)[None, :]
 
 
 # ----------------------------------------------------------------------------------------------------

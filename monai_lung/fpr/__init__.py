@@ -1,30 +1,14 @@
-"""Stage 2 of monai_lung: false-positive reduction of nodule candidates with a small 3D ResNet.
+"""Deprecated name of :mod:`monai_lung.stage2`, kept for one release: bundles copied before the rename write
+``$import monai_lung.fpr`` and ``monai_lung.fpr.CropBankDataset``. Everything here is the stage-2 package's own."""
 
-- :mod:`~monai_lung.fpr.bank`: the crop bank, 64^3 float16 crops around nodules and negatives, cut once per
-  scan from the shared CT preprocessing and stored per scan with an index CSV (resumable, atomic).
-- :mod:`~monai_lung.fpr.mining`: hard negatives, the stage-1 false-positive components of training scans.
-- :mod:`~monai_lung.fpr.dataset`: :class:`CropBankDataset` and :class:`BalancedSampler` (fixed
-  positive share per epoch, DDP-aware) for the classification bundle.
-- :mod:`~monai_lung.fpr.transforms`: :class:`ContextSwapd`, surroundings of another crop around a crop's centre.
-- :mod:`~monai_lung.fpr.scoring`: :func:`score_points_csv`, stage-2 probabilities of a CSV of world points.
-- :mod:`~monai_lung.fpr.cli`: ``monai-lung crops`` / ``hard-negatives`` / ``score`` argument parsers and bodies.
-"""
+import sys
+import warnings
 
-from monai_lung.fpr.bank import (
-    INDEX_COLUMNS,
-    SOURCES,
-    CropBank,
-    CropBankSettings,
-    away_from_findings,
-    bank_spacing,
-    centre_view,
-    build_crop_bank,
-    build_scan_crops,
-    finding_arrays,
-    positive_points,
-    random_lung_points,
-)
-from monai_lung.fpr.dataset import BalancedSampler, CropBankDataset
-from monai_lung.fpr.mining import HardNegativeMiner, label_candidates, mine_hard_negatives
-from monai_lung.fpr.transforms import ContextSwapd
-from monai_lung.fpr.scoring import find_scan_paths, score_points_csv
+import monai_lung.stage2 as _stage2
+from monai_lung.stage2 import *  # noqa: F401,F403 - the same names under the old package
+from monai_lung.stage2 import bank, cli, dataset, mining, scoring, transforms  # noqa: F401
+
+for _name in ("bank", "cli", "dataset", "mining", "scoring", "transforms"):
+    sys.modules[f"{__name__}.{_name}"] = getattr(_stage2, _name)
+
+warnings.warn("monai_lung.fpr is deprecated and will be removed; use monai_lung.stage2", DeprecationWarning, stacklevel=2)

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Mapping, Sequence
 
 from monai_lung.bundle_args import flag
+from monai_lung.deprecation import renamed
 from monai_lung.transforms.preprocessing import DEFAULT_HU_WINDOW
 from monai_lung.transforms.zoom import check_grid_spacing
 
@@ -80,8 +81,9 @@ class Stage1Config:
     @classmethod
     def from_dict(cls, values: Mapping | None, ignore_unknown: bool = False):
         """The settings from a dict of field values (a bundle's ``detector_config``, ``--set`` pairs); lists become
-        tuples. An unknown key is a ValueError naming it, unless ``ignore_unknown``."""
-        values = dict(values or {})
+        tuples; renamed keys are read under their new names (:func:`monai_lung.deprecation.renamed`). An unknown key is
+        a ValueError naming it, unless ``ignore_unknown``."""
+        values = renamed(dict(values or {}), "detector parameter")
         known = {f.name for f in fields(cls)}
         unknown = set(values) - known
         if unknown and not ignore_unknown:

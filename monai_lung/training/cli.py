@@ -106,4 +106,4 @@ def print_result(run, result: dict, prefix: str = "[train]", cpm: bool = True) -
     print(f"{prefix} FROC plot: {run.froc_dir / 'froc.png'}   curve: {run.froc_dir / 'froc.csv'}")
     report = run.work / "detect" / "report" / "index.html"
     print(f"{prefix} " + (f"review report: {report}   " if report.is_file() else "") + f"predictions: {run.predictions}")
-    print(f"{prefix} detection bundle: {run.bundle}   stage bundles: {run.final_seg()}, {run.cls}")
+    print(f"{prefix} detection bundle: {run.bundle}   stage bundles: {run.final_seg()}, {run.stage2}")

@@ -42,7 +42,7 @@ from monai_lung.training.checkpoints import latest_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 SUMMARY = "train_summary.json"
-SEG_NAME, CLS_NAME, DET_NAME = "lung_nodule_ct_segmentation", "lung_nodule_ct_classification", "lung_nodule_ct_two_stage_detection"
+SEG_NAME, STAGE2_NAME, DET_NAME = "lung_nodule_ct_segmentation", "lung_nodule_ct_classification", "lung_nodule_ct_two_stage_detection"
 _EPOCH = re.compile(r"Epoch: (\d+)/(\d+)")
 _TQDM = re.compile(r"(\d+)/(\d+) \[")
 
@@ -291,12 +291,12 @@ class TrainingRun:
         self.work = Path(opts.work_dir).resolve()
         self.data_dir = Path(opts.data_dir).resolve()
         self.bundle = Path(opts.output_bundle).resolve()
-        self.templates = {k: (REPO / s[k] if not Path(s[k]).is_absolute() else Path(s[k])) for k in ("seg_bundle", "cls_bundle", "det_bundle")}
+        self.templates = {k: (REPO / s[k] if not Path(s[k]).is_absolute() else Path(s[k])) for k in ("seg_bundle", "stage2_bundle", "det_bundle")}
         self.datalist_file = self.work / "datalist" / "datalist.json"
         self.hard_datalist_file = self.work / "finetune_stage1" / "datalist_hard_negatives.json"
         self.seg1 = self.work / "train_stage1" / SEG_NAME
         self.seg2 = self.work / "finetune_stage1" / SEG_NAME
-        self.cls = self.work / "train_stage2" / CLS_NAME
+        self.stage2 = self.work / "train_stage2" / STAGE2_NAME
         self.bank = self.work / "crop_bank" / "bank"
         self.predictions = self.work / "detect" / "predictions.csv"
         self.froc_dir = self.work / "evaluate"
@@ -490,7 +490,7 @@ class TrainingRun:
         return cmd
 
     def assemble_cmd(self) -> list[str]:
-        return [sys.executable, "-m", "monai_lung", "assemble", "--seg-bundle", str(self.final_seg()), "--cls-bundle", str(self.cls),
+        return [sys.executable, "-m", "monai_lung", "assemble", "--seg-bundle", str(self.final_seg()), "--stage2-bundle", str(self.stage2),
                 "--output-bundle", str(self.bundle)]
 
     def detect_cmd(self) -> list[str]:
@@ -545,7 +545,7 @@ class TrainingRun:
 
     def steps(self, datalist: dict | None = None) -> list[Step]:
         o, s = self.o, self.o.settings
-        seg_t, cls_t, det_t = (self.templates[k] for k in ("seg_bundle", "cls_bundle", "det_bundle"))
+        seg_t, stage2_t, det_t = (self.templates[k] for k in ("seg_bundle", "stage2_bundle", "det_bundle"))
 
         def make_datalist(folder: Path, resume: bool) -> None:
             write_datalist(self.datalist_file, datalist if datalist is not None else self.check())
@@ -572,9 +572,9 @@ class TrainingRun:
             shutil.rmtree(folder / "cache", ignore_errors=True)
 
         def train_stage2(folder: Path, resume: bool) -> None:
-            if not resume or not self.cls.is_dir():
-                copy_bundle(cls_t, self.cls)
-            self._train(self.cls, self.stage2_overrides(), folder, resume)
+            if not resume or not self.stage2.is_dir():
+                copy_bundle(stage2_t, self.stage2)
+            self._train(self.stage2, self.stage2_overrides(), folder, resume)
 
         def assemble(folder: Path, resume: bool) -> None:
             copy_bundle(det_t, self.bundle, self.det_edits())
@@ -599,8 +599,8 @@ class TrainingRun:
                                      "overrides": self.stage1_overrides(finetune=True, device=False) if finetune else None}, finetune_stage1,
                  [self.hard_datalist_cmd(), self._bundle_cmd(self.seg2, self.stage1_overrides(finetune=True))] if finetune else [],
                  resumable=True),
-            Step("train_stage2", {"template": bundle_identity(cls_t), "overrides": self.stage2_overrides(device=False)}, train_stage2,
-                 [self._bundle_cmd(self.cls, self.stage2_overrides())], resumable=True),
+            Step("train_stage2", {"template": bundle_identity(stage2_t), "overrides": self.stage2_overrides(device=False)}, train_stage2,
+                 [self._bundle_cmd(self.stage2, self.stage2_overrides())], resumable=True),
             Step("assemble", {"template": bundle_identity(det_t), "edits": self.det_edits(), "command": self.assemble_cmd()[3:]}, assemble,
                  [self.assemble_cmd()]),
             Step("detect", {"report": s["detect_report"], "overrides": s["detect_overrides"]}, detect, [self.detect_cmd()], resumable=True),
@@ -633,7 +633,7 @@ class TrainingRun:
             runner.run(step)
         result = json.loads((self.froc_dir / "froc.json").read_text(encoding="utf-8"))
         runner.finish({"cpm": result["cpm"], "froc": str(self.froc_dir), "predictions": str(self.predictions),
-                       "output_bundle": str(self.bundle), "stage_bundles": [str(self.final_seg()), str(self.cls)]})
+                       "output_bundle": str(self.bundle), "stage_bundles": [str(self.final_seg()), str(self.stage2)]})
         return result
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 
+from monai_lung.deprecation import renamed
 from monai_lung.io.errors import DataError
 
 DEMO = {
@@ -48,7 +49,7 @@ DEMO = {
     "detect_overrides": {},
     # bundle templates, copied under the work dir before training (the repository's copies are never written)
     "seg_bundle": "bundles/lung_nodule_ct_segmentation",
-    "cls_bundle": "bundles/lung_nodule_ct_classification",
+    "stage2_bundle": "bundles/lung_nodule_ct_classification",
     "det_bundle": "bundles/lung_nodule_ct_two_stage_detection",
 }
 
@@ -102,7 +103,7 @@ def resolve_settings(profile: str, overrides: dict | None = None, extra_keys: tu
     if profile not in PROFILES:
         raise DataError(None, f"--profile {profile!r} is unknown (known: {', '.join(PROFILES)})")
     settings = copy.deepcopy(PROFILES[profile])
-    for key, value in (overrides or {}).items():
+    for key, value in renamed(dict(overrides or {})).items():
         if key not in settings and key not in extra_keys:
             raise DataError(None, f"--set {key}: unknown setting (known: {', '.join(sorted(settings))})")
         settings[key] = value

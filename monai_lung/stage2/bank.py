@@ -24,7 +24,7 @@ Sources of crops (column ``source``):
   ``candidates_per_scan``, a random subset).
 - ``random_lung`` (label 0): ``random_per_scan`` uniform points of the (generous) lung mask.
 - ``hard_negative`` (label 0): stage-1 false-positive components (at most ``hard_negatives_per_scan``,
-  the most confident first), see :mod:`monai_lung.fpr.mining`.
+  the most confident first), see :mod:`monai_lung.stage2.mining`.
 
 Every negative lies farther than the radius of every annotated nodule from its centre (the LUNA16 hit
 criterion) and outside excluded findings (``annotations_excluded.csv``; unknown size: 10 mm diameter).
@@ -45,8 +45,8 @@ import numpy as np
 import pandas as pd
 
 from monai_lung.datalist import entry_seriesuid
-from monai_lung.evaluation.froc import DEFAULT_EXCLUDED_DIAMETER_MM, within_radius
 from monai_lung.io import DataError, index_to_world, read_candidates, read_mined_candidates, voxel_spacing, world_to_index
+from monai_lung.io.annotations import DEFAULT_EXCLUDED_DIAMETER_MM, away_from_findings, finding_arrays, nearest_distance
 from monai_lung.io.atomic import atomic_path, write_csv_atomic, write_json_atomic
 from monai_lung.transforms.crops import extract_crops
 from monai_lung.transforms.lung_mask import lung_mask
@@ -54,7 +54,7 @@ from monai_lung.transforms.preprocessing import DEFAULT_HU_WINDOW, ct_preprocess
 
 logger = logging.getLogger(__name__)
 
-BANK_FORMAT = "monai_lung.fpr crop bank v1"
+BANK_FORMAT = "monai_lung.stage2 crop bank v1"
 SOURCES = ("nodule", "candidates_csv", "random_lung", "hard_negative")
 INDEX_COLUMNS = [
     "seriesuid",
@@ -117,35 +117,6 @@ class CropBankSettings:
 def scan_rng(seed: int, seriesuid: str, stream: int = 0) -> np.random.Generator:
     """A random generator that depends only on ``seed``, the scan and ``stream`` (reruns reproduce crops)."""
     return np.random.default_rng([int(seed), zlib.crc32(seriesuid.encode("utf-8")), int(stream)])
-
-
-def finding_arrays(findings: Sequence[dict] | None, unknown_diameter_mm: float = DEFAULT_EXCLUDED_DIAMETER_MM):
-    """Data-list findings ``[{"center": [x, y, z], "diameter_mm": d}]`` -> centres (M, 3) world LPS mm, radii (M,) mm.
-
-    A non-positive diameter (size unknown in ``annotations_excluded.csv``) becomes ``unknown_diameter_mm``.
-    """
-    findings = list(findings or [])
-    centres = np.array([f["center"] for f in findings], dtype=np.float64).reshape(-1, 3)
-    diam = np.array([float(f.get("diameter_mm", -1.0)) for f in findings], dtype=np.float64)
-    diam = np.where(diam > 0, diam, unknown_diameter_mm)
-    return centres, diam / 2.0
-
-
-def nearest_distance(points: np.ndarray, centres: np.ndarray) -> np.ndarray:
-    """Distance (N,) mm from each point (N, 3) to the nearest centre (M, 3), both world mm; NaN when M = 0."""
-    points = np.asarray(points, dtype=np.float64).reshape(-1, 3)
-    if len(centres) == 0:
-        return np.full(len(points), np.nan)
-    d = np.linalg.norm(points[:, None, :] - np.asarray(centres)[None, :, :], axis=2)
-    return d.min(axis=1)
-
-
-def away_from_findings(points: np.ndarray, centres: np.ndarray, radii: np.ndarray, margin_mm: float = 0.0) -> np.ndarray:
-    """Bool (N,): point (N, 3) lies farther than ``radius + margin_mm`` from every finding centre (M, 3).
-
-    All in world mm (same space for points and centres). True for every point when there are no findings.
-    """
-    return ~within_radius(points, centres, radii, margin_mm).any(axis=1)
 
 
 def positive_points(
@@ -241,7 +212,7 @@ def build_scan_crops(
         entry: data-list entry (``seriesuid``, ``nodules`` and ``excluded`` with world LPS mm centres).
         lung: (i, j, k) bool lung mask of ``image`` (needed for ``random_lung`` points).
         candidates: this scan's rows of ``candidates.csv`` (``coordX/Y/Z`` world LPS mm, ``class``).
-        hard_negatives: this scan's stage-1 candidates labelled by :func:`~monai_lung.fpr.mining.label_candidates`
+        hard_negatives: this scan's stage-1 candidates labelled by :func:`~monai_lung.stage2.mining.label_candidates`
             (``label == 0`` rows are used).
 
     Returns:
@@ -448,7 +419,7 @@ def build_crop_bank(
         entries: data-list entries with absolute ``image`` paths (see :func:`monai_lung.datalist.load_datalist_entries`).
         settings: crop settings (defaults: :class:`CropBankSettings`).
         candidates: ``candidates.csv`` (path or DataFrame, world LPS mm) for ``candidates_csv`` negatives.
-        miner: a :class:`~monai_lung.fpr.mining.HardNegativeMiner`: stage 1 is run on each scan (cached per scan
+        miner: a :class:`~monai_lung.stage2.mining.HardNegativeMiner`: stage 1 is run on each scan (cached per scan
             in ``hard_negatives/``) for ``hard_negative`` crops.
         hard_negatives: alternatively, precomputed labelled stage-1 candidates (CSV path or DataFrame with
             ``seriesuid, coordX, coordY, coordZ, diameter_mm, peak_prob, label`` as written by

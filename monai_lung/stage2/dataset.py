@@ -13,7 +13,7 @@ from monai.data import Dataset
 from monai.transforms import apply_transform
 from torch.utils.data.distributed import DistributedSampler
 
-from monai_lung.fpr.bank import CropBank, centre_view
+from monai_lung.stage2.bank import CropBank, centre_view
 from monai_lung.datalist import entry_seriesuid
 from monai_lung.io import DataError
 from monai_lung.transforms.compose import meta_tracking
@@ -28,14 +28,14 @@ class CropBankDataset(Dataset):
     nodule's for positives, NaN for negatives). ``transform`` then cuts the final crop (jitter, augmentation).
 
     Args:
-        bank_dir: a folder written by :func:`~monai_lung.fpr.bank.build_crop_bank`.
+        bank_dir: a folder written by :func:`~monai_lung.stage2.bank.build_crop_bank`.
         data: data-list entries (``seriesuid`` or ``image``) whose crops to use, e.g. the ``training`` list;
             None: every scan in the bank.
         transform: MONAI transform applied to each item.
         sources: keep only these sources (e.g. ``["nodule", "hard_negative"]``); None: all.
         track_meta: run ``transform`` on MetaTensors (MONAI's default). Off by default: a stored crop's
             geometry is fixed (the bank's grid, candidate at the centre; transforms that work in mm take
-            :func:`~monai_lung.fpr.bank.bank_spacing`), and MONAI's per-transform meta bookkeeping is a
+            :func:`~monai_lung.stage2.bank.bank_spacing`), and MONAI's per-transform meta bookkeeping is a
             large share of the loading time for no use.
         view_size: hand ``transform`` only the central ``view_size``³ of each stored crop (:func:`centre_view`;
             None: all of it). Training needs no more than the final crop plus its jitter and zoom margin, and

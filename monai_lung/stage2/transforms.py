@@ -10,7 +10,7 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, RandomizableTransform
 
-from monai_lung.fpr.bank import CropBank, centre_view
+from monai_lung.stage2.bank import CropBank, centre_view
 
 
 class ContextSwapd(RandomizableTransform, MapTransform):
@@ -53,7 +53,7 @@ class ContextSwapd(RandomizableTransform, MapTransform):
         edge_mm: float = 1.5,
         allow_missing_keys: bool = False,
     ):
-        from monai_lung.fpr.dataset import CropBankDataset
+        from monai_lung.stage2.dataset import CropBankDataset
 
         MapTransform.__init__(self, keys, allow_missing_keys)
         RandomizableTransform.__init__(self, prob)

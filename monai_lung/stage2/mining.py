@@ -20,8 +20,7 @@ import pandas as pd
 import torch
 
 from monai_lung.datalist import entry_seriesuid
-from monai_lung.fpr.bank import away_from_findings, finding_arrays, nearest_distance
-from monai_lung.evaluation.froc import DEFAULT_EXCLUDED_DIAMETER_MM
+from monai_lung.io.annotations import DEFAULT_EXCLUDED_DIAMETER_MM, away_from_findings, finding_arrays, nearest_distance
 from monai_lung.stage1 import Stage1Config, run_stage1
 from monai_lung.transforms.preprocessing import ct_preprocessing
 from monai_lung.io.atomic import write_csv_atomic

@@ -14,7 +14,7 @@ import torch
 from monai.networks.nets import ResNet
 from torch.utils.data import DataLoader
 
-from monai_lung.fpr import (
+from monai_lung.stage2 import (
     BalancedSampler,
     CropBank,
     CropBankDataset,
@@ -25,7 +25,7 @@ from monai_lung.fpr import (
     label_candidates,
     mine_hard_negatives,
 )
-from monai_lung.detection.scoring import score_points
+from monai_lung.stage2.scoring import score_points
 from monai_lung.io import DataError, world_to_index
 from monai_lung.transforms import ct_preprocessing
 from tests.conftest import make_image, rotation_direction
@@ -272,7 +272,7 @@ def test_bank_view_changes_the_cost_not_the_training_crops(synthetic, tmp_path):
     view keeps the candidate at its centre voxel, also for an odd size."""
     from monai.bundle import ConfigParser
 
-    from monai_lung.fpr import centre_view
+    from monai_lung.stage2 import centre_view
     from tests.bundle_utils import REPO
 
     entries = _entries(synthetic, "training")
@@ -353,7 +353,7 @@ def test_the_miner_mines_the_candidates_the_detector_scores(synthetic):
 
     entry = next(e for e in _entries(synthetic, "training") if e["nodules"])
     image = ct_preprocessing("image")({"image": entry["image"]})["image"]
-    config = {"roi_size": (48, 48, 48), "seg_spacing": (0.8, 0.8, 0.8), "cls_spacing": None, "seg_threshold": 0.5, "max_candidates": 40,
+    config = {"roi_size": (48, 48, 48), "seg_spacing": (0.8, 0.8, 0.8), "stage2_spacing": None, "seg_threshold": 0.5, "max_candidates": 40,
               "crop_size": (16, 16, 16), "tta": False, "device": "cpu"}
     classifier = torch.nn.Sequential(torch.nn.Conv3d(1, 2, 1), torch.nn.AdaptiveAvgPool3d(1), torch.nn.Flatten())
     found = TwoStageDetector(TwoStageNetwork(IntensityStage1(), classifier), config).detect(image).frame()
@@ -437,7 +437,7 @@ def test_crops_cli_mines_with_a_stage1_bundle(synthetic, tmp_path):
 
     from monai.bundle import ConfigParser
 
-    from monai_lung.fpr.cli import add_crops_arguments, crops_main
+    from monai_lung.stage2.cli import add_crops_arguments, crops_main
 
     seg = tmp_path / "seg"
     shutil.copytree(Path(__file__).resolve().parents[1] / "bundles" / "lung_nodule_ct_segmentation", seg, ignore=shutil.ignore_patterns("*.pt"))
@@ -475,7 +475,7 @@ def test_crops_cli_mines_with_a_stage1_bundle(synthetic, tmp_path):
 
 
 def test_context_swap_keeps_the_candidate_and_replaces_its_surroundings(synthetic, tmp_path):
-    from monai_lung.fpr import ContextSwapd
+    from monai_lung.stage2 import ContextSwapd
 
     entries = _entries(synthetic, "training")
     bank_dir = tmp_path / "bank"

@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from monai_lung.deprecation import add_renamed_option
+
 
 def _add_scan_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--datalist", type=Path, required=True, help="data list JSON (`monai-lung datalist`)")
@@ -47,7 +49,7 @@ def _add_stage1_arguments(parser: argparse.ArgumentParser, required: bool) -> No
 
 def _miner(args: argparse.Namespace):
     from monai_lung.bundle_args import parse_overrides
-    from monai_lung.fpr.mining import HardNegativeMiner
+    from monai_lung.stage2.mining import HardNegativeMiner
 
     overrides = parse_overrides(args.set)
     return HardNegativeMiner.from_bundle(
@@ -58,7 +60,7 @@ def _miner(args: argparse.Namespace):
 def add_crops_arguments(parser: argparse.ArgumentParser) -> None:
     """``crops --datalist DL [--data-dir D] [--key training ...] --output-dir BANK [--candidates candidates.csv]
     [--seg-bundle B1 | --hard-negatives mined.csv] [crop options]``: build or resume a crop bank."""
-    from monai_lung.fpr.bank import CropBankSettings
+    from monai_lung.stage2.bank import CropBankSettings
 
     d = CropBankSettings()
     _add_scan_arguments(parser)
@@ -79,7 +81,7 @@ def add_crops_arguments(parser: argparse.ArgumentParser) -> None:
 
 def crops_main(args: argparse.Namespace) -> int:
     """Run ``monai-lung crops``; returns 0. Bad input raises :class:`~monai_lung.io.DataError`."""
-    from monai_lung.fpr.bank import CropBankSettings, build_crop_bank
+    from monai_lung.stage2.bank import CropBankSettings, build_crop_bank
     from monai_lung.io import DataError
 
     if args.output_dir is None:
@@ -118,7 +120,7 @@ def add_hard_negative_arguments(parser: argparse.ArgumentParser) -> None:
 
 def hard_negatives_main(args: argparse.Namespace) -> int:
     """Run ``monai-lung hard-negatives``; returns 0."""
-    from monai_lung.fpr.mining import mine_hard_negatives
+    from monai_lung.stage2.mining import mine_hard_negatives
 
     entries = _entries(args)
     mined = mine_hard_negatives(entries, _miner(args), args.output, cache_dir=args.cache_dir, log=lambda line: print(line, flush=True))
@@ -130,9 +132,9 @@ def hard_negatives_main(args: argparse.Namespace) -> int:
 
 
 def add_score_arguments(parser: argparse.ArgumentParser) -> None:
-    """``score --bundle B2 --points P.csv --output O.csv (--data-dir D | --datalist DL) [--tta]``."""
-    parser.add_argument("--cls-bundle", "--bundle", dest="bundle", type=Path, required=True, metavar="CLS_BUNDLE",
-                        help="trained stage-2 bundle (configs/inference.json + models/model.pt)")
+    """``score --stage2-bundle B2 --points P.csv --output O.csv (--data-dir D | --datalist DL) [--tta]``."""
+    add_renamed_option(parser, "--stage2-bundle", ("--cls-bundle", "--bundle"), type=Path, required=True,
+                       help="trained stage-2 bundle (configs/inference.json + models/model.pt)")
     parser.add_argument("--weights", type=Path, default=None, help="weights (default: <bundle>/models/model.pt)")
     parser.add_argument("--points", type=Path, required=True, help="seriesuid,coordX,coordY,coordZ (world mm, LPS)")
     parser.add_argument("--output", type=Path, required=True, help="seriesuid,coordX,coordY,coordZ,probability")
@@ -145,11 +147,11 @@ def add_score_arguments(parser: argparse.ArgumentParser) -> None:
 
 def score_main(args: argparse.Namespace) -> int:
     """Run ``monai-lung score``; returns 0."""
-    from monai_lung.fpr.scoring import find_scan_paths, score_points_csv
+    from monai_lung.stage2.scoring import find_scan_paths, score_points_csv
     from monai_lung.networks import bundle_parser, resolve_device, stage_network
 
     device = resolve_device(args.device)
-    network, parser = stage_network(args.bundle, weights=args.weights, device=device), bundle_parser(args.bundle)
+    network, parser = stage_network(args.stage2_bundle, weights=args.weights, device=device), bundle_parser(args.stage2_bundle)
     crop = tuple(parser.get_parsed_content("patch_size")) if "patch_size" in parser.config else (32, 32, 32)
     # the bundle's own preprocessing chain, so that the CLI scores exactly what the bundle scores
     preprocessing = parser.get_parsed_content("preprocessing") if "preprocessing" in parser.config else None
