@@ -57,7 +57,7 @@ def models(tmp_path_factory):
 
 def detect(models, out: Path, *extra: str, key: str = "test", torchrun: bool = False) -> str:
     cmd = ["-m", "monai_lung", "detect", "--datalist", str(models["datalist"]), "--data-dir", str(models["data"]), "--key", key,
-           "--models", str(models["det"]), "--output", str(out), "--device", "cpu", "--no-progress",
+           "--det-bundle", str(models["det"]), "--output", str(out), "--device", "cpu", "--no-progress",
            "--set", "score=stage1", "--set", "seg_threshold=0.3", "--set", "roi_size=[64,64,64]", *extra]
     if torchrun:
         return run_cmd([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *cmd])
@@ -153,7 +153,7 @@ def test_bad_scans_are_recorded_and_the_run_goes_on(models, tmp_path):
     (bad_dir / "garbage.mhd").write_text("not a header")
     images = [str(bad_dir / n) for n in ("truncated.mhd", "flat.mha", "nan.mha", "tiny.mha", "garbage.mhd")] + [good["image"]]
     out = tmp_path / "preds.csv"
-    log = run_cmd([sys.executable, "-m", "monai_lung", "detect", *images, "--models", str(models["det"]), "--output", str(out),
+    log = run_cmd([sys.executable, "-m", "monai_lung", "detect", *images, "--det-bundle", str(models["det"]), "--output", str(out),
                    "--device", "cpu", "--no-progress", "--set", "roi_size=[64,64,64]"])
     assert "1 scans processed" in log and "5 failed" in log
     failures = pd.read_csv(out.with_name(out.stem + "_failures.csv"), dtype=str, keep_default_na=False).set_index("seriesuid")["error"].to_dict()

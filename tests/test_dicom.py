@@ -349,7 +349,7 @@ FAST = ["--device", "cpu", "--no-progress", "--prefetch", "0", "--set", "seg_spa
 
 
 def _detect(models: Path, out: Path, *args: str, check: bool = True) -> str:
-    cmd = [sys.executable, "-m", "monai_lung", "detect", *args, "--models", str(models), "--output", str(out), *FAST]
+    cmd = [sys.executable, "-m", "monai_lung", "detect", *args, "--det-bundle", str(models), "--output", str(out), *FAST]
     return run_cmd(cmd, timeout=600) if check else subprocess.run(cmd, capture_output=True, encoding="utf-8", errors="replace", timeout=600, cwd=str(REPO)).stdout
 
 
@@ -415,7 +415,7 @@ def test_pacs_round_trip_with_a_failed_store_and_a_rerun(untrained_models, tmp_p
     # recorded as failed, its SR and SEG stay on disk, and it has no ledger entry
     with Orthanc(storage) as pacs:
         assert pacs.upload(sorted((LIDC / "dicom").glob("*.dcm"))) == 133
-        cmd = [sys.executable, "-m", "monai_lung", "detect", "--dicomweb", pacs.dicomweb, *args, "--models", str(untrained_models),
+        cmd = [sys.executable, "-m", "monai_lung", "detect", "--dicomweb", pacs.dicomweb, *args, "--det-bundle", str(untrained_models),
                "--output", str(out), *FAST]
         proc = subprocess.Popen(cmd, cwd=str(REPO), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, encoding="utf-8", errors="replace")
         marker = dicom_out / ".dicomweb" / study_uid / ".complete"

@@ -137,7 +137,7 @@ def test_an_interrupted_run_resumes_and_its_bundle_detects(tmp_path, toy_data):
 
     preds = tmp_path / "preds.csv"
     run_cmd([sys.executable, "-m", "monai_lung", "detect", "--datalist", str(work / "datalist" / "datalist.json"), "--data-dir", str(toy_data),
-             "--key", "test", "--models", str(bundle), "--output", str(preds), "--device", "cpu", "--no-progress"])
+             "--key", "test", "--det-bundle", str(bundle), "--output", str(preds), "--device", "cpu", "--no-progress"])
     table = pd.read_csv(preds, dtype={"seriesuid": str})
     assert list(table.columns[:5]) == ["seriesuid", "coordX", "coordY", "coordZ", "probability"]
     assert table.equals(pd.read_csv(work / "detect" / "predictions.csv", dtype={"seriesuid": str}))

@@ -1,4 +1,5 @@
-"""``monai-lung detect`` and ``monai-lung assemble``: argument parsing and process setup only."""
+"""``monai-lung detect`` and ``monai-lung assemble``: their options and process setup (the work is in
+:mod:`monai_lung.detection.batch` and :mod:`monai_lung.detection.loading`)."""
 
 from __future__ import annotations
 
@@ -13,14 +14,23 @@ from monai_lung.deprecation import add_renamed_option
 logger = logging.getLogger("monai_lung.detect")
 
 
+def register(commands: argparse._SubParsersAction) -> None:
+    """Add ``detect`` and ``assemble`` to the ``monai-lung`` subcommands."""
+    p = commands.add_parser("detect", help="two-stage nodule detection over scans or a data list (LUNA16 CSV out)")
+    add_detect_arguments(p)
+    p.set_defaults(func=detect_main)
+    p = commands.add_parser("assemble", help="combine the trained stage bundles into the detection bundle's model.pt")
+    add_assemble_arguments(p)
+    p.set_defaults(func=assemble_main)
+
+
 def add_detect_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("images", nargs="*", help="scans to process (.mhd/.mha/.nii.gz files or DICOM folders)")
     p.add_argument("--datalist", type=Path, help="a Decathlon-style data list JSON (instead of IMAGES)")
     p.add_argument("--data-dir", type=Path, help="folder the data list's image paths are relative to")
     p.add_argument("--key", default="test", help="which list of the data list to process (default: test)")
     p.add_argument("--output", type=Path, required=True, help="LUNA16 submission CSV to write (world mm)")
-    p.add_argument("--det-bundle", "--models", dest="models", type=Path, metavar="DET_BUNDLE",
-                   help="the trained two-stage detection bundle folder (its models/model.pt)")
+    add_renamed_option(p, "--det-bundle", "--models", type=Path, help="the trained two-stage detection bundle folder (its models/model.pt)")
     p.add_argument("--seg-bundle", type=Path, help="stage-1 bundle folder (with --stage2-bundle, instead of --det-bundle)")
     add_renamed_option(p, "--stage2-bundle", "--cls-bundle", type=Path, help="stage-2 bundle folder")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
@@ -77,7 +87,7 @@ def detect_main(args: argparse.Namespace) -> int:
         raise SystemExit("monai-lung detect: --dicomweb needs --study STUDY_UID (and --store needs --dicomweb)")
     if args.dicomweb and args.dicom_out is None:
         raise SystemExit("monai-lung detect: --dicomweb needs --dicom-out (the pulled study and the SR/SEG go there)")
-    if args.models is None and not (args.seg_bundle and args.stage2_bundle):
+    if args.det_bundle is None and not (args.seg_bundle and args.stage2_bundle):
         raise SystemExit("monai-lung detect: give --det-bundle DIR, or both --seg-bundle and --stage2-bundle")
     rank, world, local_rank = _distributed()
     device = args.device
@@ -86,7 +96,7 @@ def detect_main(args: argparse.Namespace) -> int:
     overrides = parse_overrides(args.set)
     if args.no_lung_mask:
         overrides["use_lung_mask"] = False
-    detector, prep = load_detector(args.models, args.seg_bundle, args.stage2_bundle, device=device, config_overrides=overrides)
+    detector, prep = load_detector(args.det_bundle, args.seg_bundle, args.stage2_bundle, device=device, config_overrides=overrides)
     items, extra_outputs, pre_failures = (
         dicom_items(args) if (args.dicomweb or args.dicom_out or any(Path(p).is_dir() for p in args.images))
         else (items_from_datalist(args.datalist, args.data_dir, args.key) if args.datalist else items_from_paths(args.images), None, [])

@@ -1,4 +1,4 @@
-"""``monai-lung evaluate``: argument definitions and the command body (wired by :mod:`monai_lung.cli`)."""
+"""``monai-lung evaluate``: its options and body (the work is :func:`monai_lung.evaluation.run.run_evaluation`)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,13 @@ import argparse
 from pathlib import Path
 
 from monai_lung.io import DataError
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    """Add ``evaluate`` to the ``monai-lung`` subcommands."""
+    p = commands.add_parser("evaluate", help="LUNA16 FROC / CPM of a predictions CSV, with bootstrap CIs")
+    add_evaluate_arguments(p)
+    p.set_defaults(func=evaluate_main)
 
 
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:

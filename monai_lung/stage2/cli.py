@@ -1,8 +1,5 @@
-"""``monai-lung crops`` / ``hard-negatives`` / ``score``: argument definitions and command bodies.
-
-Wired into :mod:`monai_lung.cli` as ``p = sub.add_parser("crops"); add_crops_arguments(p);
-p.set_defaults(func=lambda a: crops_main(a))`` (same for the others). Heavy imports stay inside the bodies.
-"""
+"""``monai-lung hard-negatives`` / ``crops`` / ``score``: their options and bodies. Heavy imports stay inside the
+bodies, so that ``monai-lung --help`` stays fast."""
 
 from __future__ import annotations
 
@@ -10,6 +7,19 @@ import argparse
 from pathlib import Path
 
 from monai_lung.deprecation import add_renamed_option
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    """Add ``hard-negatives``, ``crops`` and ``score`` to the ``monai-lung`` subcommands."""
+    p = commands.add_parser("hard-negatives", help="run stage 1 on training scans and label its candidates (hard negatives)")
+    add_hard_negative_arguments(p)
+    p.set_defaults(func=hard_negatives_main)
+    p = commands.add_parser("crops", help="build (or resume) the stage-2 crop bank: nodules and non-nodule points")
+    add_crops_arguments(p)
+    p.set_defaults(func=crops_main)
+    p = commands.add_parser("score", help="stage-2 probability of each point of a CSV (world mm)")
+    add_score_arguments(p)
+    p.set_defaults(func=score_main)
 
 
 def _add_scan_arguments(parser: argparse.ArgumentParser) -> None:
@@ -64,8 +74,7 @@ def add_crops_arguments(parser: argparse.ArgumentParser) -> None:
 
     d = CropBankSettings()
     _add_scan_arguments(parser)
-    parser.add_argument("--output-dir", type=Path, default=None, help="crop bank folder (created; finished scans are skipped); required")
-    parser.add_argument("--out", dest="output_dir", type=Path, help=argparse.SUPPRESS)  # the option's earlier name
+    add_renamed_option(parser, "--output-dir", "--out", type=Path, required=True, help="crop bank folder (created; finished scans are skipped)")
     parser.add_argument("--candidates", type=Path, default=None, help="LUNA16 candidates.csv: class-0 points become negatives")
     parser.add_argument("--hard-negatives", type=Path, default=None, help="labelled stage-1 candidates from `monai-lung hard-negatives`")
     _add_stage1_arguments(parser, required=False)
@@ -84,8 +93,6 @@ def crops_main(args: argparse.Namespace) -> int:
     from monai_lung.stage2.bank import CropBankSettings, build_crop_bank
     from monai_lung.io import DataError
 
-    if args.output_dir is None:
-        raise DataError(None, "give --output-dir BANK, the crop bank folder")
     if args.seg_bundle is not None and args.hard_negatives is not None:
         raise DataError(None, "give --seg-bundle (mine now) or --hard-negatives (mined before), not both")
     settings = CropBankSettings(

@@ -1,4 +1,5 @@
-"""``monai-lung train``: argument parsing and the printed summary; the recipe lives in :mod:`monai_lung.training.pipeline`."""
+"""``monai-lung train`` and ``monai-lung demo``: their options and printed summaries; the recipe lives in
+:mod:`monai_lung.training.recipe`, the demo in :mod:`monai_lung.training.demo`."""
 
 from __future__ import annotations
 
@@ -10,6 +11,18 @@ from pathlib import Path
 from monai_lung.bundle_args import parse_overrides
 from monai_lung.io.errors import DataError
 from monai_lung.training.profiles import PROFILES, resolve_settings
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    """Add ``train`` and ``demo`` to the ``monai-lung`` subcommands."""
+    from monai_lung.training.demo import add_demo_arguments, run_demo
+
+    p = commands.add_parser("train", help="the whole training recipe on a data folder -> a trained detection bundle (resumable)")
+    add_train_arguments(p)
+    p.set_defaults(func=train_main)
+    p = commands.add_parser("demo", help="the whole pipeline on a synthetic data set (what `make demo` runs)")
+    add_demo_arguments(p)
+    p.set_defaults(func=run_demo)
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
@@ -35,7 +48,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _options(args: argparse.Namespace, fold: int):
-    from monai_lung.training.pipeline import TrainOptions
+    from monai_lung.training.recipe import TrainOptions
 
     settings = resolve_settings(args.profile, parse_overrides(args.set))
     return TrainOptions(
@@ -59,7 +72,7 @@ def _fold(value: str) -> int | None:
 
 
 def train_main(args: argparse.Namespace) -> int:
-    from monai_lung.training.pipeline import StepFailed
+    from monai_lung.training.steps import StepFailed
 
     try:
         return _train(args)
@@ -69,7 +82,9 @@ def train_main(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from monai_lung.training.pipeline import SUMMARY, TrainingRun, fold_numbers, run_all_folds
+    from monai_lung.training.folds import fold_numbers, run_all_folds
+    from monai_lung.training.recipe import TrainingRun, print_result
+    from monai_lung.training.steps import SUMMARY
 
     fold = _fold(args.fold)
     opts = _options(args, 0 if fold is None else fold)
@@ -96,14 +111,3 @@ def _train(args: argparse.Namespace) -> int:
     print_result(run, result)
     print(f"[train] summary: {run.work / SUMMARY}")
     return 0
-
-
-def print_result(run, result: dict, prefix: str = "[train]", cpm: bool = True) -> None:
-    """CPM, sensitivities and where the outputs are (what ``train`` and the demo print at the end)."""
-    if cpm:
-        print(f"{prefix} CPM {result['cpm']:.3f} on {result.get('counts', {}).get('num_scans', '?')} test scans (fold {run.o.fold})")
-    print(f"{prefix} sensitivity at " + ", ".join(f"{r['fps_per_scan']:g}: {r['sensitivity']:.3f}" for r in result["sensitivities"]) + " FPs/scan")
-    print(f"{prefix} FROC plot: {run.froc_dir / 'froc.png'}   curve: {run.froc_dir / 'froc.csv'}")
-    report = run.work / "detect" / "report" / "index.html"
-    print(f"{prefix} " + (f"review report: {report}   " if report.is_file() else "") + f"predictions: {run.predictions}")
-    print(f"{prefix} detection bundle: {run.bundle}   stage bundles: {run.final_seg()}, {run.stage2}")

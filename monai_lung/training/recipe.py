@@ -11,11 +11,9 @@ Steps, each writing under ``<work dir>/<step>/`` with its log in ``<step>/log.tx
     detect           the fold's test scans with that bundle (monai-lung detect)
     evaluate         LUNA16 FROC / CPM of the test scans (monai-lung evaluate)
 
-Each step has a fingerprint: its settings, the identity of its input files and the fingerprint of the step
-before it. A rerun keeps a finished step whose fingerprint is unchanged and redoes the first changed step
-and every one after it; a step that was interrupted resumes (training from its newest checkpoint, the crop
-bank and detection from the scans they finished). ``<work dir>/train_summary.json`` records every step's
-settings, time and outcome.
+The steps run under :class:`~monai_lung.training.steps.StepRunner`: a rerun keeps every finished step whose
+fingerprint is unchanged and redoes the first changed one and all after it; an interrupted step resumes
+(training from its newest checkpoint, the crop bank and detection from the scans they finished).
 
 Training steps run the bundles as a user would (``python -m monai.bundle run training --config_file
 <copy>/configs/train.json --key value ...``; with ``nproc`` > 1 through ``torchrun`` and the bundle's
@@ -25,26 +23,20 @@ Training steps run the bundles as a user would (``python -m monai.bundle run tra
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
-import os
 import re
 import shutil
-import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 from monai_lung.datalist import build_datalist, write_datalist
 from monai_lung.io import DataError, find_scans, read_annotations, write_json_atomic
 from monai_lung.training.checkpoints import latest_checkpoint
+from monai_lung.training.steps import (
+    REPO, SUMMARY, Step, StepFailed, StepRunner, bundle_identity, file_identity, quote, run_logged, scans_identity, settings_diff,
+)
 
-REPO = Path(__file__).resolve().parents[2]
-SUMMARY = "train_summary.json"
 SEG_NAME, STAGE2_NAME, DET_NAME = "lung_nodule_ct_segmentation", "lung_nodule_ct_classification", "lung_nodule_ct_two_stage_detection"
-_EPOCH = re.compile(r"Epoch: (\d+)/(\d+)")
-_TQDM = re.compile(r"(\d+)/(\d+) \[")
 
 
 @dataclasses.dataclass
@@ -68,54 +60,6 @@ class TrainOptions:
     log_prefix: str = "[train]"
 
 
-@dataclasses.dataclass
-class Step:
-    """One step: ``run(step_dir, resume)`` does the work; ``inputs`` (JSON-able) define its fingerprint."""
-
-    name: str
-    inputs: dict
-    run: Callable[[Path, bool], None]
-    commands: list[list[str]] = dataclasses.field(default_factory=list)  # what --dry-run shows
-    resumable: bool = False
-
-
-def _digest(value) -> str:
-    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def file_identity(path: Path | None) -> dict | None:
-    """A CSV or config's identity for a fingerprint: its path and a hash of its content (edits redo the steps)."""
-    if path is None:
-        return None
-    path = Path(path)
-    if not path.is_file():
-        return {"path": str(path), "missing": True}
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return {"path": str(path.resolve()), "sha256": digest.hexdigest()[:16]}
-
-
-def scans_identity(data_dir: Path) -> dict:
-    """The data folder's scans for a fingerprint: name, size and modification time of every scan file (no
-    pixel is read, so this stays quick on a full LUNA16 download)."""
-    items = []
-    for uid, (subset, path) in sorted(find_scans(data_dir).items()):
-        stat = path.stat()
-        raw = path.with_suffix(".raw") if path.suffix == ".mhd" else None
-        raw_stat = raw.stat() if raw is not None and raw.is_file() else None
-        items.append([uid, subset, stat.st_size, int(stat.st_mtime), raw_stat.st_size if raw_stat else None])
-    return {"path": str(Path(data_dir).resolve()), "scans": len(items), "digest": _digest(items)}
-
-
-def bundle_identity(bundle: Path) -> dict:
-    """A bundle template's configs for a fingerprint: what its training and inference read (not its weights, logs
-    or ``metadata.json``, whose version and changelog change with documentation too)."""
-    configs = sorted(p for p in (Path(bundle) / "configs").glob("*.json") if p.name != "metadata.json")
-    return {"path": str(Path(bundle).resolve()), "configs": {p.name: file_identity(p)["sha256"] for p in configs}}
-
-
 def copy_bundle(template: Path, target: Path, edits: dict | None = None) -> Path:
     """Copy a bundle's configs, docs and licence (no weights, checkpoints, logs or caches) to ``target`` and set
     each ``edits`` id (``"network_def#channels"``) in every config file of the copy that defines it."""
@@ -137,149 +81,6 @@ def copy_bundle(template: Path, target: Path, edits: dict | None = None) -> Path
         if changed:
             write_json_atomic(config, data)
     return target
-
-
-def _settings_diff(old: dict, new: dict) -> list[str]:
-    keys = sorted(set(old) | set(new))
-    return [f"{k} {json.dumps(old.get(k))} -> {json.dumps(new.get(k))}" for k in keys if old.get(k) != new.get(k)]
-
-
-class StepRunner:
-    """Runs steps in order under a work dir, skipping finished ones whose fingerprint is unchanged.
-
-    Each step's state lives in ``<work>/<step>/step.json`` (``fingerprint``, ``status`` started/done,
-    ``seconds``); a step's fingerprint covers the one before it, so the first changed step and all later
-    ones run again. Every step's record also goes to ``<work>/train_summary.json`` as it finishes.
-    """
-
-    def __init__(self, work: Path, header: dict, prefix: str = "[train]", verbose: bool = False, summary_name: str = SUMMARY):
-        self.work, self.header, self.prefix, self.verbose = Path(work), header, prefix, verbose
-        self.summary_path = self.work / summary_name
-        self.records: list[dict] = []
-        self.previous = _digest(header.get("identity", {}))
-        self.start = time.perf_counter()
-
-    def say(self, line: str) -> None:
-        print(f"{self.prefix} {line}", flush=True)
-
-    def _write_summary(self, extra: dict | None = None) -> None:
-        data = {**self.header, "steps": self.records, "seconds": round(time.perf_counter() - self.start, 1)}
-        if self.summary_path.is_file():
-            try:
-                old = json.loads(self.summary_path.read_text(encoding="utf-8"))
-                if "result" in old and extra is None:
-                    data["result"] = old["result"]
-            except (OSError, json.JSONDecodeError):
-                pass
-        data.update(extra or {})
-        write_json_atomic(self.summary_path, data)
-
-    def finish(self, result: dict) -> None:
-        self._write_summary({"result": result})
-
-    def run(self, step: Step) -> None:
-        folder = self.work / step.name
-        fingerprint = _digest({"previous": self.previous, "inputs": step.inputs})
-        state_file = folder / "step.json"
-        state = {}
-        if state_file.is_file():
-            try:
-                state = json.loads(state_file.read_text(encoding="utf-8"))
-            except (OSError, json.JSONDecodeError):
-                state = {}
-        same = state.get("fingerprint") == fingerprint
-        record = {"name": step.name, "settings": step.inputs, "fingerprint": fingerprint}
-        if same and state.get("status") == "done":
-            self.say(f"{step.name}: done before ({state.get('seconds', 0):.0f} s), kept")
-            self.records.append({**record, "outcome": "kept", "seconds": state.get("seconds")})
-            self.previous = fingerprint
-            self._write_summary()
-            return
-        resume = same and state.get("status") == "started" and step.resumable
-        if not resume and folder.exists():
-            shutil.rmtree(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(state_file, {"fingerprint": fingerprint, "status": "started", "settings": step.inputs})
-        self.say(f"{step.name} ..." + (" (resuming the interrupted run)" if resume else ""))
-        t = time.perf_counter()
-        try:
-            step.run(folder, resume)
-        except BaseException:
-            seconds = round(time.perf_counter() - t, 1)
-            self.records.append({**record, "outcome": "failed", "seconds": seconds, "log": str(folder / "log.txt")})
-            self._write_summary()
-            raise
-        seconds = round(time.perf_counter() - t, 1)
-        write_json_atomic(state_file, {"fingerprint": fingerprint, "status": "done", "seconds": seconds, "settings": step.inputs})
-        self.records.append({**record, "outcome": "done", "seconds": seconds})
-        self.previous = fingerprint
-        self._write_summary()
-        self.say(f"{step.name}: {seconds:.0f} s (total {time.perf_counter() - self.start:.0f} s)")
-
-
-class StepFailed(RuntimeError):
-    """A step's command failed; ``str()`` names the step, the exit code and the log."""
-
-
-def run_logged(cmd: list, log: Path, prefix: str = "[train]", verbose: bool = False, env: dict | None = None) -> None:
-    """Run ``cmd`` (cwd: the repository, so bundle-relative defaults resolve as for a user), appending its
-    output to ``log``; a progress bar follows the ``N/M`` counts it prints (epochs, scans).
-
-    Raises:
-        StepFailed: a non-zero exit, with the last lines of the log.
-    """
-    from tqdm import tqdm
-
-    cmd = [str(c) for c in cmd]
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    with log.open("ab") as out:
-        out.write(("$ " + " ".join(cmd) + "\n").encode())
-        out.flush()
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=str(REPO), env=full_env)
-        bar = None
-        buffer = b""
-        try:
-            while True:
-                chunk = proc.stdout.read1(1 << 16) if hasattr(proc.stdout, "read1") else proc.stdout.read(1 << 16)
-                if not chunk:
-                    break
-                out.write(chunk)
-                out.flush()
-                if verbose:
-                    sys.stdout.write(chunk.decode("utf-8", "replace"))
-                    sys.stdout.flush()
-                    continue
-                buffer = (buffer + chunk)[-4096:]
-                parts = re.split(rb"[\r\n]", buffer)
-                buffer = parts[-1]
-                for line in parts[:-1]:
-                    text = line.decode("utf-8", "replace")
-                    found = _EPOCH.findall(text) or _TQDM.findall(text)
-                    if not found:
-                        continue
-                    done, total = (int(v) for v in found[-1])
-                    if total <= 0 or done > total:
-                        continue
-                    if bar is None or bar.total != total:
-                        if bar is not None:
-                            bar.close()
-                        unit = "epoch" if _EPOCH.search(text) else "it"
-                        bar = tqdm(total=total, leave=False, desc=f"{prefix}  ", unit=unit, dynamic_ncols=True, file=sys.stderr,
-                                   disable=not sys.stderr.isatty())  # a log file gets the step lines only
-                    bar.n = done
-                    bar.refresh()
-        except BaseException:
-            proc.kill()
-            raise
-        finally:
-            if bar is not None:
-                bar.close()
-            code = proc.wait()
-    if code != 0:
-        tail = log.read_text(encoding="utf-8", errors="replace").splitlines()[-15:]
-        at = max((i for i, c in enumerate(cmd) if c == "-m"), default=-1)  # the module run: after torchrun's own
-        what = " ".join(cmd[at + 1 : at + 3]) if at >= 0 else cmd[0]
-        raise StepFailed(f"{what} exited with {code}; its log: {log}; last lines:\n  " + "\n  ".join(tail))
 
 
 class TrainingRun:
@@ -372,7 +173,7 @@ class TrainingRun:
             old = json.loads(path.read_text(encoding="utf-8")).get("identity", {})
         except (OSError, json.JSONDecodeError):
             raise DataError(path, "unreadable run summary: remove it or use another --work-dir") from None
-        diff = _settings_diff(old, self.identity())
+        diff = settings_diff(old, self.identity())
         if diff and not self.o.update:
             raise DataError(
                 path,
@@ -616,7 +417,7 @@ class TrainingRun:
         for step in self.steps(datalist={}):
             lines.append(f"{step.name}: -> {self.work / step.name}/")
             for cmd in step.commands:
-                lines.append("    " + " ".join(_quote(c) for c in cmd))
+                lines.append("    " + " ".join(quote(c) for c in cmd))
             if step.name == "datalist":
                 lines.append(f"    fold {self.o.fold} of {self.data_dir} -> {self.datalist_file}")
         return "\n".join(lines)
@@ -637,49 +438,12 @@ class TrainingRun:
         return result
 
 
-def _quote(value: str) -> str:
-    return value if re.fullmatch(r"[\w@%+=:,./#-]+", value) else "'" + value.replace("'", "'\\''") + "'"
-
-
-def fold_numbers(data_dir: Path) -> list[int]:
-    """The folds of ``--fold all``: every ``subsetK`` folder holding scans (LUNA16: 0-9)."""
-    subsets = sorted({s for s, _ in find_scans(data_dir).values() if s is not None})
-    if not subsets:
-        raise DataError(data_dir, "--fold all: no subsetK folders with scans (LUNA16 layout)")
-    return subsets
-
-
-def run_all_folds(opts: TrainOptions) -> dict:
-    """``--fold all``: every fold in turn (each resumable, under ``<work>/fold<K>`` into
-    ``<output-bundle>/lung_nodule_ct_two_stage_detection_fold<K>``), then the test predictions of every fold
-    merged into one submission and evaluated on all tested scans (``<work>/all_folds``: FROC plot, CPM)."""
-    import pandas as pd
-
-    from monai_lung.evaluation.run import run_evaluation
-    from monai_lung.io import read_predictions, write_csv_atomic
-
-    folds = fold_numbers(Path(opts.data_dir))
-    runs = []
-    for k in folds:  # every fold checked before the first one trains
-        fold_opts = dataclasses.replace(opts, fold=k, work_dir=Path(opts.work_dir) / f"fold{k}",
-                                        output_bundle=Path(opts.output_bundle) / f"{DET_NAME}_fold{k}", log_prefix=f"[train fold {k}]")
-        run = TrainingRun(fold_opts)
-        run.check()
-        run.check_work_dir()
-        runs.append(run)
-    start = time.perf_counter()
-    for run in runs:
-        run.run()
-    out = Path(opts.work_dir).resolve() / "all_folds"
-    out.mkdir(parents=True, exist_ok=True)
-    merged = pd.concat([read_predictions(run.predictions) for run in runs], ignore_index=True)
-    write_csv_atomic(out / "predictions.csv", merged)
-    uids = [e["seriesuid"] for run in runs for e in json.loads(run.datalist_file.read_text(encoding="utf-8"))["test"]]
-    print(f"[train] all folds: {len(merged)} predictions on {len(uids)} test scans of {len(runs)} folds -> {out / 'predictions.csv'}", flush=True)
-    result = run_evaluation(opts.annotations, out / "predictions.csv", out / "froc", excluded_csv=opts.excluded, seriesuids=uids,
-                            n_bootstrap=int(opts.settings["bootstrap"]), log=lambda line: print(f"[train]   {line}", flush=True))
-    summary = {"folds": folds, "cpm": result.cpm, "num_scans": len(uids), "predictions": str(out / "predictions.csv"),
-               "froc": str(out / "froc"), "fold_summaries": [str(run.work / SUMMARY) for run in runs],
-               "seconds": round(time.perf_counter() - start, 1)}
-    write_json_atomic(out / "summary.json", summary)
-    return summary
+def print_result(run, result: dict, prefix: str = "[train]", cpm: bool = True) -> None:
+    """CPM, sensitivities and where the outputs are (what ``train`` and the demo print at the end)."""
+    if cpm:
+        print(f"{prefix} CPM {result['cpm']:.3f} on {result.get('counts', {}).get('num_scans', '?')} test scans (fold {run.o.fold})")
+    print(f"{prefix} sensitivity at " + ", ".join(f"{r['fps_per_scan']:g}: {r['sensitivity']:.3f}" for r in result["sensitivities"]) + " FPs/scan")
+    print(f"{prefix} FROC plot: {run.froc_dir / 'froc.png'}   curve: {run.froc_dir / 'froc.csv'}")
+    report = run.work / "detect" / "report" / "index.html"
+    print(f"{prefix} " + (f"review report: {report}   " if report.is_file() else "") + f"predictions: {run.predictions}")
+    print(f"{prefix} detection bundle: {run.bundle}   stage bundles: {run.final_seg()}, {run.stage2}")

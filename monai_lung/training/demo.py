@@ -37,7 +37,7 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--work-dir", type=Path, default=Path("demo_output"), help="where data, crops, predictions and reports go")
     parser.add_argument("--output-bundle", type=Path, default=None,
                         help="the trained detection bundle (default: <work dir>/lung_nodule_ct_two_stage_detection)")
-    parser.add_argument("--config", type=Path, help="JSON file overriding the demo settings (monai_lung/demo.py SYNTHETIC, "
+    parser.add_argument("--config", type=Path, help="JSON file overriding the demo settings (monai_lung/training/demo.py SYNTHETIC, "
                         "monai_lung/training/profiles.py DEMO)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one setting, e.g. --set stage1_epochs=4")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to train and detect")
@@ -62,8 +62,8 @@ def demo_settings(args: argparse.Namespace) -> tuple[dict, dict]:
 
 def run_demo(args: argparse.Namespace) -> int:
     from monai_lung.synthetic import generate_dataset
-    from monai_lung.training.cli import print_result
-    from monai_lung.training.pipeline import SUMMARY, Step, StepFailed, StepRunner, TrainingRun, TrainOptions
+    from monai_lung.training.recipe import TrainingRun, TrainOptions, print_result
+    from monai_lung.training.steps import SUMMARY, Step, StepFailed, StepRunner
 
     synthetic, settings = demo_settings(args)
     work = Path(args.work_dir).resolve()
