@@ -51,3 +51,42 @@ def test_torchscript_export_gives_the_same_outputs(tmp_path, name, shape):
     x = torch.rand(shape)
     with torch.no_grad():
         torch.testing.assert_close(scripted(x), network(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def preprocessing_inputs(tmp_path_factory):
+    """The shared real chest CT (its DICOM series, as `detect` reads a folder) and a synthetic phantom (.mhd)."""
+    from monai_lung.synthetic import generate_dataset
+
+    root = tmp_path_factory.mktemp("prep")
+    generate_dataset(root / "data", num_scans=1, seed=11, size=96, num_subsets=1)
+    inputs = [str(next((root / "data").glob("subset0/*.mhd")))]
+    real = REPO.parent / "shared" / "real_ct" / "LIDC-IDRI-0001" / "dicom"
+    if real.is_dir():
+        inputs.append(str(real))
+    return inputs
+
+
+def test_every_bundle_preprocesses_as_the_python_chain(preprocessing_inputs):
+    """One preprocessing: each bundle's ``preprocessing`` (what `detect`, MONAI Label and bundle inference run) gives
+    exactly what ``ct_preprocessing`` (what the crop bank, the hard-negative miner and stage-2 scoring run) gives with
+    the bundle's ``spacing`` and ``hu_window``, which are the chain's defaults: the same voxels, grid and world frame."""
+    import numpy as np
+
+    from monai_lung.networks import bundle_parser
+    from monai_lung.transforms.preprocessing import DEFAULT_HU_WINDOW, DEFAULT_SPACING, ct_preprocessing
+
+    reference = ct_preprocessing("image")
+    expected = {path: reference({"image": path})["image"] for path in preprocessing_inputs}
+    for name in BUNDLES:
+        parser = bundle_parser(REPO / "bundles" / name)
+        assert tuple(parser.get_parsed_content("spacing")) == DEFAULT_SPACING, name
+        assert tuple(parser.get_parsed_content("hu_window")) == DEFAULT_HU_WINDOW, name
+        chain = parser.get_parsed_content("preprocessing")
+        for path, want in expected.items():
+            got = chain({"image": path})["image"]
+            assert got.shape == want.shape and got.dtype == want.dtype, (name, path)
+            np.testing.assert_array_equal(got.numpy(), want.numpy(), err_msg=f"{name} {path}")
+            np.testing.assert_array_equal(got.affine.numpy(), want.affine.numpy())
+            assert got.meta.get("space") == want.meta.get("space")
+    assert len(preprocessing_inputs) == 2 or not (REPO.parent / "shared").is_dir()  # the real scan is checked wherever it ships
