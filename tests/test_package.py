@@ -108,3 +108,46 @@ def test_the_cycle_check_finds_a_cycle(tmp_path):
     graph = import_graph(pkg)
     assert graph["monai_lung.a.x"] == {"monai_lung.b"}
     assert cycles(graph) == [["monai_lung.a.x", "monai_lung.b"]]
+
+
+_NOT_SOURCE = (".git", ".venv*", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", "demo_output", "eval", "runs", "*.pt", "*.ts")
+
+
+@pytest.mark.slow
+def test_the_wheel_installs_and_runs_from_an_empty_folder(tmp_path):
+    """A user's install: build the wheel, install it into a fresh --target folder, and from an empty folder run
+    ``--help``, ``synth`` and ``train --dry-run``, which needs the bundle templates the wheel carries."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    pytest.importorskip("setuptools", reason="building the wheel offline needs setuptools in this python")
+    source = tmp_path / "source"  # a copy, so that the build leaves nothing in the checkout
+    shutil.copytree(PACKAGE.parent, source, ignore=shutil.ignore_patterns(*_NOT_SOURCE))
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--no-input"]
+    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path / "wheel"), str(source)],
+                   check=True, capture_output=True, timeout=600)
+    (wheel,) = (tmp_path / "wheel").glob("monai_lung-*.whl")
+    assert wheel.name.startswith(f"monai_lung-{monai_lung.__version__}-")
+    target = tmp_path / "target"
+    subprocess.run([*pip, "install", "--no-deps", "-q", "--target", str(target), str(wheel)], check=True, capture_output=True, timeout=600)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(PYTHONPATH=str(target), OMP_NUM_THREADS="1")
+
+    def run(*args: str) -> str:
+        done = subprocess.run([sys.executable, *args], cwd=empty, env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=600)
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout
+
+    assert run("-c", "import monai_lung; print(monai_lung.__file__)").strip() == str(target / "monai_lung" / "__init__.py")
+    assert "train" in run("-m", "monai_lung", "--help")
+    run("-m", "monai_lung", "synth", "data", "--num-scans", "3", "--size", "64", "--num-subsets", "3", "--seed", "1")
+    plan = run("-m", "monai_lung", "train", "--profile", "demo", "--dry-run", "--data-dir", "data", "--annotations", "data/annotations.csv",
+               "--fold", "0", "--work-dir", "work", "--output-bundle", "bundle")
+    templates = target / "monai_lung" / "bundles"
+    assert f"--config_file {empty / 'work' / 'train_stage1' / 'lung_nodule_ct_segmentation' / 'configs' / 'train.json'}" in plan
+    assert (templates / "lung_nodule_ct_two_stage_detection" / "configs" / "inference.json").is_file()
+    assert sorted(p.name for p in empty.iterdir()) == ["data"]  # a dry run writes nothing

@@ -47,10 +47,11 @@ DEMO = {
     "stage1_overrides": {},
     "stage2_overrides": {},
     "detect_overrides": {},
-    # bundle templates, copied under the work dir before training (the repository's copies are never written)
-    "seg_bundle": "bundles/lung_nodule_ct_segmentation",
-    "stage2_bundle": "bundles/lung_nodule_ct_classification",
-    "det_bundle": "bundles/lung_nodule_ct_two_stage_detection",
+    # bundle templates, copied under the work dir before training (the templates are never written): a template's
+    # name (monai_lung.templates: the repository's bundles/, or the copy a wheel installs) or a bundle folder
+    "seg_bundle": "lung_nodule_ct_segmentation",
+    "stage2_bundle": "lung_nodule_ct_classification",
+    "det_bundle": "lung_nodule_ct_two_stage_detection",
 }
 
 LUNA16 = {

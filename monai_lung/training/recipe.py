@@ -33,10 +33,9 @@ from monai_lung.datalist import build_datalist, write_datalist
 from monai_lung.io import DataError, find_scans, read_annotations, write_json_atomic
 from monai_lung.training.checkpoints import latest_checkpoint
 from monai_lung.training.steps import (
-    REPO, SUMMARY, Step, StepFailed, StepRunner, bundle_identity, file_identity, quote, run_logged, scans_identity, settings_diff,
+    SUMMARY, Step, StepFailed, StepRunner, bundle_identity, file_identity, quote, run_logged, scans_identity, settings_diff,
 )
-
-SEG_NAME, STAGE2_NAME, DET_NAME = "lung_nodule_ct_segmentation", "lung_nodule_ct_classification", "lung_nodule_ct_two_stage_detection"
+from monai_lung.templates import DET_NAME, SEG_NAME, STAGE2_NAME, resolve_template
 
 
 @dataclasses.dataclass
@@ -92,7 +91,7 @@ class TrainingRun:
         self.work = Path(opts.work_dir).resolve()
         self.data_dir = Path(opts.data_dir).resolve()
         self.bundle = Path(opts.output_bundle).resolve()
-        self.templates = {k: (REPO / s[k] if not Path(s[k]).is_absolute() else Path(s[k])) for k in ("seg_bundle", "stage2_bundle", "det_bundle")}
+        self.templates = {k: resolve_template(s[k]) for k in ("seg_bundle", "stage2_bundle", "det_bundle")}
         self.datalist_file = self.work / "datalist" / "datalist.json"
         self.hard_datalist_file = self.work / "finetune_stage1" / "datalist_hard_negatives.json"
         self.seg1 = self.work / "train_stage1" / SEG_NAME

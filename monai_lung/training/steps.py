@@ -23,7 +23,8 @@ from pathlib import Path
 
 from monai_lung.io import find_scans, write_json_atomic
 
-REPO = Path(__file__).resolve().parents[2]
+# a step's python subprocesses import the monai_lung this process runs (a checkout, an editable install or a wheel)
+_PACKAGE_PARENT = str(Path(__file__).resolve().parents[2])
 SUMMARY = "train_summary.json"
 _EPOCH = re.compile(r"Epoch: (\d+)/(\d+)")
 _TQDM = re.compile(r"(\d+)/(\d+) \[")
@@ -160,8 +161,9 @@ class StepFailed(RuntimeError):
 
 
 def run_logged(cmd: list, log: Path, prefix: str = "[train]", verbose: bool = False, env: dict | None = None) -> None:
-    """Run ``cmd`` (cwd: the repository, so bundle-relative defaults resolve as for a user), appending its
-    output to ``log``; a progress bar follows the ``N/M`` counts it prints (epochs, scans).
+    """Run ``cmd`` in the folder of ``log`` (the step's folder: commands name every path absolutely, so nothing depends
+    on where ``train`` was started), appending its output to ``log``; a progress bar follows the ``N/M`` counts it
+    prints (epochs, scans). Its python imports the same monai_lung as this process.
 
     Raises:
         StepFailed: a non-zero exit, with the last lines of the log.
@@ -169,11 +171,12 @@ def run_logged(cmd: list, log: Path, prefix: str = "[train]", verbose: bool = Fa
     from tqdm import tqdm
 
     cmd = [str(c) for c in cmd]
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    pythonpath = os.pathsep.join(p for p in (_PACKAGE_PARENT, os.environ.get("PYTHONPATH", "")) if p)
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": pythonpath, **(env or {})}
     with log.open("ab") as out:
         out.write(("$ " + " ".join(cmd) + "\n").encode())
         out.flush()
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=str(REPO), env=full_env)
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=str(log.parent), env=full_env)
         bar = None
         buffer = b""
         try:
