@@ -6,7 +6,7 @@
 A nodule is found when a candidate's centre lies within its radius (the LUNA16 hit rule), candidates
 being the connected components of the lung-gated sliding-window probability map (threshold, minimum
 size and near-duplicate merging as the detector does them), at most ``--max-candidates`` per scan by
-peak probability (the detector's cap), or with ``--rank-by shape`` by the candidates' ``shape_score``.
+peak probability (the detector's cap).
 Prints one line per nodule (diameter, highest probability inside it, found or not) and, for every
 threshold, recall and candidates per scan with and without the cap.
 
@@ -117,12 +117,7 @@ def main() -> None:
     p.add_argument("--datalist", type=Path, required=True)
     p.add_argument("--key", default="test")
     p.add_argument("--thresholds", default="0.1,0.2,0.3,0.5", help="comma-separated candidate thresholds")
-    p.add_argument("--max-candidates", type=int, default=30, help="per-scan cap, by --rank-by")
-    p.add_argument(
-        "--rank-by", choices=("peak", "shape"), default="peak",
-        help="order of a scan's candidates for the cap: peak probability (the detector's), shape_score "
-        "(mean probability x volume^0.3 / elongation: round, sure components first)",
-    )
+    p.add_argument("--max-candidates", type=int, default=30, help="per-scan cap, by peak probability")
     p.add_argument("--min-voxels", type=int, default=Stage1Config.min_voxels)
     p.add_argument(
         "--candidate-lung-margin", type=float, default=Stage1Config.candidate_lung_margin_mm,
@@ -170,8 +165,6 @@ def main() -> None:
         per_threshold = {}
         for t in thresholds:
             cands = stage1_candidates(prob, affine, replace(args.detector_config, seg_threshold=t), core)
-            if args.rank_by == "shape":
-                cands = cands.sort_values("shape_score", ascending=False, kind="stable").reset_index(drop=True)
             pts = cands[["coordX", "coordY", "coordZ"]].to_numpy()
             counts[t].append(len(cands))
             hit = []
@@ -194,7 +187,7 @@ def main() -> None:
             f"{entry['seriesuid']}: candidates " + ", ".join(f"{t}: {counts[t][-1]}" for t in thresholds) + f"; {sec:.1f} s",
             flush=True,
         )
-    print(f"\nstage-1 recall on {total} nodules of {len(seconds)} scans ({np.mean(seconds):.1f} s per scan, roi {args.roi}; ranked by {args.rank_by}):")
+    print(f"\nstage-1 recall on {total} nodules of {len(seconds)} scans ({np.mean(seconds):.1f} s per scan, roi {args.roi}):")
     for t in thresholds:
         capped = np.minimum(counts[t], args.max_candidates)
         print(

@@ -196,7 +196,6 @@ def test_training_patches_draw_synthetic_nodules_on_the_scans_own_slices(tiny_da
     """The bundle's chain as configured: the cache carries the scan's slice grid, the crop the patch's start, and
     a synthetic nodule drawn into a patch of a 2.5 mm-slice scan adds to the image only what linear resampling
     of those slices could give (linear along k between two source slices)."""
-    import torch
     from monai.bundle import ConfigParser
     from monai.transforms import Compose
 

@@ -209,15 +209,6 @@ def entry_seriesuid(entry: dict) -> str:
     return str(entry.get("seriesuid") or seriesuid_of(entry["image"]))
 
 
-def datalist_seriesuids(datalist_file: str | os.PathLike, key: str) -> list[str]:
-    """Seriesuids of list ``key`` of a data-list JSON, in list order (see :func:`entry_seriesuid`)."""
-    data = read_datalist(datalist_file)
-    if not isinstance(data.get(key), list):
-        lists = [k for k, v in data.items() if isinstance(v, list)]
-        raise DataError(datalist_file, f"data list has no {key!r} list (lists: {', '.join(lists) or 'none'})")
-    return [entry_seriesuid(e) for e in data[key]]
-
-
 def load_datalist_entries(datalist_file: str | os.PathLike, key: str, data_dir: str | os.PathLike | None = None) -> list[dict]:
     """Entries of list ``key`` with absolute image paths (``data_dir`` defaults to the JSON's folder)."""
     from monai.data import load_decathlon_datalist

@@ -32,7 +32,6 @@ from monai_lung.dicom.series import SeriesInfo
 from monai_lung.findings import KIND_CODES, Finding, SRCode, SRMeasurement, attributes, sr_items
 from monai_lung.io.atomic import atomic_path
 
-RESEARCH_NOTE = "RESEARCH USE ONLY - not for diagnosis"
 MANUFACTURER = "monai_lung"
 SEG_NAME, SR_NAME = "seg.dcm", "sr.dcm"
 _RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])

@@ -13,7 +13,6 @@ CANDIDATE_FIELDS = [
     "coordX", "coordY", "coordZ",  # world LPS mm (LUNA16 convention)
     "index_i", "index_j", "index_k",  # continuous voxel index on the probability map's grid
     "diameter_mm", "volume_mm3", "peak_prob", "mean_prob", "num_voxels",
-    "elongation", "shape_score",  # see extract_candidates
     "bbox_lo_i", "bbox_lo_j", "bbox_lo_k", "bbox_hi_i", "bbox_hi_j", "bbox_hi_k",  # inclusive voxel box of the component
 ]
 
@@ -54,12 +53,7 @@ def extract_candidates(
     Returns:
         DataFrame with :data:`CANDIDATE_FIELDS`, one row per component, sorted by ``peak_prob``
         (descending). The centre is the probability-weighted centre of mass; ``diameter_mm`` is the
-        diameter of the ball with the component's volume. ``elongation`` is sqrt(largest / smallest
-        eigenvalue) of the component's covariance in mm (1 for a ball, large for a vessel segment; each voxel
-        counts with its own extent, so one-voxel-thin components stay finite). ``shape_score`` =
-        ``mean_prob * volume_mm3 ** 0.3 / elongation`` ranks components for stage-1-only use (sure, big and
-        round first): on the demo's stage 1 it put more nodules among a scan's 30 best than ``peak_prob``
-        (``benchmarks/stage1_recall.py --rank-by shape``), where hundreds of vessel segments peak above 0.99.
+        diameter of the ball with the component's volume.
     """
     prob = np.asarray(prob, dtype=np.float32)
     above = prob > threshold
@@ -103,7 +97,6 @@ def extract_candidates(
     counts, sums, centres, peaks = counts_all[index], sums_all[index], coms_all[index], peaks_all[index]
     linear = np.asarray(affine, dtype=np.float64)[:3, :3]
     volume = counts * abs(float(np.linalg.det(linear)))
-    elongation = _elongation(lab, coords, n, index, counts, linear)
     mean = sums / counts
     world = np.atleast_2d(index_to_world(centres, affine, space=space, points_space="LPS"))
     frame = pd.DataFrame(
@@ -112,34 +105,12 @@ def extract_candidates(
             "index_i": centres[:, 0], "index_j": centres[:, 1], "index_k": centres[:, 2],
             "diameter_mm": np.cbrt(6.0 * volume / np.pi), "volume_mm3": volume,
             "peak_prob": peaks, "mean_prob": mean, "num_voxels": counts,
-            "elongation": elongation, "shape_score": mean * volume**0.3 / elongation,
             **{f"bbox_lo_{a}": box_lo[index, n_] for n_, a in enumerate("ijk")},
             **{f"bbox_hi_{a}": box_hi[index, n_] for n_, a in enumerate("ijk")},
         }
     )
     frame = frame.sort_values("peak_prob", ascending=False, kind="stable").reset_index(drop=True)
     return frame if max_candidates is None else frame.head(max_candidates).reset_index(drop=True)
-
-
-def _elongation(lab: np.ndarray, coords: tuple, n: int, index: np.ndarray, counts: np.ndarray, linear: np.ndarray) -> np.ndarray:
-    """sqrt(largest / smallest eigenvalue) of each component's voxel covariance in mm.
-
-    ``lab``: label of each foreground voxel; ``coords``: their (i, j, k) indices (three arrays); ``n``: number
-    of labels; ``index``: the labels wanted; ``counts``: their voxel counts; ``linear``: the 3x3 voxel -> mm
-    part of the affine. A voxel is a box, not a point: its own covariance, 1/12 voxel^2 per axis, is added, so a
-    one-voxel component is round on an isotropic grid and a thin line has a finite ratio.
-    """
-    counts = np.asarray(counts, dtype=np.float64)
-    x = [np.asarray(c, dtype=np.float64) for c in coords]
-    means = [np.bincount(lab, weights=c, minlength=n + 1)[index] / counts for c in x]
-    cov = np.empty((index.size, 3, 3))
-    for a in range(3):
-        for b in range(a, 3):
-            second = np.bincount(lab, weights=x[a] * x[b], minlength=n + 1)[index] / counts
-            cov[:, a, b] = cov[:, b, a] = second - means[a] * means[b] + (1.0 / 12.0 if a == b else 0.0)
-    cov_mm = linear @ cov @ linear.T
-    eig = np.linalg.eigvalsh(cov_mm)  # ascending
-    return np.sqrt(eig[:, 2] / np.maximum(eig[:, 0], 1e-12))
 
 
 def merge_close_candidates(frame: pd.DataFrame, distance_mm: float) -> pd.DataFrame:

@@ -10,7 +10,7 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, RandomizableTransform
 
-from monai_lung.stage2.bank import CropBank, centre_view
+from monai_lung.stage2.bank import centre_view
 
 
 class ContextSwapd(RandomizableTransform, MapTransform):

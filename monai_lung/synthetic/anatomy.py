@@ -474,8 +474,7 @@ class Anatomy:
         varying = np.flatnonzero(near)
         lab2d = lab2d.reshape(ny, nx)
         hu2d = hu2d.reshape(ny, nx)
-        tex = self.texture
-        tox, toy, toz = self.tex_origin
+        tox, toy, _ = self.tex_origin
         fx = (xx - tox) / self.tex_step
         fy = (yy - toy) / self.tex_step
         for z0 in range(0, nz, slab):

@@ -8,7 +8,8 @@ import time
 from pathlib import Path
 
 from monai_lung.io import DataError, find_scans, write_json_atomic
-from monai_lung.training.recipe import DET_NAME, TrainingRun, TrainOptions
+from monai_lung.templates import DET_NAME
+from monai_lung.training.recipe import TrainingRun, TrainOptions
 from monai_lung.training.steps import SUMMARY
 
 

@@ -35,7 +35,7 @@ from monai_lung.training.checkpoints import latest_checkpoint
 from monai_lung.training.steps import (
     SUMMARY, Step, StepFailed, StepRunner, bundle_identity, file_identity, quote, run_logged, scans_identity, settings_diff,
 )
-from monai_lung.templates import DET_NAME, SEG_NAME, STAGE2_NAME, resolve_template
+from monai_lung.templates import SEG_NAME, STAGE2_NAME, resolve_template
 
 
 @dataclasses.dataclass
@@ -181,9 +181,6 @@ class TrainingRun:
             )
 
     # -- commands ---------------------------------------------------------------------------------------
-    def _py(self) -> list[str]:
-        return [sys.executable]
-
     def _bundle_cmd(self, bundle: Path, overrides: dict) -> list[str]:
         configs = [bundle / "configs" / "train.json"]
         if self.o.nproc > 1:
@@ -316,9 +313,6 @@ class TrainingRun:
         return cmd
 
     # -- the steps --------------------------------------------------------------------------------------
-    def step_names(self) -> list[str]:
-        return ["datalist", "train_stage1", "crop_bank", "finetune_stage1", "train_stage2", "assemble", "detect", "evaluate"]
-
     def _log(self, folder: Path) -> Path:
         return folder / "log.txt"
 

@@ -7,17 +7,14 @@ ones a tight lung mask cuts off, stay inside.
 
 from __future__ import annotations
 
-from typing import Hashable, Mapping, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from monai.config import KeysCollection
 from monai.data import MetaTensor
-from monai.transforms import MapTransform
 from scipy import ndimage
 
-from monai_lung.io.coords import voxel_spacing
 from monai_lung.transforms.preprocessing import DEFAULT_HU_WINDOW
 
 #: mm the lungs are grown by, by default: keeps juxta-pleural nodules inside
@@ -106,26 +103,3 @@ def lung_masks(
         full = grown.repeat(factor[0], 0).repeat(factor[1], 1).repeat(factor[2], 2)
         out.append(np.ascontiguousarray(full[: shape[0], : shape[1], : shape[2]]))
     return out
-
-
-class LungMaskd(MapTransform):
-    """Add ``data[mask_key]``: a (1, i, j, k) bool lung mask of ``keys`` (a scaled (1, i, j, k) CT MetaTensor)."""
-
-    def __init__(
-        self,
-        keys: KeysCollection = "image",
-        mask_key: str = "lung",
-        hu_window: Sequence[float] | None = DEFAULT_HU_WINDOW,
-        allow_missing_keys: bool = False,
-        **kwargs,
-    ):
-        super().__init__(keys, allow_missing_keys)
-        self.mask_key, self.hu_window, self.kwargs = mask_key, hu_window, kwargs
-
-    def __call__(self, data: Mapping[Hashable, object]) -> dict:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            img = d[key]
-            mask = lung_mask(img, voxel_spacing(img), hu_window=self.hu_window, **self.kwargs)
-            d[self.mask_key] = torch.from_numpy(mask[None])
-        return d
