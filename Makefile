@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 
 .PHONY: test demo venv clean monailabel-venv
 
-$(VENV)/.installed: setup.cfg pyproject.toml
+$(VENV)/.installed: setup.cfg setup.py pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
@@ -29,7 +29,7 @@ demo: $(VENV)/.installed
 ML_VENV ?= .venv-monailabel
 ML_PY := $(ML_VENV)/bin/python
 
-$(ML_VENV)/.installed: requirements-monailabel.txt setup.cfg pyproject.toml
+$(ML_VENV)/.installed: requirements-monailabel.txt setup.cfg setup.py pyproject.toml
 	test -x $(ML_PY) || $(PYTHON) -m venv $(ML_VENV)
 	$(ML_PY) -m pip install --quiet --upgrade pip
 	$(ML_PY) -m pip install --quiet --no-deps -r requirements-monailabel.txt
