@@ -33,13 +33,18 @@ def free_port() -> int:
 
 class Orthanc:
     """``with Orthanc(folder) as pacs: pacs.url, pacs.dicomweb`` (the DICOMweb root). Restarting on the same
-    ``folder`` keeps the stored studies."""
+    ``folder`` keeps the stored studies. With ``dicom=True`` it also takes C-STORE from any AE title at
+    ``pacs.dicom_destination`` (``ORTHANC@127.0.0.1:<port>``); ports stay the same across restarts."""
 
-    def __init__(self, folder: Path):
+    AE_TITLE = "ORTHANC"
+
+    def __init__(self, folder: Path, dicom: bool = False):
         self.folder = Path(folder)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.dicomweb = f"{self.url}/dicom-web"
+        self.dicom_port = free_port() if dicom else None
+        self.dicom_destination = f"{self.AE_TITLE}@127.0.0.1:{self.dicom_port}" if dicom else None
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> "Orthanc":
@@ -47,10 +52,12 @@ class Orthanc:
         config = {
             "Name": "monai_lung_test", "StorageDirectory": str(self.folder / "db"), "IndexDirectory": str(self.folder / "db"),
             "HttpPort": self.port, "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
-            "DicomServerEnabled": False, "OrthancExplorerEnabled": False, "WebDavEnabled": False,
+            "DicomServerEnabled": self.dicom_port is not None, "OrthancExplorerEnabled": False, "WebDavEnabled": False,
             "Plugins": [next(p for p in PLUGIN_PATHS if Path(p).exists())],
             "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "EnableWado": False},
         }
+        if self.dicom_port is not None:
+            config.update({"DicomAet": self.AE_TITLE, "DicomPort": self.dicom_port, "DicomCheckCalledAet": False, "DicomAlwaysAllowStore": True})
         config_path = self.folder / f"orthanc-{self.port}.json"
         config_path.write_text(json.dumps(config))
         self.log = open(self.folder / f"orthanc-{self.port}.log", "w")
@@ -87,6 +94,17 @@ class Orthanc:
             r.raise_for_status()
             n += 1
         return n
+
+    def series(self, study_uid: str) -> dict[str, list[str]]:
+        """The study's series as ``{Modality: [SOP Instance UIDs of all its series of that modality]}`` (REST API)."""
+        found = requests.post(f"{self.url}/tools/find", json={"Level": "Study", "Query": {"StudyInstanceUID": study_uid}}, timeout=30).json()
+        out: dict[str, list[str]] = {}
+        for study in found:
+            for series in requests.get(f"{self.url}/studies/{study}/series", timeout=30).json():
+                modality = series["MainDicomTags"].get("Modality", "")
+                for instance in requests.get(f"{self.url}/series/{series['ID']}/instances", timeout=30).json():
+                    out.setdefault(modality, []).append(instance["MainDicomTags"]["SOPInstanceUID"])
+        return out
 
     def __enter__(self) -> "Orthanc":
         return self.start()
