@@ -42,7 +42,8 @@ def source_files() -> list[Path]:
 
 
 def write_study(folder: Path, key: str, slices: int | None = None, scale: int = 1, patient_id: str | None = None,
-                edit: Callable[[int, pydicom.Dataset], None] | None = None, sources: list[Path] | None = None) -> Study:
+                patient_name: str | None = None, edit: Callable[[int, pydicom.Dataset], None] | None = None,
+                sources: list[Path] | None = None) -> Study:
     """A new study from the real series under ``folder`` (one file per slice). ``key`` seeds its UIDs (the same key
     gives the same study); ``slices``: that many consecutive slices centred on the nodule; ``scale``: the in-plane
     reduction; ``edit(n, ds)``: a last change to each slice's data set."""
@@ -57,7 +58,7 @@ def write_study(folder: Path, key: str, slices: int | None = None, scale: int = 
     frame_uid = generate_uid(entropy_srcs=["frame", key])
     number = int(hashlib.sha256(key.encode()).hexdigest(), 16)
     patient_id = patient_id or f"LT-{number % 10**8:08d}"
-    patient_name = f"Testpatient^{key.replace('-', '').replace('_', '')[:20]}"
+    patient_name = patient_name or f"Testpatient^{key.replace('-', '').replace('_', '')[:20]}"
     folder.mkdir(parents=True, exist_ok=True)
     out = []
     for n, src in enumerate(files):

@@ -451,3 +451,14 @@ def test_pacs_round_trip_with_a_failed_store_and_a_rerun(untrained_models, tmp_p
         sr.save_as(tmp_path / "from_pacs_sr.dcm", enforce_file_format=True)
         assert np.allclose([f["coord"] for f in read_sr_findings(tmp_path / "from_pacs_sr.dcm")],
                            [f["coord"] for f in read_sr_findings(result["dicom"]["sr"])])
+
+
+@needs_lidc
+def test_a_scan_without_findings_gets_an_sr_saying_so_and_no_seg(tmp_path):
+    info, _ = choose_series(LIDC / "dicom")
+    out = write_dicom_outputs(info, [], [], np.eye(4), tmp_path)
+    assert out["seg"] is None and read_sr_findings(out["sr"]) == []
+    text = str(pydicom.dcmread(out["sr"]).ContentSequence)
+    assert "Nodule" in text and "Absent" in text
+    if shutil.which("dciodvfy"):
+        assert dciodvfy_errors(Path(out["sr"])) == []

@@ -164,6 +164,11 @@ def build_sr(series: SeriesInfo, findings: Sequence[Finding], tracking_uids: Seq
             finding_type=code(KIND_CODES[f.kind]), algorithm_id=algorithm, measurements=measurements,
             qualitative_evaluations=evaluations or None,
         ))
+    if not groups:  # TID 1500 needs a measurement group: one that says the study has no nodule finding
+        groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(uid=_uid(series, "no-findings", findings), identifier="no nodule found"),
+            algorithm_id=algorithm, qualitative_evaluations=[hd.sr.QualitativeEvaluation(codes.SCT.Nodule, codes.SCT.Absent)],
+        ))
     observer = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(uid=generate_uid(entropy_srcs=["monai_lung", __version__]), name=MANUFACTURER),
@@ -191,8 +196,8 @@ def write_dicom_outputs(series: SeriesInfo, findings: Sequence[Finding], out_dir
     and return ``{"sr": path, "seg": path or None, "sr_sop_instance_uid", "seg_sop_instance_uid",
     "series_instance_uid"}``. ``comments``: the scan's warnings, as text in the SR.
 
-    Without findings no SEG is written (a SEG needs a segment); the SR then has no groups. A finding without a mask
-    is refused (its SEG segment would be empty).
+    Without findings no SEG is written (a SEG needs a segment); the SR then says "nodule: absent". A finding
+    without a mask is refused (its SEG segment would be empty).
     """
     folder = Path(out_dir) / series.uid
     folder.mkdir(parents=True, exist_ok=True)

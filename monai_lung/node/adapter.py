@@ -69,9 +69,6 @@ class Engine:
     """
 
     def __init__(self, det_bundle: str | os.PathLike, device: str = "auto", overrides: dict | None = None, max_findings: int = 10):
-        import torch
-
-        torch.set_grad_enabled(False)
         self.detector, prep = load_detector(det_bundle, device=device, config_overrides=overrides)
         self.preprocess = prep["transform"]
         self.identity = bundle_identity(det_bundle)

@@ -6,6 +6,7 @@ import argparse
 import datetime
 import logging
 import sys
+import warnings
 from pathlib import Path
 
 from monai_lung.bundle_args import parse_overrides
@@ -65,6 +66,9 @@ def serve_main(args: argparse.Namespace) -> int:
         raise SystemExit(f"monai-lung serve: --ae-title {args.ae_title!r} must be 1-16 characters")
     # pynetdicom logs every association at INFO; the node logs what matters itself (UIDs and AE titles, no patient data)
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    # pydicom's and highdicom's warnings quote element values, e.g. a patient name that lacks a "^": none in the log
+    for module in ("pydicom", "highdicom"):
+        warnings.filterwarnings("ignore", module=rf"{module}(\.|$)")
     config = NodeConfig(
         work_dir=args.work_dir, det_bundle=args.det_bundle, ae_title=args.ae_title.strip(), host=args.host, port=args.port,
         send_to=send_to, send_to_dicomweb=args.send_to_dicomweb, allow_ae=args.allow_ae, stable_seconds=args.stable_seconds,
