@@ -68,6 +68,7 @@ def _done(node: NodeProcess, count: int):
 
 def test_queue_makes_one_job_per_set_of_instances_and_recovers_running_jobs(tmp_path):
     q = JobQueue(tmp_path / "node.sqlite3", owner="a")
+    q.add_instance("1.2.8", "1.1", "1.1.8", "/x/8.dcm", 10, "p1", now=99.0, sop_class="1.2.840.10008.5.1.4.1.1.88.34")  # an SR
     for n in range(3):
         q.add_instance(f"1.2.{n}", "1.1", "1.1.1", f"/x/{n}.dcm", 10, "p1", now=100.0 + n)
     assert q.make_jobs(10.0, now=105.0) == []  # still receiving
@@ -75,7 +76,7 @@ def test_queue_makes_one_job_per_set_of_instances_and_recovers_running_jobs(tmp_
     [(study, what, job_id)] = q.make_jobs(10.0, now=112.5)
     assert (study, what) == ("1.1", "new")
     claimed = q.claim(10.0, now=113.0)
-    assert claimed.job.id == job_id and [s for s, _ in claimed.files] == ["1.2.0", "1.2.1", "1.2.2"]
+    assert claimed.job.id == job_id and [s for s, _ in claimed.files] == ["1.2.0", "1.2.1", "1.2.2", "1.2.8"]
     assert claimed.job.digest == instances_digest(["1.2.2", "1.2.0", "1.2.1"]) and claimed.job.attempts == 1
     # another process (a later start) cannot finish this process's job; a restart returns it to pending
     other = JobQueue(tmp_path / "node.sqlite3", owner="b")
@@ -88,6 +89,8 @@ def test_queue_makes_one_job_per_set_of_instances_and_recovers_running_jobs(tmp_
     # the same instances again: no new job; one more instance: a new job
     q.add_instance("1.2.1", "1.1", "1.1.1", "/x/1.dcm", 10, "p1", now=300.0)
     assert q.make_jobs(10.0, now=311.0) == [("1.1", "same", job_id)]
+    q.add_instance("1.2.7", "1.1", "1.1.7", "/x/7.dcm", 10, "p1", now=320.0, sop_class="1.2.840.10008.5.1.4.1.1.66.4")  # a SEG
+    assert q.make_jobs(10.0, now=331.0) == [("1.1", "same", job_id)]  # only CT images are new input
     q.add_instance("1.2.9", "1.1", "1.1.2", "/x/9.dcm", 10, "p1", now=400.0)
     [(_, what, second)] = q.make_jobs(10.0, now=411.0)
     assert what == "again" and second != job_id
@@ -212,8 +215,14 @@ def test_studies_in_results_out_faults_failed_resend_idempotent(untrained_models
             # the same study again: no new job, no new objects
             before = _objects(pacs, good[0])
             assert storescu(good[0].folder, node.port, calling_ae="SCANNER1").returncode == 0
-            node.wait_for(lambda: "received again with no new instance" in node.log(), 60, "the resend to be noticed")
+            node.wait_for(lambda: "received again with no new CT image" in node.log(), 60, "the resend to be noticed")
             assert len(node.jobs()) == 5 and _objects(pacs, good[0]) == before
+            # the node's own results routed back to it (a PACS forwarding whole studies) start no job either
+            job = by_study[good[0].study_uid]
+            echo = sorted((tmp_path / "W" / "jobs" / str(job["id"]) / "out" / job["result"]["series_instance_uid"]).glob("*.dcm"))
+            assert len(echo) == job["result"]["num_findings"] + 3 and storescu(echo, node.port, calling_ae="SCANNER1").returncode == 0
+            node.wait_for(lambda: node.log().count("received again with no new CT image") == 2, 60, "the echo to be noticed")
+            assert len(node.jobs()) == 5
 
             # new instances after the job ran: processed again; the chosen series is the same, so are the objects
             assert storescu(late.folder, node.port, calling_ae="SCANNER2").returncode == 0

@@ -2,7 +2,7 @@
 
 Tables:
 
-- ``instances``: every stored instance (SOP Instance UID, its study and series, the file under ``incoming/``);
+- ``instances``: every stored instance (SOP Instance UID and class, its study and series, the file under ``incoming/``);
 - ``studies``: per study, when instances last arrived and whether some arrived since its last job was made
   (``dirty``), and a hash of the patient's ID (never the ID or name themselves) to find a patient's prior study;
 - ``jobs``: one row per processing of a study: ``state`` (pending, running, done, failed), ``stage`` (how far it
@@ -28,10 +28,15 @@ from typing import Iterator
 
 STATES = ("pending", "running", "done", "failed")
 DB_NAME = "node.sqlite3"
+# the instances that can change what detection sees (CT, Enhanced CT, Legacy Converted Enhanced CT Image Storage):
+# only they decide whether a study that receives instances again is processed again, so that the node's own results
+# routed back to it by a PACS, or any other SR or presentation state, do not start a job
+CT_IMAGE_CLASSES = ("1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.2.1", "1.2.840.10008.5.1.4.1.1.2.2")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS instances (
     sop_uid TEXT PRIMARY KEY,
+    sop_class TEXT NOT NULL,
     study_uid TEXT NOT NULL,
     series_uid TEXT NOT NULL,
     path TEXT NOT NULL,
@@ -79,8 +84,13 @@ CREATE TABLE IF NOT EXISTS sent (
 
 
 def instances_digest(sop_uids) -> str:
-    """A study's (or series') identity as the node saw it: SHA-256 of its sorted SOP Instance UIDs."""
+    """A set of instances' identity: SHA-256 of its sorted SOP Instance UIDs."""
     return hashlib.sha256("\n".join(sorted(sop_uids)).encode()).hexdigest()
+
+
+def _ct_digest(rows) -> str:
+    """The digest of the CT images among ``(sop_uid, sop_class)`` rows: what a job of the study detects on."""
+    return instances_digest(sop for sop, sop_class in rows if sop_class in CT_IMAGE_CLASSES)
 
 
 def patient_key(patient_id: str | None, issuer: str | None = None) -> str | None:
@@ -166,13 +176,13 @@ class JobQueue:
     # ---------------------------------------------------------------- receiving
 
     def add_instance(self, sop_uid: str, study_uid: str, series_uid: str, path: str, size: int, patient: str | None,
-                     now: float | None = None) -> bool:
+                     now: float | None = None, sop_class: str = CT_IMAGE_CLASSES[0]) -> bool:
         """Record a stored instance (its file is already in place) and mark its study as having new instances.
         Returns whether the instance is new to the node (False: the same SOP Instance UID was received before)."""
         now = time.time() if now is None else now
         with self.transaction() as db:
             known = db.execute("SELECT 1 FROM instances WHERE sop_uid = ?", (sop_uid,)).fetchone() is not None
-            db.execute("INSERT OR REPLACE INTO instances VALUES (?, ?, ?, ?, ?, ?)", (sop_uid, study_uid, series_uid, path, size, now))
+            db.execute("INSERT OR REPLACE INTO instances VALUES (?, ?, ?, ?, ?, ?, ?)", (sop_uid, sop_class, study_uid, series_uid, path, size, now))
             db.execute(
                 "INSERT INTO studies (study_uid, patient_key, first_received, last_received, dirty) VALUES (?, ?, ?, ?, 1) "
                 "ON CONFLICT (study_uid) DO UPDATE SET last_received = excluded.last_received, dirty = 1, purged = 0, "
@@ -192,7 +202,8 @@ class JobQueue:
         Returns ``(study_uid, what happened, job id or None)`` per study looked at: a new job (``"new"``: the
         study's first, ``"again"``: instances arrived after an earlier job ran), ``"same"`` (the instances are
         the ones an earlier job processed: its results stand), ``"queued"`` (a pending job will take them) or
-        ``"busy"`` (a job is running: a new one is made once it ends).
+        ``"busy"`` (a job is running: a new one is made once it ends). Only CT images count as new (see
+        :data:`CT_IMAGE_CLASSES`); the last job's digest is compared with the study's CT images now.
         """
         now = time.time() if now is None else now
         events = []
@@ -207,7 +218,7 @@ class JobQueue:
                     db.execute("UPDATE studies SET dirty = 0 WHERE study_uid = ?", (study,))
                     events.append((study, "queued", None))
                     continue
-                digest = instances_digest(r[0] for r in db.execute("SELECT sop_uid FROM instances WHERE study_uid = ?", (study,)))
+                digest = _ct_digest(db.execute("SELECT sop_uid, sop_class FROM instances WHERE study_uid = ?", (study,)).fetchall())
                 last = db.execute("SELECT id, digest, state FROM jobs WHERE study_uid = ? ORDER BY id DESC LIMIT 1", (study,)).fetchone()
                 db.execute("UPDATE studies SET dirty = 0 WHERE study_uid = ?", (study,))
                 if last is not None and last["state"] == "done" and last["digest"] == digest:
@@ -239,9 +250,10 @@ class JobQueue:
             sets = "state = 'running', owner = ?, attempts = attempts + 1, updated_at = ?, started_at = ?"
             params: list = [self.owner, now, now]
             if row["stage"] in ("queued", "detecting"):
-                files = [(r[0], r[1]) for r in db.execute("SELECT sop_uid, path FROM instances WHERE study_uid = ? ORDER BY sop_uid", (row["study_uid"],))]
+                rows = db.execute("SELECT sop_uid, path, sop_class FROM instances WHERE study_uid = ? ORDER BY sop_uid", (row["study_uid"],)).fetchall()
+                files = [(r[0], r[1]) for r in rows]
                 sets += ", digest = ?, num_instances = ?, stage = 'queued'"
-                params += [instances_digest(s for s, _ in files), len(files)]
+                params += [_ct_digest((r[0], r[2]) for r in rows), len(files)]
                 db.execute("UPDATE studies SET dirty = 0 WHERE study_uid = ?", (row["study_uid"],))
             db.execute(f"UPDATE jobs SET {sets} WHERE id = ?", (*params, row["id"]))
             job = Job.from_row(db.execute("SELECT * FROM jobs WHERE id = ?", (row["id"],)).fetchone())

@@ -142,7 +142,7 @@ class Node:
                 elif what == "again":
                     logger.info("study %s received new instances after its job ran: processing it again (job %d)", study, job_id)
                 elif what == "same":
-                    logger.info("study %s received again with no new instance: the results of job %d stand", study, job_id)
+                    logger.info("study %s received again with no new CT image: the results of job %d stand", study, job_id)
             if time.time() >= next_purge:
                 self.purge()
                 next_purge = time.time() + PURGE_EVERY_S

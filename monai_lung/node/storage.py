@@ -140,6 +140,7 @@ class StorageSCP:
         try:
             ds = event.dataset
             study, series, sop = (str(ds.get(k, "")) for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"))
+            sop_class = str(ds.get("SOPClassUID", "") or event.request.AffectedSOPClassUID)
             patient = patient_key(str(ds.get("PatientID", "") or ""), str(ds.get("IssuerOfPatientID", "") or ""))
         except Exception as err:  # the peer's bytes do not decode: nothing to file it under
             self.stats.inc("instances_refused", reason="undecodable")
@@ -155,7 +156,7 @@ class StorageSCP:
         path = self.root / study / series / f"{sop}.dcm"
         write_durably(path, data)
         crash_point("stored")
-        new = self.queue.add_instance(sop, study, series, str(path), len(data), patient)
+        new = self.queue.add_instance(sop, study, series, str(path), len(data), patient, sop_class=sop_class)
         self.stats.inc("bytes_received", len(data))
         if not new:
             self.stats.inc("instances_duplicate")
@@ -210,8 +211,10 @@ def adopt_orphans(root: Path, queue: JobQueue) -> int:
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=True)
             patient = patient_key(str(ds.get("PatientID", "") or ""), str(ds.get("IssuerOfPatientID", "") or ""))
+            sop_class = str(ds.get("SOPClassUID", ""))
         except Exception:  # recorded all the same: the job will report the file as unreadable
-            patient = None
-        queue.add_instance(path.stem, path.parent.parent.name, path.parent.name, str(path), path.stat().st_size, patient)
+            patient, sop_class = None, ""
+        queue.add_instance(path.stem, path.parent.parent.name, path.parent.name, str(path), path.stat().st_size, patient,
+                           sop_class=sop_class)
         count += 1
     return count
