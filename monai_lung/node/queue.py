@@ -207,8 +207,11 @@ class JobQueue:
         """
         now = time.time() if now is None else now
         events = []
+        ready_sql = "SELECT study_uid FROM studies WHERE dirty = 1 AND last_received <= ?"
+        if self._conn().execute(ready_sql, (now - stable_seconds,)).fetchone() is None:
+            return events  # the common case, without taking the write lock the receiving threads need
         with self.transaction() as db:
-            ready = db.execute("SELECT study_uid FROM studies WHERE dirty = 1 AND last_received <= ?", (now - stable_seconds,)).fetchall()
+            ready = db.execute(ready_sql, (now - stable_seconds,)).fetchall()
             for (study,) in ready:
                 states = {r[0] for r in db.execute("SELECT state FROM jobs WHERE study_uid = ? AND state IN ('pending', 'running')", (study,))}
                 if "running" in states:
@@ -339,6 +342,9 @@ class JobQueue:
             "SELECT study_uid FROM studies WHERE purged = 0 AND dirty = 0 AND last_received < ? AND NOT EXISTS "
             "(SELECT 1 FROM jobs WHERE jobs.study_uid = studies.study_uid AND (state IN ('pending', 'running') OR "
             "COALESCE(finished_at, 0) >= ?))", (older_than, older_than))]
+
+    def job_ids(self, study_uid: str) -> list[int]:
+        return [r[0] for r in self._conn().execute("SELECT id FROM jobs WHERE study_uid = ? ORDER BY id", (study_uid,))]
 
     def purged(self, study_uid: str) -> None:
         with self.transaction() as db:

@@ -151,9 +151,9 @@ class Node:
         """Delete instances and result files of studies idle for ``keep_days`` (their queue rows stay)."""
         for study in self.queue.purgeable(time.time() - self.config.keep_days * 86400.0):
             shutil.rmtree(self.config.work_dir / INCOMING / study, ignore_errors=True)
-            for job in [j for j in self.queue.jobs() if j.study_uid == study]:
+            for job_id in self.queue.job_ids(study):
                 for sub in ("input", "out"):
-                    shutil.rmtree(job_dir(self.config.work_dir, job.id) / sub, ignore_errors=True)
+                    shutil.rmtree(job_dir(self.config.work_dir, job_id) / sub, ignore_errors=True)
             self.queue.purged(study)
             logger.info("study %s: instances and result files deleted after %.0f idle days", study, self.config.keep_days)
 
