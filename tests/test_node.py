@@ -241,6 +241,8 @@ def test_studies_in_results_out_faults_failed_resend_idempotent(untrained_models
             assert metrics['monai_lung_node_stage_seconds_count{stage="detect"}'] == 3
             status = subprocess.run([sys.executable, "-m", "monai_lung", "serve", "--status", str(tmp_path / "W")], capture_output=True,
                                     encoding="utf-8", timeout=120, cwd=str(Path(__file__).resolve().parents[1]))
+            second = subprocess.run(node.command(), capture_output=True, encoding="utf-8", timeout=120, cwd=str(Path(__file__).resolve().parents[1]))
+            assert second.returncode == 2 and "is in use by another monai-lung serve" in second.stderr  # one node per work dir
             assert status.returncode == 0 and "3 done, 3 failed" in status.stdout
             row = next(line for line in status.stdout.splitlines() if corrupt.study_uid in line)
             assert " failed " in row and "corrupt instance" in row
