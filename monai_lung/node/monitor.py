@@ -27,7 +27,7 @@ COUNTER_HELP = {
     "instances_duplicate": "Instances received again (same SOP Instance UID)",
     "associations_rejected": "Associations rejected, by reason (ae_title: not on the allow-list; busy)",
     "associations_refused": "Associations whose instances were all refused, by reason (disk_full)",
-    "instances_refused": "Instances refused, by reason (disk_full, undecodable, bad_uid)",
+    "instances_refused": "Instances refused, by reason (disk_full, write_failed, undecodable, bad_uid)",
     "deliveries_failed": "Failed deliveries of a job's objects to a destination (each is retried)",
     "studies_failed_input": "Jobs failed for bad input (no usable CT series, corrupt instance)",
 }

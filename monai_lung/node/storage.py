@@ -154,7 +154,12 @@ class StorageSCP:
             return STATUS_CANNOT_UNDERSTAND
         data = event.encoded_dataset(include_meta=True)
         path = self.root / study / series / f"{sop}.dcm"
-        write_durably(path, data)
+        try:
+            write_durably(path, data)
+        except OSError as err:  # the disk filled up meanwhile, or failed: nothing half-written stays, the sender retries
+            self.stats.inc("instances_refused", reason="write_failed")
+            logger.error("%s: instance %s of study %s refused: writing it failed (%s)", self._peer(event), sop, study, err.strerror or err)
+            return STATUS_OUT_OF_RESOURCES
         crash_point("stored")
         new = self.queue.add_instance(sop, study, series, str(path), len(data), patient, sop_class=sop_class)
         self.stats.inc("bytes_received", len(data))
