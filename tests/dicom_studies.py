@@ -53,9 +53,8 @@ def write_study(folder: Path, key: str, slices: int | None = None, scale: int = 
         k = int(np.argmin(np.abs(zs - NODULE_Z)))
         start = int(np.clip(k - slices // 2, 0, len(files) - slices))
         files = files[start:start + slices]
-    study_uid = generate_uid(entropy_srcs=["study", key])
-    series_uid = generate_uid(entropy_srcs=["series", key])
-    frame_uid = generate_uid(entropy_srcs=["frame", key])
+    # pydicom hashes the sources joined without a separator: ("load-1", "13") and ("load-11", "3") would collide
+    study_uid, series_uid, frame_uid = (generate_uid(entropy_srcs=[f"{kind}|{key}"]) for kind in ("study", "series", "frame"))
     number = int(hashlib.sha256(key.encode()).hexdigest(), 16)
     patient_id = patient_id or f"LT-{number % 10**8:08d}"
     patient_name = patient_name or f"Testpatient^{key.replace('-', '').replace('_', '')[:20]}"
@@ -66,7 +65,7 @@ def write_study(folder: Path, key: str, slices: int | None = None, scale: int = 
         if scale > 1:
             _shrink(ds, scale)
         ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study_uid, series_uid, frame_uid
-        ds.SOPInstanceUID = generate_uid(entropy_srcs=["instance", key, str(n)])
+        ds.SOPInstanceUID = generate_uid(entropy_srcs=[f"instance|{key}|{n}"])
         ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
         ds.PatientName, ds.PatientID = patient_name, patient_id
         ds.AccessionNumber = f"A{number % 10**7:07d}"

@@ -75,7 +75,8 @@ class Engine:
         self.max_findings = int(max_findings)
 
     def uid(self, seed: str, kind: str) -> str:
-        return generate_uid(entropy_srcs=["monai_lung node", __version__, self.identity, seed, kind])
+        # one joined source: pydicom concatenates its sources without a separator, which could make two kinds collide
+        return generate_uid(entropy_srcs=["|".join(["monai_lung node", __version__, self.identity, seed, kind])])
 
     def run(self, study_folder: str | os.PathLike, out_dir: str | os.PathLike) -> StudyResult:
         """Choose the series of ``study_folder``, detect, write the result objects under ``out_dir``.
