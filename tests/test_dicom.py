@@ -456,7 +456,7 @@ def test_pacs_round_trip_with_a_failed_store_and_a_rerun(untrained_models, tmp_p
 @needs_lidc
 def test_a_scan_without_findings_gets_an_sr_saying_so_and_no_seg(tmp_path):
     info, _ = choose_series(LIDC / "dicom")
-    out = write_dicom_outputs(info, [], [], np.eye(4), tmp_path)
+    out = write_dicom_outputs(info, [], tmp_path)
     assert out["seg"] is None and read_sr_findings(out["sr"]) == []
     text = str(pydicom.dcmread(out["sr"]).ContentSequence)
     assert "Nodule" in text and "Absent" in text

@@ -40,7 +40,7 @@ def needs_servers(test):
         test = mark(test)
     return test
 # a coarse grid and few candidates keep detection on a CPU to a few seconds per study (as tests/test_dicom.py's FAST)
-DETECTOR = ["--device", "cpu", "--max-findings", "3", "--set", "seg_spacing=[2.0,2.0,2.0]", "--set", "cls_spacing=[2.0,2.0,2.0]",
+DETECTOR = ["--device", "cpu", "--max-findings", "3", "--set", "seg_spacing=[2.0,2.0,2.0]", "--set", "stage2_spacing=[2.0,2.0,2.0]",
             "--set", "roi_size=[64,64,64]", "--set", "tta=false", "--set", "seg_threshold=0.5", "--set", "max_candidates=8"]
 SMALL = dict(slices=40, scale=4)
 

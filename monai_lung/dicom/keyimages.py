@@ -22,9 +22,10 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
 from monai_lung import __version__
-from monai_lung.dicom.objects import MANUFACTURER, RESEARCH_NOTE
+from monai_lung.dicom.objects import MANUFACTURER
 from monai_lung.dicom.series import SeriesInfo
 
+RESEARCH_NOTE = "RESEARCH USE ONLY - not for diagnosis"  # on every key image
 LUNG_WINDOW = (-1350.0, 150.0)  # HU shown black to white: width 1500, level -600
 MIN_DISPLAY_PIXELS = 512  # a smaller slice is enlarged so that its captions stay legible
 SC_SERIES_NUMBER, KOS_SERIES_NUMBER = 9903, 9904
