@@ -14,6 +14,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", type=int, default=512, help="in-plane size in voxels (512 like real CT; 64-128 for tests)")
     p.add_argument("--num-subsets", type=int, default=10, help="spread scans over subset0..subset{N-1}")
+    p.add_argument("--nodule-mix", choices=("luna16", "screening"), default="luna16",
+                   help="nodule kinds: luna16 (solid, juxta-pleural, juxta-vascular, ground glass) or screening (adds "
+                        "part-solid and calcified; writes nodule_kinds.csv)")
     p.set_defaults(func=synth_main)
 
 
@@ -21,7 +24,8 @@ def synth_main(args: argparse.Namespace) -> int:
     from monai_lung.synthetic import generate_dataset
 
     summary = generate_dataset(
-        args.out, num_scans=args.num_scans, seed=args.seed, size=args.size, num_subsets=args.num_subsets, progress=True
+        args.out, num_scans=args.num_scans, seed=args.seed, size=args.size, num_subsets=args.num_subsets, progress=True,
+        nodule_mix=args.nodule_mix,
     )
     print(
         f"wrote {summary['num_scans']} scans, {summary['num_nodules']} nodules, {summary['num_excluded']} excluded findings, "

@@ -14,6 +14,11 @@ from monai_lung.synthetic.geometry import random_seriesuid
 from monai_lung.synthetic.scan import generate_scan
 
 
+#: with a nodule mix other than ``luna16``: each annotated nodule's kind (world LPS mm, as annotations.csv)
+KINDS_CSV = "nodule_kinds.csv"
+KINDS_COLUMNS = ["seriesuid", "coordX", "coordY", "coordZ", "diameter_mm", "kind", "solid_diameter_mm", "calcification"]
+
+
 def _rows(uid: str, items: list[dict], last: str) -> list[list]:
     return [[uid, *(float(v) for v in it["coord_xyz"]), it[last]] for it in items]
 
@@ -25,16 +30,20 @@ def generate_dataset(
     size: int = 512,
     num_subsets: int = 10,
     progress: bool = False,
+    nodule_mix: str = "luna16",
 ) -> dict:
     """Generate ``num_scans`` synthetic scans into ``out_dir`` in the LUNA16 layout.
 
     Writes ``out_dir/subsetK/<seriesuid>.mhd`` + ``.raw`` (scan ``i`` in subset ``i % num_subsets``),
     ``annotations.csv`` (nodules >= 3 mm), ``annotations_excluded.csv`` (findings < 3 mm) and ``candidates.csv``
-    (nodules as class 1, vessel / lung / chest-wall points as class 0); every file is written atomically.
+    (nodules as class 1, vessel / lung / chest-wall points as class 0), and with another ``nodule_mix`` than
+    ``luna16`` :data:`KINDS_CSV` (each nodule's kind); every file is written atomically.
 
     Scan ``i`` is drawn from child ``i`` of ``numpy.random.SeedSequence(seed)``, so it does not depend on
     ``num_scans``, and the same ``seed`` gives byte-identical files. Files of other scans already in
-    ``out_dir`` are left alone (the CSVs list only this run's scans).
+    ``out_dir`` are left alone (the CSVs list only this run's scans). ``nodule_mix`` is opt-in (see
+    :func:`~monai_lung.synthetic.scan.generate_scan`): the default ``"luna16"`` writes exactly the files it wrote
+    before the ``"screening"`` mix existed, which a test pins.
 
     Returns:
         ``{"num_scans", "num_nodules", "num_excluded", "num_candidates", "scans": [{"seriesuid", "path",
@@ -59,7 +68,7 @@ def generate_dataset(
         except ImportError:  # tqdm is a dependency, but a plain line per scan will do without it
             bar = None
 
-    ann, exc, cand, scans, seen = [], [], [], [], set()
+    ann, exc, cand, kinds, scans, seen = [], [], [], [], [], set()
     for i, child in enumerate(children):
         uid_seq, scan_seq = child.spawn(2)
         uid_rng = np.random.default_rng(uid_seq)
@@ -67,12 +76,14 @@ def generate_dataset(
         while uid in seen:  # 30 random digits practically never collide; stay deterministic if they do
             uid = random_seriesuid(uid_rng)
         seen.add(uid)
-        scan = generate_scan(np.random.default_rng(scan_seq), size=size, seriesuid=uid)
+        scan = generate_scan(np.random.default_rng(scan_seq), size=size, seriesuid=uid, nodule_mix=nodule_mix)
         path = out / f"subset{i % num_subsets}" / f"{uid}.mhd"
         write_image_atomic(path, scan.image)
         ann += _rows(uid, scan.nodules, "diameter_mm")
         exc += _rows(uid, scan.excluded, "diameter_mm")
         cand += _rows(uid, scan.candidates, "class")
+        kinds += [[uid, *(float(v) for v in nd["coord_xyz"]), nd["diameter_mm"], nd["kind"], nd.get("solid_diameter_mm", ""),
+                   nd.get("calcification", "")] for nd in scan.nodules]
         img = scan.image
         scans.append({
             "seriesuid": uid,
@@ -96,6 +107,8 @@ def generate_dataset(
     write_csv_atomic(out / "annotations.csv", ann_df)
     write_csv_atomic(out / "annotations_excluded.csv", exc_df)
     write_csv_atomic(out / "candidates.csv", cand_df)
+    if nodule_mix != "luna16":  # the default mix writes LUNA16's files only
+        write_csv_atomic(out / KINDS_CSV, pd.DataFrame(kinds, columns=KINDS_COLUMNS))
     return {
         "num_scans": num_scans,
         "num_nodules": len(ann),

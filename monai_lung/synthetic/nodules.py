@@ -1,4 +1,4 @@
-"""Nodules (four kinds), small excluded findings, and where to put them.
+"""Nodules (four kinds, six in the opt-in screening mix), small excluded findings, and where to put them.
 
 Kinds and their HU before blur and noise (:data:`NODULE_HU`):
 
@@ -8,6 +8,14 @@ Kinds and their HU before blur and noise (:data:`NODULE_HU`):
   against) the chest wall or diaphragm;
 - ``juxta_vascular``: the same, touching the side of a 1.6–7 mm vessel;
 - ``ground_glass``: a hazy blob with a wide soft edge, at least 5 mm, off the vessels.
+
+The ``screening`` mix (:data:`KIND_MIXES`, opt-in: the default ``luna16`` mix draws exactly the scans it always
+drew) adds the kinds Lung-RADS tells apart:
+
+- ``part_solid``: a ground-glass blob (at least 6 mm) with a solid core of 30-60 % of its diameter near its
+  centre (:data:`PART_SOLID_CORE_FRACTION`); its annotation also carries ``solid_diameter_mm``;
+- ``calcified``: a solid nodule that is calcified throughout (``diffuse``) or in a central core
+  (``central``, 30-50 % of its diameter), at :data:`CALCIFICATION_HU`; its annotation carries ``calcification``.
 
 Diameters (3–30 mm, capped by half the width of a hemithorax in small scans) follow LUNA16's: ``d - 3`` is
 log-normal (:data:`DIAMETER_LOG_MEAN`, :data:`DIAMETER_LOG_SD`), fitted to the nodules of LUNA16's
@@ -21,7 +29,7 @@ also keeps a 3 mm nodule visible in the slice its annotation points at.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.special import ndtr, ndtri
@@ -31,6 +39,15 @@ from monai_lung.synthetic.vessels import VesselTree
 
 KINDS = ("solid", "juxta_pleural", "juxta_vascular", "ground_glass")
 KIND_PROBS = (0.40, 0.25, 0.20, 0.15)
+#: nodule kind mixes by name: ``luna16`` (the default, LUNA16-like) and ``screening`` (adds part-solid and calcified)
+KIND_MIXES = {
+    "luna16": (KINDS, KIND_PROBS),
+    "screening": (KINDS + ("part_solid", "calcified"), (0.30, 0.15, 0.15, 0.15, 0.15, 0.10)),
+}
+#: solid core diameter of a part-solid nodule, as a fraction of the whole nodule's
+PART_SOLID_CORE_FRACTION = (0.3, 0.6)
+#: HU of a calcified nodule's calcification before partial volume, blur and noise
+CALCIFICATION_HU = (300.0, 900.0)
 
 #: HU ranges the nodule interiors are drawn with (before partial volume, blur and noise).
 NODULE_HU = {
@@ -38,6 +55,8 @@ NODULE_HU = {
     "juxta_pleural": (30.0, 80.0),
     "juxta_vascular": (30.0, 80.0),
     "ground_glass": (-600.0, -400.0),
+    "part_solid": (-600.0, -400.0),  # the ground-glass part; the core is drawn at "solid" HU
+    "calcified": (30.0, 80.0),  # the soft-tissue part; the calcification is drawn at CALCIFICATION_HU
     "small": (40.0, 160.0),
 }
 
@@ -48,6 +67,8 @@ CENTRE_HU_RANGE = {
     "juxta_pleural": (-350.0, 300.0),
     "juxta_vascular": (-350.0, 300.0),
     "ground_glass": (-750.0, -250.0),
+    "part_solid": (-350.0, 300.0),  # the centre lies in the solid core
+    "calcified": (0.0, 1000.0),
 }
 
 D_MIN, D_MAX = 3.0, 30.0
@@ -72,9 +93,13 @@ class Nodule:
     lobes: np.ndarray
     lobe_amp: np.ndarray
     spicules: list  # [(start (3,), end (3,), r0, r1)] world mm
+    # blobs drawn over the nodule, brightening it: [(centre (3,) world mm, radius mm, hu, edge mm)]: a part-solid
+    # nodule's solid core, a calcified nodule's central calcification
+    inner: list = field(default_factory=list)
+    extra: dict = field(default_factory=dict)  # kind-specific truth for the annotation (``solid_diameter_mm``, ...)
 
     def as_dict(self) -> dict:
-        return {"coord_xyz": tuple(float(v) for v in self.centre), "diameter_mm": float(self.diameter), "kind": self.kind}
+        return {"coord_xyz": tuple(float(v) for v in self.centre), "diameter_mm": float(self.diameter), "kind": self.kind, **self.extra}
 
 
 def sample_diameter(rng: np.random.Generator, d_max: float) -> float:
@@ -242,30 +267,49 @@ def _spicules(rng: np.random.Generator, c: np.ndarray, r: float, sxy: float) -> 
     return out
 
 
+def _inner_blobs(rng: np.random.Generator, kind: str, c: np.ndarray, r: float, sxy: float) -> tuple[list, dict]:
+    """The blobs drawn over a ``part_solid`` or ``calcified`` nodule (see :class:`Nodule`) and its annotation extras."""
+    if kind == "part_solid":
+        rc = float(np.round(r * rng.uniform(*PART_SOLID_CORE_FRACTION), 2))
+        offset = rng.standard_normal(3)
+        offset *= rng.uniform(0.0, 0.15) * r / max(np.linalg.norm(offset), 1e-9)
+        return [(c + offset, rc, float(rng.uniform(*NODULE_HU["solid"])), sxy)], {"solid_diameter_mm": 2.0 * rc}
+    pattern = str(rng.choice(("diffuse", "central")))
+    hu = float(rng.uniform(*CALCIFICATION_HU))
+    rc = r * (1.0 if pattern == "diffuse" else rng.uniform(0.3, 0.5))
+    return [(c.copy(), float(rc), hu, sxy)], {"calcification": pattern}
+
+
 def place_nodules(
-    rng: np.random.Generator, anat: Anatomy, vessels: VesselTree, tubes: VesselTree, mean_count: float = 1.5
+    rng: np.random.Generator, anat: Anatomy, vessels: VesselTree, tubes: VesselTree, mean_count: float = 1.5,
+    mix: str = "luna16",
 ) -> tuple[list[Nodule], list[Nodule]]:
     """Draw the nodule count (Poisson, ``mean_count``, at most 6) and small findings (Poisson 0.8) and place them.
 
-    A nodule that finds no room after a few tries at its size is tried smaller, then dropped.
-    Returns (nodules, excluded findings).
+    ``mix`` names the kinds and their probabilities (:data:`KIND_MIXES`). A nodule that finds no room after a few
+    tries at its size is tried smaller, then dropped. Returns (nodules, excluded findings).
     """
+    if mix not in KIND_MIXES:
+        raise ValueError(f"nodule mix must be one of {', '.join(KIND_MIXES)}, got {mix!r}")
+    kinds, probs = KIND_MIXES[mix]
     placer = Placer(rng, anat, tubes, vessels)
     sxy = anat.geom.spacing_xyz[0]
     d_max = max_diameter(anat)
     nodules: list[Nodule] = []
     n = min(int(rng.poisson(mean_count)), 6)
     for _ in range(n):
-        kind = str(rng.choice(KINDS, p=KIND_PROBS))
+        kind = str(rng.choice(kinds, p=probs))
         d = sample_diameter(rng, d_max)
-        if kind == "ground_glass":
-            if d_max < GGO_MIN_D + 0.5:
-                kind = "solid"
+        hazy = kind in ("ground_glass", "part_solid")  # drawn with a ground-glass edge; part-solid needs room for a core
+        min_d = GGO_MIN_D + (1.0 if kind == "part_solid" else 0.0)
+        if hazy:
+            if d_max < min_d + 0.5:
+                kind, hazy = "solid", False
             else:
-                d = max(d, float(np.round(rng.uniform(GGO_MIN_D, min(10.0, d_max)), 2)))
+                d = max(d, float(np.round(rng.uniform(min_d, min(10.0 if kind == "ground_glass" else 15.0, d_max)), 2)))
         c = None
         for shrink in (1.0, 0.8, 0.6):
-            dd = float(np.round(max(D_MIN if kind != "ground_glass" else GGO_MIN_D, d * shrink), 2))
+            dd = float(np.round(max(D_MIN if not hazy else min_d, d * shrink), 2))
             r = 0.5 * dd
             if kind == "juxta_pleural":
                 c = placer.pleural(r)
@@ -279,15 +323,16 @@ def place_nodules(
         if c is None:
             continue
         r = 0.5 * d
-        lobes, amps = _lobes(rng, d, kind)
-        if kind == "ground_glass":
+        lobes, amps = _lobes(rng, d, "ground_glass" if hazy else kind)
+        if hazy:
             hu = rng.uniform(*NODULE_HU[kind])
             edge = 0.25 * r + sxy
         else:
             hu = rng.uniform(*NODULE_HU[kind])
             edge = sxy
         spic = _spicules(rng, c, r, sxy) if (kind == "solid" and d >= 8.0 and rng.uniform() < 0.35) else []
-        nodules.append(Nodule(c, d, kind, float(hu), float(edge), lobes, amps, spic))
+        inner, extra = _inner_blobs(rng, kind, c, r, sxy) if kind in ("part_solid", "calcified") else ([], {})
+        nodules.append(Nodule(c, d, kind, float(hu), float(edge), lobes, amps, spic, inner, extra))
         placer.taken.append((c, r))
 
     excluded: list[Nodule] = []

@@ -42,7 +42,8 @@ class SyntheticScan:
         image: SimpleITK int16 image in HU, identity direction; ``sitk.GetArrayFromImage(image)`` is (z, y, x).
         seriesuid: LUNA16-style series UID (the file name without ``.mhd``).
         nodules: ``{"coord_xyz": (x, y, z) world LPS mm, "diameter_mm": float, "kind": str}``, kinds
-            ``solid``, ``juxta_pleural``, ``juxta_vascular``, ``ground_glass``; diameters in [3, 30] mm.
+            ``solid``, ``juxta_pleural``, ``juxta_vascular``, ``ground_glass`` (and, in the screening mix,
+            ``part_solid`` with ``solid_diameter_mm`` and ``calcified`` with ``calcification``); diameters in [3, 30] mm.
         excluded: findings under 3 mm, same keys, kind ``small`` (``annotations_excluded.csv``).
         candidates: ``{"coord_xyz": (x, y, z), "class": 0 or 1, "source": "nodule" | "vessel" | "lung" | "wall"}``.
     """
@@ -262,6 +263,7 @@ def generate_scan(
     seriesuid: str | None = None,
     slice_spacing_mm: float | None = None,
     num_slices: int | None = None,
+    nodule_mix: str = "luna16",
 ) -> SyntheticScan:
     """Generate one synthetic chest CT with ``size`` x ``size`` slices; everything random comes from ``rng``.
 
@@ -271,6 +273,8 @@ def generate_scan(
         seriesuid: the scan's UID; drawn from ``rng`` (LUNA16-like) when None.
         slice_spacing_mm, num_slices: a fixed slice grid instead of a drawn one (see
             :func:`~monai_lung.synthetic.geometry.sample_geometry`); the chest fills its z extent.
+        nodule_mix: the nodule kinds drawn (:data:`~monai_lung.synthetic.nodules.KIND_MIXES`): ``"luna16"`` (the
+            default) or ``"screening"`` (adds part-solid and calcified nodules).
     """
     if seriesuid is None:
         seriesuid = random_seriesuid(rng)
@@ -279,7 +283,7 @@ def generate_scan(
     vessels = grow_vessels(rng, anat)
     airways = airway_tree(rng, anat, vessels)
     tubes = _concat(vessels, airways)
-    nodules, excluded = place_nodules(rng, anat, vessels, tubes)
+    nodules, excluded = place_nodules(rng, anat, vessels, tubes, mix=nodule_mix)
     placer = Placer(rng, anat, tubes, vessels)
     candidates = make_candidates(rng, anat, vessels, nodules, placer, size)
 
@@ -295,6 +299,8 @@ def generate_scan(
         canvas.blob(nd.centre, 0.5 * nd.diameter, nd.hu, NODULE_OK_LUT, nd.edge_mm, nd.lobes, nd.lobe_amp)
         for s0, s1, r0, r1 in nd.spicules:
             canvas.tube(s0, s1, r0, r1, nd.hu, NODULE_OK_LUT, sxy)
+        for c0, r0, hu0, edge0 in nd.inner:
+            canvas.blob(c0, r0, hu0, NODULE_OK_LUT, edge0)
     del labels, canvas
     arr = finish(rng, vol, geom)
     del vol
