@@ -4,7 +4,9 @@ Per reading session (one reader), each ``unblindedReadNodule`` has one ``roi`` p
 (world z mm of the slice), ``inclusion`` (FALSE: a hole) and ``edgeMap`` points, pixel (x = column, y = row)
 indices of the outline. LIDC asked readers to draw the outline just outside the nodule, so the outline's own
 pixels count as outside (``include_edge=False``, the default) or, as an upper bound, inside.
-Nodules under 3 mm have a single point and no outline; they are skipped.
+Nodules under 3 mm have a single point and no outline; they are skipped. Each outlined nodule also carries the
+reader's ``characteristics`` ratings (LIDC's 1-5 or 1-6 scales), e.g. ``texture`` (1 ground glass or non-solid,
+3 part solid, 5 solid) and ``calcification`` (1 popcorn, 2 laminated, 3 solid, 4 non-central, 5 central, 6 absent).
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ _NS = {"l": "http://www.nih.gov"}
 
 
 def read_lidc_readers(path: str | os.PathLike) -> list[dict]:
-    """``[{"reader": int, "nodule": str, "rois": [{"z": mm, "inclusion": bool, "xy": (N, 2) int}]}]`` for every
-    outlined nodule (three or more edge points on some slice) of every reader, in file order."""
+    """``[{"reader": int, "nodule": str, "rois": [{"z": mm, "inclusion": bool, "xy": (N, 2) int}], "characteristics":
+    {name: int}}]`` for every outlined nodule (three or more edge points on some slice) of every reader, in file
+    order; ``characteristics`` is empty when the reader gave none."""
     path = Path(path)
     try:
         root = ET.parse(path).getroot()
@@ -39,7 +42,12 @@ def read_lidc_readers(path: str | os.PathLike) -> list[dict]:
                 z = float(roi.findtext("l:imageZposition", namespaces=_NS))
                 rois.append({"z": z, "inclusion": roi.findtext("l:inclusion", namespaces=_NS).strip().upper() == "TRUE", "xy": xy})
             if any(len(r["xy"]) >= 3 for r in rois):
-                out.append({"reader": reader, "nodule": nodule.findtext("l:noduleID", namespaces=_NS).strip(), "rois": rois})
+                ratings = nodule.find("l:characteristics", _NS)
+                characteristics = {} if ratings is None else {
+                    child.tag.split("}", 1)[-1]: int(child.text) for child in ratings if (child.text or "").strip().isdigit()
+                }
+                out.append({"reader": reader, "nodule": nodule.findtext("l:noduleID", namespaces=_NS).strip(), "rois": rois,
+                            "characteristics": characteristics})
     return out
 
 

@@ -2,7 +2,9 @@
 
 Kinds: ``"solid"`` (a ball at soft-tissue HU), ``"part_solid"`` (a ground-glass ball with a solid core of half its
 diameter, off-centre), ``"juxta_pleural"`` (a solid ball whose centre lies half a radius from a flat chest wall, so
-that a third of it is buried in the wall and only the lung side counts as nodule). Voxels get the exact
+that a third of it is buried in the wall and only the lung side counts as nodule); for nodule types also
+``"ground_glass"`` (a ball at ground-glass HU) and ``"calcified"`` (a solid ball with a calcified central core of
+half its diameter). Voxels get the exact
 partial-volume fraction of the shapes (supersampled), then a Gaussian blur like a CT's point-spread and noise.
 
 Arrays are (i, j, k) = (x, y, z) voxel indices, the ``affine`` maps them to world LPS mm (axis-aligned).
@@ -14,7 +16,9 @@ import numpy as np
 from scipy import ndimage
 
 SIZE_PHANTOM_KINDS = ("solid", "part_solid", "juxta_pleural")
-LUNG_HU, SOLID_HU, GROUND_GLASS_HU, WALL_HU = -850.0, 40.0, -550.0, 40.0
+#: every kind :func:`size_phantom` draws: the size kinds and two more for checking nodule types
+PHANTOM_KINDS = SIZE_PHANTOM_KINDS + ("ground_glass", "calcified")
+LUNG_HU, SOLID_HU, GROUND_GLASS_HU, WALL_HU, CALCIFIED_HU = -850.0, 40.0, -550.0, 40.0, 600.0
 
 
 def _fractions(shape, spacing, inside, supersample: int = 3) -> np.ndarray:
@@ -44,8 +48,8 @@ def size_phantom(
     """One nodule of ``diameter_mm`` in lung. Returns ``{"hu": (i, j, k) float32, "affine": 4x4 LPS,
     "truth": (i, j, k) float32 nodule fraction per voxel, "volume_mm3", "diameter_mm" (equivalent sphere),
     "longest_axial_mm", "centre_ijk"}``; the truth sizes count only the nodule (the lung side for juxta-pleural)."""
-    if kind not in SIZE_PHANTOM_KINDS:
-        raise ValueError(f"kind must be one of {', '.join(SIZE_PHANTOM_KINDS)}, got {kind!r}")
+    if kind not in PHANTOM_KINDS:
+        raise ValueError(f"kind must be one of {', '.join(PHANTOM_KINDS)}, got {kind!r}")
     rng = np.random.default_rng(0) if rng is None else rng
     spacing = np.asarray(spacing_xyz, dtype=np.float64)
     r = diameter_mm / 2.0
@@ -65,6 +69,13 @@ def size_phantom(
         nodule = _fractions(shape, spacing, ball(r))
         core = _fractions(shape, spacing, ball(r / 2.0, dx=r / 4.0))
         hu = LUNG_HU + (GROUND_GLASS_HU - LUNG_HU) * nodule + (SOLID_HU - GROUND_GLASS_HU) * core
+    elif kind == "ground_glass":
+        nodule = _fractions(shape, spacing, ball(r))
+        hu = LUNG_HU + (GROUND_GLASS_HU - LUNG_HU) * nodule
+    elif kind == "calcified":
+        nodule = _fractions(shape, spacing, ball(r))
+        core = _fractions(shape, spacing, ball(r / 2.0))
+        hu = LUNG_HU + (SOLID_HU - LUNG_HU) * nodule + (CALCIFIED_HU - SOLID_HU) * core
     else:
         nodule = _fractions(shape, spacing, ball(r))
         hu = LUNG_HU + (SOLID_HU - LUNG_HU) * nodule
