@@ -11,7 +11,7 @@ import sys
 from monai_lung.io.errors import DataError
 
 #: the packages whose ``cli.register(subparsers)`` adds commands, in the order ``--help`` lists them
-COMMAND_PACKAGES = ("synthetic", "datalist", "evaluation", "detection", "stage2", "report", "node", "training")
+COMMAND_PACKAGES = ("synthetic", "datalist", "evaluation", "detection", "clinical", "stage2", "report", "node", "training")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -47,3 +47,20 @@ def epoch_losses(log: str) -> dict[int, list[float]]:
     for epoch, loss in re.findall(r"Epoch: (\d+)/\d+, Iter: \d+/\d+ -- train_loss: ([0-9.]+)", log):
         losses.setdefault(int(epoch), []).append(float(loss))
     return losses
+
+
+def untrained_detection_bundle(root: Path) -> Path:
+    """The detection bundle under ``root`` with untrained (seeded) networks: enough to run every step of a command."""
+    import torch
+
+    from monai_lung.detection.loading import assemble_two_stage, bundle_parser
+
+    names = ("lung_nodule_ct_segmentation", "lung_nodule_ct_classification", "lung_nodule_ct_two_stage_detection")
+    bundles = {n: copy_bundle(n, root) for n in names}
+    torch.manual_seed(0)
+    for n in names[:2]:
+        net = bundle_parser(bundles[n]).get_parsed_content("network_def")
+        (bundles[n] / "models").mkdir(exist_ok=True)
+        torch.save(net.state_dict(), bundles[n] / "models" / "model.pt")
+    assemble_two_stage(*(bundles[n] for n in names))
+    return bundles[names[2]]

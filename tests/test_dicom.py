@@ -18,7 +18,6 @@ import pandas as pd
 import pydicom
 import pytest
 import SimpleITK as sitk
-import torch
 from scipy import ndimage
 
 from monai_lung.detection.batch import run_batch
@@ -30,7 +29,7 @@ from monai_lung.findings import Finding, FindingMask
 from monai_lung.io.errors import DataError
 from monai_lung.io.lidc_xml import outline_mask, read_lidc_readers
 from monai_lung.synthetic.size_phantom import phantom_seed, size_phantom
-from tests.bundle_utils import REPO, copy_bundle, run_cmd
+from tests.bundle_utils import REPO, run_cmd, untrained_detection_bundle
 from tests.orthanc_server import MISSING_REASON, Orthanc, orthanc_binary
 
 LIDC = REPO.parent / "shared" / "real_ct" / "LIDC-IDRI-0001"
@@ -328,18 +327,7 @@ def test_an_image_made_from_a_series_can_reference_it(tmp_path):
 @pytest.fixture(scope="module")
 def untrained_models(tmp_path_factory):
     """The detection bundle with untrained (seeded) networks: enough to run every step of the CLI."""
-    from monai_lung.detection.loading import assemble_two_stage, bundle_parser
-
-    root = tmp_path_factory.mktemp("models")
-    names = ("lung_nodule_ct_segmentation", "lung_nodule_ct_classification", "lung_nodule_ct_two_stage_detection")
-    bundles = {n: copy_bundle(n, root) for n in names}
-    torch.manual_seed(0)
-    for n in names[:2]:
-        net = bundle_parser(bundles[n]).get_parsed_content("network_def")
-        (bundles[n] / "models").mkdir(exist_ok=True)
-        torch.save(net.state_dict(), bundles[n] / "models" / "model.pt")
-    assemble_two_stage(*(bundles[n] for n in names))
-    return bundles[names[2]]
+    return untrained_detection_bundle(tmp_path_factory.mktemp("models"))
 
 
 # a coarse grid and few candidates keep a CPU run of the real 512x512x133 series short

@@ -16,6 +16,8 @@ from monai_lung.clinical.location import Lungs, side_and_zone, touches_pleura
 
 #: context (mm) around a finding's reach in its crop: the lung the composition rule compares it with
 CONTEXT_MM = 8.0
+#: the largest diameter (mm) a crop is sized for: Lung-RADS nodules end at 30 mm
+MAX_DIAMETER_MM = 40.0
 
 
 @dataclass
@@ -67,7 +69,7 @@ def point_seed(hu: np.ndarray, affine: np.ndarray, centre_lps, diameter_mm: floa
 
 def describe_finding(ct: ScanCT, lungs: Lungs, centre_lps, diameter_mm: float, mask: FindingMask | None = None) -> Described:
     """Measure one finding (centre world LPS mm, the detector's diameter estimate in mm, its mask if any)."""
-    diameter = max(float(diameter_mm), 3.0)
+    diameter = float(np.clip(diameter_mm, 3.0, MAX_DIAMETER_MM))  # a mass beyond 40 mm is measured within that reach
     spacing = crop_spacing_mm(diameter)
     half = 0.5 * diameter + _reach_mm(diameter) + CONTEXT_MM
     hu, affine = ct.crop(centre_lps, half, spacing)

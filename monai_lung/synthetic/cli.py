@@ -1,4 +1,5 @@
-"""``monai-lung synth``: a synthetic LUNA16-layout data set (the body is :func:`monai_lung.synthetic.generate_dataset`)."""
+"""``monai-lung synth`` (a synthetic LUNA16-layout data set, :func:`monai_lung.synthetic.generate_dataset`) and
+``monai-lung synth-pairs`` (phantom follow-up pairs, :func:`monai_lung.synthetic.followup.generate_pairs`)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    """Add ``synth`` to the ``monai-lung`` subcommands."""
+    """Add ``synth`` and ``synth-pairs`` to the ``monai-lung`` subcommands."""
     p = commands.add_parser("synth", help="write a synthetic LUNA16-layout data set (phantom chest CTs)")
     p.add_argument("out", type=Path, help="output folder (subsetK/<uid>.mhd, annotations*.csv, candidates.csv)")
     p.add_argument("--num-scans", type=int, default=10)
@@ -18,6 +19,13 @@ def register(commands: argparse._SubParsersAction) -> None:
                    help="nodule kinds: luna16 (solid, juxta-pleural, juxta-vascular, ground glass) or screening (adds "
                         "part-solid and calcified; writes nodule_kinds.csv)")
     p.set_defaults(func=synth_main)
+
+    p = commands.add_parser("synth-pairs", help="write phantom follow-up pairs: one patient scanned twice, re-posed, nodules changed")
+    p.add_argument("out", type=Path, help="output folder (pair_<k>/prior.mhd, current.mhd, truth.json)")
+    p.add_argument("--num-pairs", type=int, default=4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", type=int, default=512, help="in-plane size in voxels (as synth)")
+    p.set_defaults(func=synth_pairs_main)
 
 
 def synth_main(args: argparse.Namespace) -> int:
@@ -31,4 +39,12 @@ def synth_main(args: argparse.Namespace) -> int:
         f"wrote {summary['num_scans']} scans, {summary['num_nodules']} nodules, {summary['num_excluded']} excluded findings, "
         f"{summary['num_candidates']} candidates to {args.out}"
     )
+    return 0
+
+
+def synth_pairs_main(args: argparse.Namespace) -> int:
+    from monai_lung.synthetic.followup import generate_pairs
+
+    folders = generate_pairs(args.out, num_pairs=args.num_pairs, seed=args.seed, size=args.size, progress=True)
+    print(f"wrote {len(folders)} follow-up pairs (prior.mhd, current.mhd, truth.json with the dates) to {args.out}")
     return 0

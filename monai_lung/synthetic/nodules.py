@@ -282,17 +282,18 @@ def _inner_blobs(rng: np.random.Generator, kind: str, c: np.ndarray, r: float, s
 
 def place_nodules(
     rng: np.random.Generator, anat: Anatomy, vessels: VesselTree, tubes: VesselTree, mean_count: float = 1.5,
-    mix: str = "luna16",
+    mix: str = "luna16", placer: Placer | None = None,
 ) -> tuple[list[Nodule], list[Nodule]]:
     """Draw the nodule count (Poisson, ``mean_count``, at most 6) and small findings (Poisson 0.8) and place them.
 
     ``mix`` names the kinds and their probabilities (:data:`KIND_MIXES`). A nodule that finds no room after a few
-    tries at its size is tried smaller, then dropped. Returns (nodules, excluded findings).
+    tries at its size is tried smaller, then dropped. ``placer`` keeps the new nodules off the ones it placed before
+    (a follow-up scan's new nodules). Returns (nodules, excluded findings).
     """
     if mix not in KIND_MIXES:
         raise ValueError(f"nodule mix must be one of {', '.join(KIND_MIXES)}, got {mix!r}")
     kinds, probs = KIND_MIXES[mix]
-    placer = Placer(rng, anat, tubes, vessels)
+    placer = Placer(rng, anat, tubes, vessels) if placer is None else placer
     sxy = anat.geom.spacing_xyz[0]
     d_max = max_diameter(anat)
     nodules: list[Nodule] = []

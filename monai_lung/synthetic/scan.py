@@ -257,6 +257,38 @@ def finish(rng: np.random.Generator, vol: np.ndarray, geom: ScanGeometry, slab: 
 
 
 # ---------------------------------------------------------------------------------------------- the scan
+def sample_chest(rng: np.random.Generator, geom: ScanGeometry) -> tuple[Anatomy, VesselTree, VesselTree, VesselTree]:
+    """``(anatomy, vessels, airways, vessels and airways)`` of one chest on ``geom``, drawn from ``rng``."""
+    anat = Anatomy.sample(rng, geom)
+    vessels = grow_vessels(rng, anat)
+    airways = airway_tree(rng, anat, vessels)
+    return anat, vessels, airways, _concat(vessels, airways)
+
+
+def render_chest(rng: np.random.Generator, anat: Anatomy, geom: ScanGeometry, vessels: VesselTree, airways: VesselTree) -> Canvas:
+    """The chest without nodules, blur or noise: a :class:`Canvas` over float32 (z, y, x) HU and its labels."""
+    vol, labels = anat.render()
+    canvas = Canvas(vol, labels, geom)
+    sxy = geom.spacing_xyz[0]
+    draw_airways(canvas, airways, float(rng.uniform(10.0, 40.0)), float(rng.uniform(-1000.0, -950.0)))
+    hu_vessel = rng.uniform(30.0, 55.0) + rng.uniform(-8.0, 8.0, len(vessels))
+    seg = zip(vessels.a.tolist(), vessels.b.tolist(), vessels.r0.tolist(), vessels.r1.tolist(), hu_vessel.tolist())
+    for a, b, r0, r1, hu in seg:
+        canvas.tube(a, b, r0, r1, hu, VESSEL_OK_LUT, sxy)
+    return canvas
+
+
+def draw_nodules(canvas: Canvas, nodules: list[Nodule]) -> None:
+    """Draw ``nodules`` (their blob, spicules and inner blobs) on ``canvas``."""
+    sxy = canvas.spacing[0]
+    for nd in nodules:
+        canvas.blob(nd.centre, 0.5 * nd.diameter, nd.hu, NODULE_OK_LUT, nd.edge_mm, nd.lobes, nd.lobe_amp)
+        for s0, s1, r0, r1 in nd.spicules:
+            canvas.tube(s0, s1, r0, r1, nd.hu, NODULE_OK_LUT, sxy)
+        for c0, r0, hu0, edge0 in nd.inner:
+            canvas.blob(c0, r0, hu0, NODULE_OK_LUT, edge0)
+
+
 def generate_scan(
     rng: np.random.Generator,
     size: int = 512,
@@ -279,28 +311,14 @@ def generate_scan(
     if seriesuid is None:
         seriesuid = random_seriesuid(rng)
     geom = sample_geometry(rng, size, slice_spacing_mm, num_slices)
-    anat = Anatomy.sample(rng, geom)
-    vessels = grow_vessels(rng, anat)
-    airways = airway_tree(rng, anat, vessels)
-    tubes = _concat(vessels, airways)
+    anat, vessels, airways, tubes = sample_chest(rng, geom)
     nodules, excluded = place_nodules(rng, anat, vessels, tubes, mix=nodule_mix)
     placer = Placer(rng, anat, tubes, vessels)
     candidates = make_candidates(rng, anat, vessels, nodules, placer, size)
 
-    vol, labels = anat.render()
-    canvas = Canvas(vol, labels, geom)
-    sxy = geom.spacing_xyz[0]
-    draw_airways(canvas, airways, float(rng.uniform(10.0, 40.0)), float(rng.uniform(-1000.0, -950.0)))
-    hu_vessel = rng.uniform(30.0, 55.0) + rng.uniform(-8.0, 8.0, len(vessels))
-    seg = zip(vessels.a.tolist(), vessels.b.tolist(), vessels.r0.tolist(), vessels.r1.tolist(), hu_vessel.tolist())
-    for a, b, r0, r1, hu in seg:
-        canvas.tube(a, b, r0, r1, hu, VESSEL_OK_LUT, sxy)
-    for nd in nodules + excluded:
-        canvas.blob(nd.centre, 0.5 * nd.diameter, nd.hu, NODULE_OK_LUT, nd.edge_mm, nd.lobes, nd.lobe_amp)
-        for s0, s1, r0, r1 in nd.spicules:
-            canvas.tube(s0, s1, r0, r1, nd.hu, NODULE_OK_LUT, sxy)
-        for c0, r0, hu0, edge0 in nd.inner:
-            canvas.blob(c0, r0, hu0, NODULE_OK_LUT, edge0)
+    canvas = render_chest(rng, anat, geom, vessels, airways)
+    vol, labels = canvas.vol, canvas.labels
+    draw_nodules(canvas, nodules + excluded)
     del labels, canvas
     arr = finish(rng, vol, geom)
     del vol

@@ -96,19 +96,15 @@ class Canvas:
         t *= allowed[self.labels[box]]
         _blend(self.vol[box], t, hu, mode)
 
-    def blob(self, centre, radius: float, hu: float, allowed: np.ndarray, edge_mm: float, lobes=None, lobe_amp=None) -> None:
-        """Lobulated sphere (a nodule) of mean ``radius`` mm at ``centre`` (world (x, y, z) mm), brightened to ``hu``.
-
-        The surface radius in direction ``u`` is ``radius * (1 + sum_j amp_j * P2(u . v_j))`` with unit vectors
-        ``lobes`` (k, 3), amplitudes ``lobe_amp`` (k,) and the Legendre polynomial ``P2(c) = 1.5 c^2 - 0.5``;
-        ``edge_mm`` is the width of the soft edge (wide for fuzzy ground-glass nodules).
-        """
+    def blob_alpha(self, centre, radius: float, edge_mm: float, lobes=None, lobe_amp=None):
+        """``(box, alpha)``: the (z, y, x) slices of a lobulated sphere's bounding box and the share in [0, 1] of each
+        of its voxels that the sphere covers (see :meth:`blob`); ``None`` when the box misses the volume."""
         c = tuple(float(v) for v in centre)
         amp_total = 0.0 if lobe_amp is None else float(np.sum(np.abs(lobe_amp)))
         m = radius * (1.0 + amp_total) + edge_mm
         box = self.box(tuple(v - m for v in c), tuple(v + m for v in c))
         if box is None:
-            return
+            return None
         pz, py, px = self.rel_axes(box, c)
         d = np.sqrt((pz * pz + py * py) + px * px)
         surface = np.full(d.shape, np.float32(radius), dtype=np.float32)
@@ -121,5 +117,18 @@ class Canvas:
         alpha *= np.float32(1.0 / edge_mm)
         alpha += 0.5
         np.clip(alpha, 0.0, 1.0, out=alpha)
+        return box, alpha
+
+    def blob(self, centre, radius: float, hu: float, allowed: np.ndarray, edge_mm: float, lobes=None, lobe_amp=None) -> None:
+        """Lobulated sphere (a nodule) of mean ``radius`` mm at ``centre`` (world (x, y, z) mm), brightened to ``hu``.
+
+        The surface radius in direction ``u`` is ``radius * (1 + sum_j amp_j * P2(u . v_j))`` with unit vectors
+        ``lobes`` (k, 3), amplitudes ``lobe_amp`` (k,) and the Legendre polynomial ``P2(c) = 1.5 c^2 - 0.5``;
+        ``edge_mm`` is the width of the soft edge (wide for fuzzy ground-glass nodules).
+        """
+        drawn = self.blob_alpha(centre, radius, edge_mm, lobes, lobe_amp)
+        if drawn is None:
+            return
+        box, alpha = drawn
         alpha *= allowed[self.labels[box]]
         _blend(self.vol[box], alpha, hu, "max")

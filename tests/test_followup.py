@@ -1,0 +1,195 @@
+"""``monai-lung followup``: matching under a known transform, the status rule and VDT, dates and patients (each
+refused with one line), and the command end to end on a phantom pair with a small untrained bundle."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pydicom
+import pytest
+
+from monai_lung.clinical.ct import ScanCT
+from monai_lung.clinical.followup import (
+    CSV_COLUMNS, check_pair, match_findings, parse_date, read_input, status_of, volume_doubling_days,
+)
+from monai_lung.clinical.location import find_lungs
+from monai_lung.clinical.lungrads import NoduleFacts
+from monai_lung.clinical.registration import register_lungs
+from monai_lung.io.errors import DataError
+from monai_lung.synthetic.followup import generate_pair
+from tests.bundle_utils import REPO, run_cmd, untrained_detection_bundle
+
+LIDC = REPO.parent / "shared" / "real_ct" / "LIDC-IDRI-0001"
+needs_lidc = pytest.mark.skipif(not LIDC.is_dir(), reason="../shared/real_ct (the real LIDC-IDRI-0001 series) is absent")
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    """A 256-px phantom pair (re-posed, re-sliced, re-noised) written as .mhd files, with its truth."""
+    import SimpleITK as sitk
+
+    for seed in range(20):
+        p = generate_pair(np.random.default_rng(seed), size=256)
+        statuses = {nd["status"] for nd in p.truth["nodules"]}
+        if len(p.truth["nodules"]) >= 3 and "new" in statuses and statuses & {"stable", "grown", "shrunk"}:
+            break
+    root = tmp_path_factory.mktemp("pair")
+    sitk.WriteImage(p.prior, str(root / "prior.mhd"))
+    sitk.WriteImage(p.current, str(root / "current.mhd"))
+    return root, p
+
+
+def test_registration_and_matching_recover_a_known_transform(pair):
+    _, p = pair
+    prior, current = ScanCT(p.prior), ScanCT(p.current)
+    a, b = prior.coarse(), current.coarse()
+    reg = register_lungs(*a, find_lungs(*a).mask, *b, find_lungs(*b).mask)
+    truth = p.truth
+    rotation, centre, shift = np.asarray(truth["rotation"]), np.asarray(truth["centre_mm"]), np.asarray(truth["shift_mm"])
+    probe = centre + np.array([[40.0, 20.0, 30.0], [-50.0, 10.0, -20.0], [0.0, -20.0, 0.0]])
+    expected = (rotation @ (probe - centre).T).T + centre + shift
+    assert np.linalg.norm(reg.prior_to_current(probe) - expected, axis=1).max() < 3.0
+    assert np.linalg.norm(reg.current_to_prior(expected) - probe, axis=1).max() < 3.0
+    assert reg.residual_mm < 3.0
+    # the truth's nodules as findings: the registered matching pairs exactly the nodules present in both scans
+    nodules = truth["nodules"]
+    before = [n for n in nodules if n["prior"]]
+    after = [n for n in nodules if n["current"]]
+    pairs, new, resolved = match_findings(
+        reg.prior_to_current([n["prior"]["coord"] for n in before]), [n["prior"]["diameter_mm"] for n in before],
+        np.array([n["current"]["coord"] for n in after]), [n["current"]["diameter_mm"] for n in after],
+        np.ones(len(before), bool), np.ones(len(after), bool))
+    assert [(before[i]["status"], id(before[i]) == id(after[j])) for i, j in pairs] == [
+        (n["status"], True) for n in before if n["current"]]
+    assert sorted(after[j]["status"] for j in new) == ["new"] * sum(n["status"] == "new" for n in nodules)
+    assert [before[i]["status"] for i in resolved] == ["resolved"] * sum(n["status"] == "resolved" for n in nodules)
+
+
+def test_matching_needs_one_side_above_the_threshold_and_a_close_partner():
+    prior = np.array([[0.0, 0.0, 0.0], [50.0, 0.0, 0.0], [100.0, 0.0, 0.0], [0.0, 80.0, 0.0]])
+    current = prior[[1, 0, 2]] + [[1.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 14.0]]  # shuffled; the third moved 14 mm
+    sizes = [6.0, 6.0, 6.0, 6.0]
+    pairs, new, resolved = match_findings(prior, sizes, current, sizes[:3], [True, False, True, True], [True, False, True])
+    assert pairs == [(0, 1), (1, 0)]  # one side of each pair is below the threshold, the other is not
+    assert new == [2] and resolved == [2, 3]  # 14 mm is beyond the 10 + 3 mm gate
+    assert match_findings(prior, sizes, current, sizes[:3], [False] * 4, [False] * 3) == ([], [], [])
+
+
+def test_status_rule_and_volume_doubling_time():
+    def solid(d, v):
+        return NoduleFacts("solid", d, v)
+
+    assert status_of(solid(6.0, 100.0), solid(6.3, 110.0), 365) == "stable"
+    assert status_of(solid(6.0, 100.0), solid(7.6, 110.0), 365) == "grown"  # Lung-RADS growth: > 1.5 mm in 12 months
+    assert status_of(solid(6.0, 100.0), solid(6.4, 130.0), 365) == "grown"  # volume beyond the 25 % repeatability
+    assert status_of(solid(6.0, 100.0), solid(5.8, 75.0), 365) == "shrunk"  # below 1 / 1.25 of the prior
+    assert status_of(solid(6.0, 100.0), solid(5.8, 85.0), 365) == "stable"
+    assert volume_doubling_days(100.0, 200.0, 300) == pytest.approx(300.0)
+    assert volume_doubling_days(200.0, 100.0, 300) == pytest.approx(-300.0)
+    assert volume_doubling_days(100.0, 100.0, 300) is None and volume_doubling_days(0.0, 50.0, 300) is None
+
+
+def test_dates(tmp_path, pair):
+    root, _ = pair
+    assert parse_date("2024-02-29", "--prior-date") == dt.date(2024, 2, 29) and parse_date("20240229", "x") == dt.date(2024, 2, 29)
+    for bad in ("2023-02-29", "29.02.2024", "tomorrow"):
+        with pytest.raises(DataError, match="is not a date"):
+            parse_date(bad, "--prior-date")
+    with pytest.raises(DataError, match="carries no date: give --current-date"):
+        read_input("current", root / "current.mhd", None, tmp_path)
+    prior = read_input("prior", root / "prior.mhd", "2024-05-01", tmp_path)
+    current = read_input("current", root / "current.mhd", "2024-05-01", tmp_path)
+    with pytest.raises(DataError, match="is not after the prior's"):
+        check_pair(prior, current)
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "monai_lung", "followup", *args], capture_output=True, encoding="utf-8",
+                          errors="replace", timeout=600, cwd=str(REPO))
+
+
+def test_a_missing_or_wrong_date_is_one_line(tmp_path, pair):
+    root, _ = pair
+    common = ["--prior", str(root / "prior.mhd"), "--current", str(root / "current.mhd"), "--det-bundle", str(tmp_path / "nobundle"),
+              "--output-dir", str(tmp_path / "out")]
+    proc = _cli(*common, "--prior-date", "2024-01-02")
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        f"monai-lung followup: error: {root / 'current.mhd'}: a scan file carries no date: give --current-date YYYY-MM-DD"]
+    proc = _cli(*common, "--prior-date", "2024-01-02", "--current-date", "2024-13-02")
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and "'2024-13-02' is not a date" in proc.stderr
+
+
+def _series_copy(folder: Path, patient: str, date: str | None, tag: str) -> Path:
+    """Every other slice of the real series as a new study of ``patient`` on ``date`` (None: no StudyDate)."""
+    folder.mkdir(parents=True)
+    files = sorted((LIDC / "dicom").glob("*.dcm"), key=lambda f: float(pydicom.dcmread(f, stop_before_pixels=True).ImagePositionPatient[2]))
+    for n, src in enumerate(files[::2]):
+        ds = pydicom.dcmread(src)
+        ds.PatientID, ds.StudyInstanceUID, ds.SeriesInstanceUID = patient, f"1.2.826.0.1.3680043.44.{tag}.1", f"1.2.826.0.1.3680043.44.{tag}.2"
+        ds.SOPInstanceUID = f"1.2.826.0.1.3680043.44.{tag}.3.{n + 1}"
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        if date is None:
+            del ds.StudyDate
+        else:
+            ds.StudyDate = date
+        ds.save_as(folder / f"{n:04d}.dcm")
+    return folder
+
+
+@needs_lidc
+def test_dicom_dates_come_from_studydate_and_two_patients_are_refused(tmp_path):
+    prior = read_input("prior", LIDC / "dicom", None, tmp_path / "work")
+    assert prior.date == dt.date(2000, 1, 1) and prior.patient == "LIDC-IDRI-0001"
+    later = read_input("current", _series_copy(tmp_path / "later", "LIDC-IDRI-0001", "20010315", "1"), None, tmp_path / "work")
+    assert later.date == dt.date(2001, 3, 15) and check_pair(prior, later) == 439
+    undated = _series_copy(tmp_path / "undated", "LIDC-IDRI-0001", None, "2")
+    with pytest.raises(DataError, match="has no StudyDate: give --current-date"):
+        read_input("current", undated, None, tmp_path / "work")
+    assert read_input("current", undated, "2001-01-01", tmp_path / "work").date == dt.date(2001, 1, 1)
+    other = _series_copy(tmp_path / "other", "LIDC-IDRI-0002", "20010315", "3")
+    proc = _cli("--prior", str(LIDC / "dicom"), "--current", str(other), "--det-bundle", str(tmp_path / "nobundle"),
+                "--output-dir", str(tmp_path / "out"))
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        f"monai-lung followup: error: {other}: patient 'LIDC-IDRI-0002' is not the prior's patient 'LIDC-IDRI-0001': "
+        "refusing to compare two patients' scans"]
+
+
+@pytest.fixture(scope="module")
+def untrained_bundle(tmp_path_factory):
+    """The detection bundle with untrained (seeded) networks: enough to run every step of the command."""
+    return untrained_detection_bundle(tmp_path_factory.mktemp("models"))
+
+
+@pytest.mark.slow
+def test_followup_command_end_to_end_and_reuse(tmp_path, pair, untrained_bundle):
+    root, p = pair
+    out = tmp_path / "out"
+    args = ["-m", "monai_lung", "followup", "--prior", str(root / "prior.mhd"), "--current", str(root / "current.mhd"),
+            "--prior-date", p.truth["prior_date"], "--current-date", p.truth["current_date"], "--det-bundle", str(untrained_bundle),
+            "--output-dir", str(out), "--device", "cpu", "--threshold", "0", "--max-report", "2",
+            "--set", "roi_size=[64,64,64]", "--set", "seg_threshold=0.5", "--set", "max_candidates=4", "--set", "tta=false"]
+    log = run_cmd([sys.executable, *args], timeout=900)
+    assert "followup: " in log and "exam Lung-RADS" in log and "research use only" in log
+    table = pd.read_csv(out / "followup.csv")
+    assert list(table.columns) == CSV_COLUMNS and len(table) > 0
+    assert set(table["status"]) <= {"new", "stable", "grown", "shrunk", "resolved"}
+    assert table.loc[table.status == "new", ["prior_x", "prior_volume_mm3", "vdt_days"]].isna().all().all()
+    assert table.loc[table.status == "resolved", ["current_x", "current_volume_mm3", "lungrads"]].isna().all().all()
+    assert set(table["type"]) <= {"solid", "part-solid", "non-solid"}
+    summary = json.loads((out / "followup.json").read_text())
+    assert summary["exam"]["category"] in ("1", "2", "3", "4A", "4B") and summary["registration"]["residual_mm"] < 5.0
+    assert summary["thresholds"]["probability"] == 0.0 and summary["interval_days"] == p.truth["interval_days"]
+    assert len(summary["nodules"]) == len(table) and "RESEARCH USE ONLY" in summary["research_use"]
+    assert (out / "report" / "index.html").is_file() and len(list((out / "report" / "images").glob("*.png"))) == min(2, len(table))
+    # a second comparison of the same scans reuses both scans' findings: no detection runs
+    log = run_cmd([sys.executable, *args[:-12], "--output-dir", str(tmp_path / "again"), "--findings-dir", str(out / "findings"),
+                   "--device", "cpu", "--threshold", "0", "--no-report", *args[-8:]], timeout=900)
+    again = json.loads((tmp_path / "again" / "followup.json").read_text())
+    assert again["prior"]["findings_reused"] and again["current"]["findings_reused"]
+    assert pd.read_csv(tmp_path / "again" / "followup.csv").equals(table)
