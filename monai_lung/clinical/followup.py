@@ -343,10 +343,10 @@ def run_followup(prior: ScanInput, current: ScanInput, detections: Detections, o
 
 def assess_of(row: dict):
     """The row's current Lung-RADS assessment back as an :class:`~.lungrads.Assessment` (for the exam category)."""
-    from monai_lung.clinical.lungrads import Assessment, _review
+    from monai_lung.clinical.lungrads import Assessment, review_entry
 
     info = row["details"]["lungrads"]
-    return Assessment(info["category"], info["row"], info["timepoint"], [_review(r) for r in info["review"]])
+    return Assessment(info["category"], info["row"], info["timepoint"], [review_entry(r) for r in info["review"]])
 
 
 def _side_summary(scan: ScanInput, det: ScanDetections) -> dict:

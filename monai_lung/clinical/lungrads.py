@@ -120,7 +120,7 @@ def _best(rows: list[dict]) -> dict | None:
     return max(rows, key=lambda r: category_rank(r["category"])) if rows else None
 
 
-def _review(review_id: str) -> dict:
+def review_entry(review_id: str) -> dict:
     entry = next(r for r in table()["review"] if r["id"] == review_id)
     return {"id": entry["id"], "text": entry["text"]}
 
@@ -159,7 +159,7 @@ def assess(facts: NoduleFacts, measure: str = "diameter") -> Assessment:
     if facts.calcified and facts.calcification in calc_row["calcification"]:
         point = facts.timepoint if facts.timepoint != "existing" else "stable"
         return Assessment("1", "calcified", point)
-    review = [_review("calcification-pattern")] if facts.calcified else []
+    review = [review_entry("calcification-pattern")] if facts.calcified else []
 
     note = ""
     point = facts.timepoint
@@ -168,7 +168,7 @@ def assess(facts: NoduleFacts, measure: str = "diameter") -> Assessment:
         growing, slow = growth(facts)
         point = "growing" if growing else "stable"
         if slow and facts.type in ("solid", "part-solid"):
-            review.append(_review("slow-growth"))
+            review.append(review_entry("slow-growth"))
         if prior_category is None:
             prior_category = assess(replace(facts.prior, timepoint="baseline", prior=None), measure).category
         if point == "stable":
@@ -180,25 +180,25 @@ def assess(facts: NoduleFacts, measure: str = "diameter") -> Assessment:
                 point, note = "baseline", "reached a higher size category: classified by size"
     rows = matching_rows(facts, point, measure, prior_category)
     if point == "stable" and prior_category == "4B":
-        review.append(_review("stable-after-4B"))
+        review.append(review_entry("stable-after-4B"))
     row = _best(rows)
     category = row["category"] if row else None
     if facts.type == "non-solid" and point == "growing" and _size(facts, measure) >= (30 if measure == "diameter" else 14137):
-        review.append(_review("non-solid-ge30-growing"))
+        review.append(review_entry("non-solid-ge30-growing"))
 
     # judgements left to a reader
     rank = category_rank(category)
     if category in ("3", "4A", "4B"):
-        review.append(_review("4X"))
+        review.append(review_entry("4X"))
     small = _size(facts, measure) < (10 if measure == "diameter" else 524)
     if facts.type == "solid" and facts.pleural and small and point in ("baseline", "new") and rank >= category_rank("3"):
-        review.append(_review("juxtapleural"))
+        review.append(review_entry("juxtapleural"))
     if point == "new" and facts.type in ("solid", "part-solid") and _size(facts, measure) >= (8 if measure == "diameter" else 268):
-        review.append(_review("infectious"))
+        review.append(review_entry("infectious"))
     other = "volume" if measure == "diameter" else "diameter"
     other_row = _best(matching_rows(facts, point, other, prior_category))
     if category is not None and other_row is not None and other_row["category"] != category:
-        review.append(_review("measurement-choice"))
+        review.append(review_entry("measurement-choice"))
     return Assessment(category, row["id"] if row else None, point, review, note)
 
 
