@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from monai_lung.clinical.detections import ScanDetections
+from monai_lung.findings import Finding
 from monai_lung.clinical.followup import ScanInput, run_followup
 from monai_lung.clinical.detections import Detections, scan_identity
 from monai_lung.synthetic.followup import generate_pairs
@@ -41,9 +42,8 @@ class Oracle:
         self.nodules = [nd[label] for nd in truth["nodules"] if nd[label] is not None]
 
     def __call__(self, image, scan_id) -> ScanDetections:
-        findings = [{"coord": nd["coord"], "probability": 1.0, "diameter_mm": nd["diameter_mm"], "volume_mm3": nd["volume_mm3"]}
-                    for nd in self.nodules]
-        return ScanDetections(str(image), findings, [None] * len(findings))
+        findings = [Finding(nd["coord"], probability=1.0, diameter_mm=nd["diameter_mm"], volume_mm3=nd["volume_mm3"]) for nd in self.nodules]
+        return ScanDetections(str(image), findings)
 
 
 class OracleDetections:

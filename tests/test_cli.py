@@ -33,8 +33,8 @@ def _commands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentPar
 
 def test_each_package_registers_its_own_commands_and_every_dest_is_the_option_name():
     commands = _commands(build_parser())
-    assert list(commands) == ["synth", "datalist", "evaluate", "detect", "assemble", "hard-negatives", "crops", "score", "markups",
-                              "serve", "train", "demo"]
+    assert list(commands) == ["synth", "synth-pairs", "datalist", "evaluate", "detect", "assemble", "followup", "hard-negatives", "crops",
+                              "score", "markups", "serve", "train", "demo"]
     for package in COMMAND_PACKAGES:  # each package's commands come from its own cli module
         sub = argparse.ArgumentParser().add_subparsers()
         importlib.import_module(f"monai_lung.{package}.cli").register(sub)

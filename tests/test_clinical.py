@@ -8,8 +8,9 @@ import pytest
 import SimpleITK as sitk
 
 from monai_lung.clinical.composition import nodule_composition, partial_volume_mm
-from monai_lung.clinical.ct import ScanCT, sample_mask
-from monai_lung.clinical.findings import FindingMask, describe_finding
+from monai_lung.clinical.ct import ScanCT, sample_mask, to_lps_affine
+from monai_lung.findings import FindingMask
+from monai_lung.clinical.findings import describe_finding
 from monai_lung.clinical.location import find_lungs, side_and_zone
 from monai_lung.clinical.measures import axial_axes, mean_diameter, one_decimal
 from monai_lung.synthetic import generate_scan
@@ -119,8 +120,8 @@ def test_a_detector_mask_seeds_the_measurement(chest):
     ball = np.linalg.norm(np.stack(np.meshgrid(*[np.arange(n) for n in hu.shape], indexing="ij"), -1) @ affine[:3, :3].T
                           + affine[:3, 3] - nd["coord_xyz"], axis=-1) <= 0.3 * nd["diameter_mm"]
     ras = np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine
-    mask = FindingMask(np.zeros(3, int), ball, ras, "RAS")
-    assert np.array_equal(sample_mask(mask.crop, mask.lps_affine(), affine, hu.shape), ball)
+    mask = FindingMask(ball, ras, "RAS")
+    assert np.array_equal(sample_mask(mask.array, to_lps_affine(mask.affine, mask.space), affine, hu.shape), ball)
     seeded = describe_finding(ct, lungs, nd["coord_xyz"], nd["diameter_mm"], mask)
     assert seeded.composition.type == describe_finding(ct, lungs, nd["coord_xyz"], nd["diameter_mm"]).composition.type
 

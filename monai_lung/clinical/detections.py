@@ -1,9 +1,9 @@
 """A scan's findings from the detector, reused when the same scan was already detected with the same bundle.
 
-The one place where this package meets today's detector API (:func:`~monai_lung.detection.loading.load_detector`,
-``TwoStageDetector.detect``): what comes out is a :class:`ScanDetections`, findings in world LPS mm with their masks.
+The detector (:func:`~monai_lung.detection.loading.load_detector`) gives a :class:`~monai_lung.findings.ScanResult`
+of :class:`~monai_lung.findings.Finding` records (world LPS mm, each with its mask); :class:`ScanDetections` holds it.
 
-Reuse: each result is kept in ``findings_dir`` as ``<key>.json`` (findings) and ``<key>.npz`` (their masks), the key
+Reuse: each result is kept in ``findings_dir`` as ``<key>.json`` (the ScanResult) and ``<key>.npz`` (the masks), the key
 a hash of the scan's identity (a file's absolute path, size and modification time; a DICOM series' UID and its
 instances' UIDs) and of the detector's (the bundle's weights and configuration, and any overrides). Comparing this
 year's scan with next year's then detects this year's only once.
@@ -16,12 +16,12 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from monai_lung.clinical.findings import FindingMask
+from monai_lung.findings import FindingMask, ScanResult
 from monai_lung.io.atomic import atomic_path, write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -29,13 +29,11 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class ScanDetections:
-    """One scan's findings, most probable first: ``findings`` ``[{"coord": [x, y, z] world LPS mm, "probability",
-    "diameter_mm", "volume_mm3"}]`` and ``masks`` (a :class:`~.findings.FindingMask` each); ``seconds`` the detection's
-    time (0 when reused)."""
+    """One scan's findings, most probable first (:class:`~monai_lung.findings.Finding`, world LPS mm, with their
+    masks); ``seconds`` the detection's time (0 when reused)."""
 
     source: str
     findings: list
-    masks: list = field(repr=False)
     seconds: float = 0.0
     reused: bool = False
     key: str = ""
@@ -106,35 +104,29 @@ class Detections:
         detector = self._load()
         t = time.perf_counter()
         with torch.no_grad():
-            out = detector.detect(self._preprocess({"image": str(image)})["image"])
-        findings, masks = [], []
-        for row in out["findings"].itertuples():
-            findings.append({"coord": [float(row.coordX), float(row.coordY), float(row.coordZ)], "probability": float(row.probability),
-                             "diameter_mm": float(row.diameter_mm), "volume_mm3": float(row.volume_mm3)})
-            lo, crop = row.mask
-            masks.append(FindingMask(np.asarray(lo, dtype=np.int64), np.asarray(crop, dtype=bool), np.asarray(out["mask_affine"], dtype=np.float64),
-                                     str(out.get("mask_space", "RAS"))))
-        result = ScanDetections(str(image), findings, masks, time.perf_counter() - t, False, key)
-        self._write(result)
+            scan = detector.detect(self._preprocess({"image": str(image)})["image"])
+        result = ScanDetections(str(image), list(scan.findings), time.perf_counter() - t, False, key)
+        self._write(result, scan)
         return result
 
     def _paths(self, key: str) -> tuple[Path, Path]:
         return self.findings_dir / f"{key}.json", self.findings_dir / f"{key}.npz"
 
-    def _write(self, result: ScanDetections) -> None:
+    def _write(self, result: ScanDetections, scan: ScanResult) -> None:
         if self.findings_dir is None:
             return
         self.findings_dir.mkdir(parents=True, exist_ok=True)
         meta, arrays = self._paths(result.key)
         packed = {}
-        for n, m in enumerate(result.masks):
-            packed[f"lo{n}"], packed[f"crop{n}"], packed[f"affine{n}"] = m.lo, m.crop, m.affine
+        for n, f in enumerate(result.findings):
+            if f.mask is not None:
+                packed[f"mask{n}"], packed[f"affine{n}"] = f.mask.array, f.mask.affine
         with atomic_path(arrays) as tmp:
-            with open(tmp, "wb") as f:
-                np.savez_compressed(f, **packed)
-        write_json_atomic(meta, {"source": result.source, "bundle": str(self.bundle), "detector": self.identity,
-                                 "findings": result.findings, "spaces": [m.space for m in result.masks],
-                                 "seconds": result.seconds, "coordinate_system": "world LPS mm"})
+            with open(tmp, "wb") as out:
+                np.savez_compressed(out, **packed)
+        write_json_atomic(meta, {**scan.to_json(), "image": result.source, "bundle": str(self.bundle), "detector": self.identity,
+                                 "mask_spaces": [f.mask.space if f.mask is not None else None for f in result.findings],
+                                 "seconds": result.seconds})
 
     def _read(self, key: str, source: str) -> ScanDetections | None:
         if self.findings_dir is None:
@@ -143,7 +135,9 @@ class Detections:
         if not (meta.is_file() and arrays.is_file()):
             return None
         info = json.loads(meta.read_text(encoding="utf-8"))
+        findings = ScanResult.from_json(info).findings
         with np.load(arrays) as packed:
-            masks = [FindingMask(packed[f"lo{n}"], packed[f"crop{n}"].astype(bool), packed[f"affine{n}"], space)
-                     for n, space in enumerate(info["spaces"])]
-        return ScanDetections(source, info["findings"], masks, 0.0, True, key)
+            for n, (f, space) in enumerate(zip(findings, info["mask_spaces"])):
+                if space is not None:
+                    f.mask = FindingMask(packed[f"mask{n}"].astype(bool), packed[f"affine{n}"], space)
+        return ScanDetections(source, findings, 0.0, True, key)

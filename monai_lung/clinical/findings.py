@@ -13,28 +13,12 @@ import numpy as np
 from monai_lung.clinical.composition import Composition, _reach_mm, nodule_composition
 from monai_lung.clinical.ct import ScanCT, crop_spacing_mm, sample_mask, to_lps_affine
 from monai_lung.clinical.location import Lungs, side_and_zone, touches_pleura
+from monai_lung.findings import FindingMask
 
 #: context (mm) around a finding's reach in its crop: the lung the composition rule compares it with
 CONTEXT_MM = 8.0
 #: the largest diameter (mm) a crop is sized for: Lung-RADS nodules end at 30 mm
 MAX_DIAMETER_MM = 40.0
-
-
-@dataclass
-class FindingMask:
-    """A detector's mask of a finding: ``crop`` bool (i, j, k) at offset ``lo`` on the grid ``affine`` (index ->
-    world mm in ``space``, "RAS" or "LPS")."""
-
-    lo: np.ndarray
-    crop: np.ndarray
-    affine: np.ndarray
-    space: str = "RAS"
-
-    def lps_affine(self) -> np.ndarray:
-        """Index of ``crop`` -> world LPS mm."""
-        shift = np.eye(4)
-        shift[:3, 3] = np.asarray(self.lo, dtype=np.float64)
-        return to_lps_affine(self.affine, self.space) @ shift
 
 
 @dataclass
@@ -68,16 +52,18 @@ def point_seed(hu: np.ndarray, affine: np.ndarray, centre_lps, diameter_mm: floa
 
 
 def describe_finding(ct: ScanCT, lungs: Lungs, centre_lps, diameter_mm: float, mask: FindingMask | None = None) -> Described:
-    """Measure one finding (centre world LPS mm, the detector's diameter estimate in mm, its mask if any)."""
+    """Measure one finding (centre world LPS mm, the detector's diameter estimate in mm, its mask if any: a
+    :class:`~monai_lung.findings.FindingMask`, on any grid)."""
     diameter = float(np.clip(diameter_mm, 3.0, MAX_DIAMETER_MM))  # a mass beyond 40 mm is measured within that reach
     spacing = crop_spacing_mm(diameter)
     half = 0.5 * diameter + _reach_mm(diameter) + CONTEXT_MM
     hu, affine = ct.crop(centre_lps, half, spacing)
     seed = None
-    if mask is not None and np.any(mask.crop):
-        seed = sample_mask(mask.crop, mask.lps_affine(), affine, hu.shape)
+    if mask is not None and np.any(mask.array):
+        mask_affine = to_lps_affine(mask.affine, mask.space)
+        seed = sample_mask(mask.array, mask_affine, affine, hu.shape)
         if not seed.any():  # a mask thinner than the crop's voxels: the voxel at its centroid
-            centroid = mask.lps_affine() @ np.append(np.argwhere(mask.crop).mean(axis=0), 1.0)
+            centroid = mask_affine @ np.append(np.argwhere(mask.array).mean(axis=0), 1.0)
             seed = point_seed(hu, affine, centroid[:3], spacing)
     if seed is None:
         seed = point_seed(hu, affine, centre_lps, diameter)

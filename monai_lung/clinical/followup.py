@@ -203,8 +203,7 @@ class Side:
     def describe(self, index: int) -> Described:
         if index not in self.described:
             f = self.detections.findings[index]
-            mask = self.detections.masks[index] if index < len(self.detections.masks) else None
-            self.described[index] = describe_finding(self.ct, self.lungs, f["coord"], f["diameter_mm"], mask)
+            self.described[index] = describe_finding(self.ct, self.lungs, f.coord, f.diameter_mm, f.mask)
         return self.described[index]
 
 
@@ -224,12 +223,12 @@ def compare(prior: Side, current: Side, registration: Registration, days: int, t
             repeatability_pct: float = VOLUME_REPEATABILITY_PCT) -> list[dict]:
     """The reported nodules of a pair of scans, one dict each (CSV columns plus details), most suspicious first."""
     pf, cf = prior.detections.findings, current.detections.findings
-    p_xyz = np.array([f["coord"] for f in pf], dtype=np.float64).reshape(-1, 3)
-    c_xyz = np.array([f["coord"] for f in cf], dtype=np.float64).reshape(-1, 3)
-    p_keep = np.array([f["probability"] >= threshold for f in pf], dtype=bool)
-    c_keep = np.array([f["probability"] >= threshold for f in cf], dtype=bool)
+    p_xyz = np.array([f.coord for f in pf], dtype=np.float64).reshape(-1, 3)
+    c_xyz = np.array([f.coord for f in cf], dtype=np.float64).reshape(-1, 3)
+    p_keep = np.array([f.probability >= threshold for f in pf], dtype=bool)
+    c_keep = np.array([f.probability >= threshold for f in cf], dtype=bool)
     mapped = registration.prior_to_current(p_xyz) if len(p_xyz) else p_xyz
-    pairs, new, resolved = match_findings(mapped, [f["diameter_mm"] for f in pf], c_xyz, [f["diameter_mm"] for f in cf], p_keep, c_keep)
+    pairs, new, resolved = match_findings(mapped, [f.diameter_mm for f in pf], c_xyz, [f.diameter_mm for f in cf], p_keep, c_keep)
 
     rows = []
     for i, j in pairs:
@@ -254,7 +253,7 @@ def _rank(category: str) -> int:
     return category_rank(category or None)
 
 
-def _row(status: str, p: dict | None, c: dict | None, a: Described | None, b: Described | None, assessment, days: int) -> dict:
+def _row(status: str, p, c, a: Described | None, b: Described | None, assessment, days: int) -> dict:
     pv = a.composition.volume_mm3 if a else None
     cv = b.composition.volume_mm3 if b else None
     change = 100.0 * (cv / pv - 1.0) if pv and cv else None
@@ -262,18 +261,18 @@ def _row(status: str, p: dict | None, c: dict | None, a: Described | None, b: De
     described = b or a
     row = {
         "status": status,
-        **{f"prior_{k}": (round(v, 2) if p else None) for k, v in zip("xyz", p["coord"] if p else (0, 0, 0))},
-        **{f"current_{k}": (round(v, 2) if c else None) for k, v in zip("xyz", c["coord"] if c else (0, 0, 0))},
+        **{f"prior_{k}": (round(v, 2) if p else None) for k, v in zip("xyz", p.coord if p else (0, 0, 0))},
+        **{f"current_{k}": (round(v, 2) if c else None) for k, v in zip("xyz", c.coord if c else (0, 0, 0))},
         "prior_volume_mm3": None if pv is None else round(pv, 1), "current_volume_mm3": None if cv is None else round(cv, 1),
         "volume_change_pct": None if change is None else round(change, 1), "vdt_days": None if vdt is None else round(vdt, 0),
         "prior_mean_diameter_mm": a.composition.mean_diameter_mm if a else None,
         "current_mean_diameter_mm": b.composition.mean_diameter_mm if b else None,
         "type": described.composition.type, "lungrads": (assessment.category or "") if assessment else "",
-        "probability": round(float((c or p)["probability"]), 4),
+        "probability": round(float((c or p).probability), 4),
     }
     row["details"] = {
-        "prior": None if a is None else {**a.summary(), "probability": round(float(p["probability"]), 4)},
-        "current": None if b is None else {**b.summary(), "probability": round(float(c["probability"]), 4)},
+        "prior": None if a is None else {**a.summary(), "probability": round(float(p.probability), 4)},
+        "current": None if b is None else {**b.summary(), "probability": round(float(c.probability), 4)},
         "lungrads": None if assessment is None else {**assessment.summary(), "review_text": [r["text"] for r in assessment.review]},
     }
     row["_described"] = (a, b)
