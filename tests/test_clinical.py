@@ -140,3 +140,43 @@ def test_the_real_lidc_nodule_is_solid_like_its_readers_say():
     assert got.composition.type == "solid" and not got.composition.calcified
     assert got.side == "left"  # world LPS x > 0: the patient's left
     assert 18.0 < got.composition.mean_diameter_mm < 30.0
+
+
+@needs_lidc
+def test_detect_step_fills_the_finding_record_to_csv_json_and_sr(tmp_path):
+    """The step ``monai-lung detect`` runs (registered by importing monai_lung.clinical) fills the clinical attributes of
+    the findings at the operating point; they reach the CSV row, the JSON and the DICOM SR (read back, dciodvfy-clean)."""
+    import shutil
+    import subprocess
+
+    from monai_lung.clinical.findings import DEFAULT_THRESHOLD, describe_scan
+    from monai_lung.dicom.objects import read_sr_findings, write_dicom_outputs
+    from monai_lung.dicom.series import choose_series
+    from monai_lung.findings import Finding, ScanResult, registered_steps
+
+    assert "clinical" in registered_steps()
+    ct = ScanCT.read(LIDC / "dicom")
+    seed = describe_finding(ct, find_lungs(*ct.coarse()), LUNA16_CENTRE, 23.35)
+    mask = FindingMask(seed.composition.mask, seed.crop_affine, "LPS")
+    kept = Finding(tuple(LUNA16_CENTRE), probability=0.9, diameter_mm=22.0, volume_mm3=5000.0, longest_axial_mm=25.0, mask=mask)
+    low = Finding((-80.0, 50.0, -150.0), probability=DEFAULT_THRESHOLD / 2, diameter_mm=5.0, volume_mm3=60.0, longest_axial_mm=5.0,
+                  mask=FindingMask(np.ones((3, 3, 3), bool), np.diag([1.0, 1.0, 1.0, 1.0]) @ np.eye(4), "LPS"))
+    scan = ScanResult([kept, low], seriesuid="lidc", image=str(LIDC / "dicom"))
+    describe_scan(scan, str(LIDC / "dicom"))
+    assert (kept.type, kept.calcified, kept.side, kept.touches_pleura != "") == ("solid", "false", "left", True)
+    assert kept.lungrads == "4B" and "4X" in kept.lungrads_review and 18.0 < kept.mean_diameter_mm < 30.0
+    assert kept.solid_volume_mm3 is None and scan.lungrads_exam == "4B"
+    assert (low.type, low.calcified, low.lungrads, low.mean_diameter_mm) == ("", "", "", None)  # below the operating point
+    row = kept.csv_row("lidc")
+    assert (row["type"], row["calcified"]) == ("solid", "false")
+    data = scan.to_json()
+    assert data["lungrads_exam"] == "4B" and data["findings"][0]["zone"] == kept.zone
+    info, _ = choose_series(LIDC / "dicom")
+    files = write_dicom_outputs(info, [kept], tmp_path)
+    (back,) = read_sr_findings(files["sr"])
+    assert {k: back[k] for k in ("type", "calcified", "side", "zone", "lungrads")} == {
+        "type": "solid", "calcified": "false", "side": "left", "zone": kept.zone, "lungrads": "4B"}
+    assert back["mean_diameter_mm"] == pytest.approx(kept.mean_diameter_mm)
+    if shutil.which("dciodvfy"):
+        out = subprocess.run(["dciodvfy", files["sr"]], capture_output=True, encoding="utf-8", errors="replace", timeout=120)
+        assert [ln for ln in (out.stdout + out.stderr).splitlines() if ln.startswith("Error")] == []

@@ -28,9 +28,10 @@ def test_json_round_trip_box_and_csv_row():
     data = json.loads(json.dumps(f.to_json()))  # through a file's text
     assert data["coord"] == [56.2, 86.3, -115.9] and data["box"] == [56.2, 86.3, -115.9, 8.04, 8.04, 8.04]
     assert Finding.from_json(data) == f and f.box == tuple(data["box"])
-    assert csv_columns() == ["seriesuid", "coordX", "coordY", "coordZ", "probability", "diameter_mm", "volume_mm3", "longest_axial_mm"]
+    assert csv_columns() == ["seriesuid", "coordX", "coordY", "coordZ", "probability", "diameter_mm", "volume_mm3", "longest_axial_mm",
+                             "type", "calcified"]
     assert f.csv_row("1.2") == {"seriesuid": "1.2", "coordX": 56.2, "coordY": 86.3, "coordZ": -115.9, "probability": 0.93,
-                                "diameter_mm": 8.04, "volume_mm3": 272.0, "longest_axial_mm": 9.51}
+                                "diameter_mm": 8.04, "volume_mm3": 272.0, "longest_axial_mm": 9.51, "type": "", "calcified": ""}
     # a ledger written before an attribute existed still loads: the attribute takes its default
     old = {"coord": [1, 2, 3], "probability": 0.5, "diameter_mm": 6.0, "box": [1, 2, 3, 6, 6, 6]}
     loaded = Finding.from_json(old)
@@ -47,7 +48,13 @@ def test_json_round_trip_box_and_csv_row():
 def test_report_items_say_what_is_known():
     f = _finding()
     assert report_items(f) == [("probability", "0.930"), ("stage 1", "0.999"), ("stage 2", "0.800"), ("diameter", "8.0 mm"),
-                               ("volume", "272 mm³"), ("longest axial", "9.5 mm"), ("Lung-RADS v2022 size band", "8-<15 mm")]
+                               ("volume", "272 mm³"), ("longest axial", "9.5 mm"), ("Lung-RADS v2022 size band", "8-<15 mm"),
+                               ("mean diameter", "n/a"), ("solid component", "n/a"), ("solid component mean diameter", "n/a")]
+    described = dataclasses.replace(f, type="part-solid", calcified="false", mean_diameter_mm=8.44, solid_volume_mm3=30.2,
+                                    solid_mean_diameter_mm=3.9, side="right", zone="upper", lungrads="4A", lungrads_review=["4X"])
+    assert report_items(described, skip_missing=True)[7:] == [
+        ("type", "part-solid"), ("calcified", "false"), ("mean diameter", "8.4 mm"), ("solid component", "30 mm³"),
+        ("solid component mean diameter", "3.9 mm"), ("lung", "right"), ("zone", "upper"), ("Lung-RADS v2022", "4A"), ("for review", "4X")]
     assert ("kind", "nodule") in report_items(f, with_defaults=True) and ("kind", "mass") in report_items(_finding(kind="mass"))
     bare = Finding(coord=(0, 0, 0), probability=0.5)
     assert ("diameter", "n/a") in report_items(bare) and report_items(bare, skip_missing=True) == [("probability", "0.500")]
@@ -69,7 +76,9 @@ def test_a_declared_attribute_reaches_csv_json_report_slicer_and_sr(tmp_path):
     assert ("type", "solid") in report_items(f)
     (point,) = finding_points([f])
     assert point["description"].endswith("type solid")
-    assert [name for name, _, _ in sr_items(f)] == ["probability", "diameter_mm", "volume_mm3", "longest_axial_mm", "texture"]
+    assert [name for name, _, _ in sr_items(f)] == ["probability", "diameter_mm", "volume_mm3", "longest_axial_mm", "type", "calcified",
+                                                    "mean_diameter_mm", "solid_volume_mm3", "solid_mean_diameter_mm", "side", "zone",
+                                                    "lungrads", "texture"]
     if not LIDC.is_dir():
         pytest.skip("../shared/real_ct (the real LIDC-IDRI-0001 series) is absent: the SR part needs a real series")
     import highdicom as hd

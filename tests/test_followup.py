@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +25,7 @@ from monai_lung.clinical.registration import register_lungs
 from monai_lung.io.errors import DataError
 from monai_lung.synthetic.followup import generate_pair
 from tests.bundle_utils import REPO, run_cmd, untrained_detection_bundle
+from tests.orthanc_server import MISSING_REASON, Orthanc, orthanc_binary
 
 LIDC = REPO.parent / "shared" / "real_ct" / "LIDC-IDRI-0001"
 needs_lidc = pytest.mark.skipif(not LIDC.is_dir(), reason="../shared/real_ct (the real LIDC-IDRI-0001 series) is absent")
@@ -193,3 +195,84 @@ def test_followup_command_end_to_end_and_reuse(tmp_path, pair, untrained_bundle)
     again = json.loads((tmp_path / "again" / "followup.json").read_text())
     assert again["prior"]["findings_reused"] and again["current"]["findings_reused"]
     assert pd.read_csv(tmp_path / "again" / "followup.csv").equals(table)
+
+
+# a coarse grid and few candidates keep the untrained detector's runs on the real series short (as tests/test_dicom.py)
+FAST = ["--device", "cpu", "--set", "seg_spacing=[2.0,2.0,2.0]", "--set", "stage2_spacing=[2.0,2.0,2.0]", "--set", "roi_size=[64,64,64]",
+        "--set", "tta=false", "--set", "seg_threshold=0.5", "--set", "max_candidates=4", "--threshold", "0", "--no-report"]
+
+
+@pytest.fixture(scope="module")
+def two_exams(tmp_path_factory):
+    """Two studies of patient LIDC-IDRI-0001: every other slice of the real series (2000-01-01) and the same slices as a
+    later study (2001-03-15), DICOM; and, for the first, the SR ``monai-lung detect`` writes."""
+    if not LIDC.is_dir():
+        pytest.skip("../shared/real_ct (the real LIDC-IDRI-0001 series) is absent")
+    root = tmp_path_factory.mktemp("exams")
+    first = _series_copy(root / "first", "LIDC-IDRI-0001", "20000101", "10")
+    second = _series_copy(root / "second", "LIDC-IDRI-0001", "20010315", "11")
+    return root, first, second
+
+
+@pytest.mark.slow
+@needs_lidc
+def test_dicom_out_carries_the_prior_time_point_and_keeps_tracking_uids(two_exams, untrained_bundle):
+    from monai_lung.dicom.objects import read_sr_findings
+
+    root, first, second = two_exams
+    detect_fast = [a for a in FAST if a not in ("--threshold", "0", "--no-report")]
+    run_cmd([sys.executable, "-m", "monai_lung", "detect", str(first), "--det-bundle", str(untrained_bundle), "--output",
+             str(root / "first.csv"), "--dicom-out", str(root / "first_dicom"), "--no-progress", "--prefetch", "0", *detect_fast], timeout=900)
+    prior_sr = next((root / "first_dicom").glob("*/sr.dcm"))
+    before = read_sr_findings(prior_sr)
+    assert before and all(b["time_point"] == "" for b in before)
+    out = root / "fu"
+    run_cmd([sys.executable, "-m", "monai_lung", "followup", "--prior", str(first), "--current", str(second), "--det-bundle",
+             str(untrained_bundle), "--output-dir", str(out), "--dicom-out", str(out / "dicom"), "--prior-sr", str(prior_sr), *FAST], timeout=900)
+    summary = json.loads((out / "followup.json").read_text())
+    assert summary["prior"]["date"] == "2000-01-01" and summary["current"]["date"] == "2001-03-15" and summary["interval_days"] == 439
+    table = pd.read_csv(out / "followup.csv")
+    assert len(table) > 0 and set(table["status"]) == {"stable"}  # the same slices: every nodule stays
+    after = read_sr_findings(summary["dicom"]["sr"])
+    current = [g for g in after if g["time_point"] == "follow-up 2001-03-15"]
+    earlier = [g for g in after if g["time_point"] == "prior 2000-01-01"]
+    assert len(current) == len(earlier) == len(table)
+    # each nodule keeps the tracking UID the prior's own SR gave it, in both of its groups
+    prior_uids = {b["tracking_uid"] for b in before}
+    assert {g["tracking_uid"] for g in current} <= prior_uids and {g["tracking_uid"] for g in earlier} == {g["tracking_uid"] for g in current}
+    assert summary["dicom"]["reused_tracking_uids"] == len(table)
+    assert all(g["type"] in ("solid", "part-solid", "non-solid") and g["lungrads"] for g in current)
+    if shutil.which("dciodvfy"):
+        out_v = subprocess.run(["dciodvfy", summary["dicom"]["sr"]], capture_output=True, encoding="utf-8", errors="replace", timeout=120)
+        assert [ln for ln in (out_v.stdout + out_v.stderr).splitlines() if ln.startswith("Error")] == []
+    # an SR another program wrote is refused with one line
+    proc = _cli("--prior", str(first), "--current", str(second), "--det-bundle", str(untrained_bundle), "--output-dir", str(root / "x"),
+                "--dicom-out", str(root / "x" / "d"), "--prior-sr", str(next(first.glob("*.dcm"))), *FAST)
+    assert proc.returncode == 2 and "not a DICOM SR written by monai_lung" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+@needs_lidc
+@pytest.mark.skipif(orthanc_binary() is None, reason=MISSING_REASON)
+def test_dicomweb_prior_auto_compares_with_the_latest_earlier_study_and_stores_the_sr(two_exams, untrained_bundle, tmp_path):
+    import requests
+
+    root, first, second = two_exams
+    third = _series_copy(tmp_path / "other_patient", "LIDC-IDRI-0002", "20000601", "12")  # another patient: never a prior
+    with Orthanc(tmp_path / "orthanc") as pacs:
+        for folder in (first, second, third):
+            pacs.upload(sorted(folder.glob("*.dcm")))
+        out = tmp_path / "fu"
+        log = run_cmd([sys.executable, "-m", "monai_lung", "followup", "--dicomweb", pacs.dicomweb, "--study", "1.2.826.0.1.3680043.44.11.1",
+                       "--prior", "auto", "--store", "--det-bundle", str(untrained_bundle), "--output-dir", str(out), *FAST], timeout=900)
+        summary = json.loads((out / "followup.json").read_text())
+        assert summary["prior"]["study_instance_uid"] == "1.2.826.0.1.3680043.44.10.1" and summary["prior"]["date"] == "2000-01-01"
+        assert "SR stored to" in log and summary["dicom"]["stored"]
+        series = requests.get(f"{pacs.dicomweb}/studies/1.2.826.0.1.3680043.44.11.1/series", timeout=30).json()
+        assert "SR" in {s["00080060"]["Value"][0] for s in series}
+        # the earliest study has no prior: one line
+        proc = _cli("--dicomweb", pacs.dicomweb, "--study", "1.2.826.0.1.3680043.44.10.1", "--det-bundle", str(untrained_bundle),
+                    "--output-dir", str(tmp_path / "none"), *FAST)
+        errors = [ln for ln in proc.stderr.splitlines() if "error" in ln.lower()]  # the study is pulled (logged) before the search
+        assert proc.returncode == 2 and len(errors) == 1 and errors[0].startswith("monai-lung followup: error: ")
+        assert "no CT study of patient 'LIDC-IDRI-0001' before 2000-01-01" in errors[0]

@@ -8,3 +8,15 @@
 
 This package sits above detection, io and transforms; nothing below imports it.
 """
+
+from monai_lung.findings.steps import register_step
+
+
+def _describe_step(scan, image: str) -> None:
+    """``monai-lung detect``'s step: the clinical attributes of the findings at the operating point."""
+    from monai_lung.clinical.findings import describe_scan
+
+    describe_scan(scan, image)
+
+
+register_step("clinical", _describe_step)

@@ -12,7 +12,8 @@ The rule, in this one place (:func:`nodule_composition`):
    finding, connected to the seed, within reach of it (:func:`_reach_mm`), not deep in the chest wall, with thin
    attachments (vessels) opened off, holes filled.
 2. **Solid** voxels: smoothed HU >= :data:`SOLID_HU`, anywhere in the crop. **Real ground glass**: the nodule's voxels
-   more than :data:`RIM_BLUR_WIDTHS` partial-volume widths (``blur_mm``, per axis) from every solid voxel.
+   more than :data:`RIM_BLUR_WIDTHS` partial-volume widths (``blur_mm``, per axis) from every solid voxel, less
+   threads thinner than twice :data:`OPEN_BLUR_WIDTHS` widths (a small vessel's or a spicule's blurred edge).
 3. **Type**: *non-solid* when the nodule's largest solid component is smaller than a ball of
    :data:`MIN_SOLID_DIAMETER_MM`; *solid* when less than :data:`GROUND_GLASS_FRACTION` of the nodule is real ground
    glass; *part-solid* otherwise. Reason: every edge of soft tissue (a solid nodule's, a vessel's, the chest wall's)
@@ -51,8 +52,11 @@ GROUND_GLASS_DELTA_HU = 150.0
 RIM_BLUR_WIDTHS = 1.5
 #: a solid piece making up this share of the nodule is its own, however far it runs on outside (the chest wall)
 OWN_SHARE = 0.3
+#: real ground glass thinner than twice this many partial-volume widths is a thread (a small vessel's or a spicule's
+#: blurred edge), not a ground-glass component
+OPEN_BLUR_WIDTHS = 0.5
 #: a nodule with less than this share of real ground glass is solid
-GROUND_GLASS_FRACTION = 0.13
+GROUND_GLASS_FRACTION = 0.145
 #: a solid component smaller than a ball of this diameter (mm) is noise or a vessel's cross-section: non-solid
 MIN_SOLID_DIAMETER_MM = 2.0
 #: smoothed HU at or above which a voxel is calcified
@@ -129,10 +133,15 @@ def _fill_holes(mask: np.ndarray) -> np.ndarray:
     return mask | ~np.isin(labels, border)
 
 
+#: the largest nodule (mm) the reach allows for: Lung-RADS's table ends at 30 mm
+MAX_NODULE_MM = 35.0
+
+
 def _reach_mm(seed_diameter_mm: float) -> float:
     """How far (mm) the nodule may extend beyond the seed: a part-solid nodule's ground glass can reach well beyond
-    a seed that covers only its solid part, but never by more than the seed's own size (or 3 mm for a small one)."""
-    return max(3.0, 0.75 * seed_diameter_mm)
+    a seed that covers only its solid part (three quarters of the seed's size), but not make the nodule larger than
+    :data:`MAX_NODULE_MM`; 3 mm at least."""
+    return max(3.0, min(0.75 * seed_diameter_mm, 0.5 * (MAX_NODULE_MM - seed_diameter_mm)))
 
 
 def _connected_to(mask: np.ndarray, seed: np.ndarray) -> np.ndarray:
@@ -201,6 +210,10 @@ def nodule_composition(
     # of the nodule that do not run on outside it (a vessel crossing ground glass is no solid component)
     solid_any = smooth >= SOLID_HU
     beyond = nodule & (ndimage.distance_transform_edt(~solid_any, sampling=spacing / blur) > RIM_BLUR_WIDTHS)
+    # a ground-glass component is a layer, not a thread: what an opening of OPEN_BLUR_WIDTHS removes (a small vessel's
+    # or a spicule's blurred edge) is not counted
+    opening = OPEN_BLUR_WIDTHS * blur
+    beyond = _dilate(_erode(beyond, opening, spacing), opening, spacing) & beyond
     ground_glass_fraction = float(np.count_nonzero(beyond)) / float(np.count_nonzero(nodule))
     solid_labels, _ = ndimage.label(solid_any)
     pieces = np.unique(solid_labels[nodule & solid_any])

@@ -38,7 +38,7 @@ import pandas as pd
 
 from monai_lung.clinical.ct import ScanCT
 from monai_lung.clinical.detections import Detections, ScanDetections, scan_identity
-from monai_lung.clinical.findings import Described, describe_finding
+from monai_lung.clinical.findings import DEFAULT_THRESHOLD, Described, describe_finding, facts_of
 from monai_lung.clinical.location import Lungs, find_lungs
 from monai_lung.clinical.lungrads import NoduleFacts, assess, exam_category, growth
 from monai_lung.clinical.registration import Registration, register_lungs
@@ -53,9 +53,6 @@ CSV_COLUMNS = [
     "volume_change_pct", "vdt_days", "prior_mean_diameter_mm", "current_mean_diameter_mm", "type", "lungrads", "probability",
 ]
 STATUSES = ("new", "stable", "grown", "shrunk", "resolved")
-#: the default probability threshold of a reported finding: about one false positive per scan on held-out phantoms
-#: with the demo recipe's detector (docs/experiments.md)
-DEFAULT_THRESHOLD = 0.5
 #: a volume change beyond this (percent, either way) is more than re-measuring an unchanged nodule gives
 VOLUME_REPEATABILITY_PCT = 25.0
 #: two findings are one nodule when their centres, after registration, lie within this plus half the larger diameter
@@ -213,12 +210,6 @@ def prepare_side(scan: ScanInput, detections: ScanDetections) -> Side:
     return Side(scan, ct, coarse, find_lungs(*coarse), detections)
 
 
-def facts_of(described: Described) -> NoduleFacts:
-    c = described.composition
-    return NoduleFacts(c.type, c.mean_diameter_mm, c.volume_mm3, c.solid_mean_diameter_mm, c.solid_volume_mm3,
-                       c.calcified, c.calcification, described.pleural)
-
-
 def compare(prior: Side, current: Side, registration: Registration, days: int, threshold: float,
             repeatability_pct: float = VOLUME_REPEATABILITY_PCT) -> list[dict]:
     """The reported nodules of a pair of scans, one dict each (CSV columns plus details), most suspicious first."""
@@ -275,7 +266,7 @@ def _row(status: str, p, c, a: Described | None, b: Described | None, assessment
         "current": None if b is None else {**b.summary(), "probability": round(float(c.probability), 4)},
         "lungrads": None if assessment is None else {**assessment.summary(), "review_text": [r["text"] for r in assessment.review]},
     }
-    row["_described"] = (a, b)
+    row["_described"], row["_findings"], row["_assessment"] = (a, b), (p, c), assessment
     return row
 
 
@@ -289,8 +280,13 @@ def write_outputs(out_dir: Path, rows: list[dict], summary: dict) -> None:
 
 def run_followup(prior: ScanInput, current: ScanInput, detections: Detections, out_dir: str | os.PathLike,
                  threshold: float = DEFAULT_THRESHOLD, affine: bool = True, report: bool = True, max_report: int = 20,
-                 repeatability_pct: float = VOLUME_REPEATABILITY_PCT) -> dict:
-    """The whole comparison (module docstring); returns ``followup.json``'s content."""
+                 repeatability_pct: float = VOLUME_REPEATABILITY_PCT, dicom_out: str | os.PathLike | None = None,
+                 prior_sr: str | os.PathLike | None = None, store_url: str | None = None) -> dict:
+    """The whole comparison (module docstring); returns ``followup.json``'s content. ``dicom_out``: write the current
+    exam's SR and SEG there (:mod:`.followup_dicom`; ``prior_sr`` an SR of the prior that monai_lung wrote, whose
+    tracking UIDs to keep); ``store_url``: STOW-RS them to that DICOMweb server."""
+    if prior_sr is not None and dicom_out is None:
+        raise DataError(prior_sr, "--prior-sr needs --dicom-out (the tracking UIDs it gives go into the current SR)")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
@@ -334,6 +330,18 @@ def run_followup(prior: ScanInput, current: ScanInput, detections: Detections, o
         t = time.perf_counter()
         summary["report"] = str(write_report(out_dir / "report", rows[:max_report], a, b, registration, summary))
         timings["report"] = time.perf_counter() - t
+    if dicom_out is not None:
+        from monai_lung.clinical.followup_dicom import write_followup_dicom
+
+        t = time.perf_counter()
+        files = write_followup_dicom(rows, a, b, dicom_out, summary["exam"], prior_sr)
+        if store_url:
+            from monai_lung.dicom.dicomweb import store_files
+
+            files["stored"] = store_files(store_url, [f for f in (files["sr"], files["seg"]) if f], current.study_uid)
+            files["store_url"] = store_url
+        summary["dicom"] = files
+        timings["dicom"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - start
     summary["timings_s"] = {k: round(v, 2) for k, v in timings.items()}
     write_outputs(out_dir, rows, summary)

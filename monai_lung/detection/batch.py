@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterator, Sequence
 import pandas as pd
 
 from monai_lung.datalist import entry_seriesuid, load_datalist_entries
-from monai_lung.findings import Finding, ScanResult, attributes, csv_columns
+from monai_lung.findings import Finding, ScanResult, attributes, csv_columns, run_steps
 from monai_lung.io import DataError, seriesuid_of, write_csv_atomic, write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -275,8 +275,9 @@ def scan_steps(
         read_s, resample_s = float(image.meta.get("read_s", 0.0)), float(image.meta.get("resample_s", 0.0))
         scan = detector.detect(image)
         scan.seriesuid, scan.image = item.seriesuid, item.image
+        step_timings = run_steps(scan, item.image)  # attributes computed above detection (monai_lung.findings.steps)
         scan.timings_s = {"load": read_s, "resample": resample_s, "preprocess_other": max(total_prep - read_s - resample_s, 0.0),
-                          **scan.timings_s}
+                          **scan.timings_s, **step_timings}
         result = scan.to_json()
         if extra_outputs is not None:
             t = time.perf_counter()

@@ -81,3 +81,24 @@ def store_files(url: str, paths: Sequence[str | os.PathLike], study_uid: str | N
     if failed:
         raise DataError(url, f"STOW-RS refused {len(failed)} instance(s), first {failed[0].get('ReferencedSOPInstanceUID', '?')}")
     return [str(ds.SOPInstanceUID) for ds in datasets]
+
+
+_STUDY_UID, _STUDY_DATE, _MODALITIES = "0020000D", "00080020", "00080061"
+
+
+def search_studies(url: str, patient_id: str, headers: dict | None = None) -> list[dict]:
+    """A patient's studies on a DICOMweb server (QIDO-RS by PatientID): ``[{"study_uid", "date" (YYYYMMDD or ""),
+    "modalities": [...]}]``."""
+    client = connect(url, headers)
+    try:
+        found = client.search_for_studies(search_filters={"PatientID": patient_id},
+                                          fields=["StudyDate", "ModalitiesInStudy"])
+    except Exception as err:
+        raise _pacs_error(url, f"search (QIDO-RS) for the studies of patient {patient_id!r}", err) from None
+
+    def value(entry, tag):
+        values = entry.get(tag, {}).get("Value", [])
+        return values
+
+    return [{"study_uid": str(value(e, _STUDY_UID)[0]), "date": str((value(e, _STUDY_DATE) or [""])[0]),
+             "modalities": [str(m) for m in value(e, _MODALITIES)]} for e in found if value(e, _STUDY_UID)]

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -36,6 +37,7 @@ MANUFACTURER = "monai_lung"
 SEG_NAME, SR_NAME = "seg.dcm", "sr.dcm"
 _RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 logging.getLogger("highdicom").setLevel(logging.WARNING)  # its INFO lines name every module it copies
+_TIME_POINT = "C2348792"  # UMLS "Time Point", the concept of TID 1502's label
 _ALGORITHM = dict(name="monai_lung two-stage nodule detector", version=__version__)
 
 
@@ -147,28 +149,64 @@ def _sr_content(finding: Finding, algorithm: hd.sr.AlgorithmIdentification) -> t
     return measurements, evaluations
 
 
-def build_sr(series: SeriesInfo, findings: Sequence[Finding], tracking_uids: Sequence[str], comments: Sequence[str] = ()) -> hd.sr.Comprehensive3DSR:
+@dataclass
+class TimePoint:
+    """A TID 1502 time point of an SR's measurements: ``label`` (e.g. "follow-up 2025-01-20"), ``order`` (1 the
+    earliest) and the subject time point identifier (the exam's date)."""
+
+    label: str
+    order: int
+    identifier: str = ""
+
+    def context(self) -> hd.sr.TimePointContext:
+        return hd.sr.TimePointContext(time_point=self.label, time_point_order=int(self.order),
+                                      subject_time_point_identifier=self.identifier or None)
+
+
+@dataclass
+class PriorGroup:
+    """A finding of an earlier exam carried in a later exam's SR: its record (centre world LPS mm in ``series``'
+    frame), the series it was found on, its tracking UID (shared with the later finding it became) and time point."""
+
+    finding: Finding
+    series: SeriesInfo
+    tracking_uid: str
+    time_point: TimePoint
+
+
+def _group(f: Finding, series: SeriesInfo, tracking_uid: str, identifier: str, algorithm, time_point: TimePoint | None):
+    measurements, evaluations = _sr_content(f, algorithm)
+    return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=tracking_uid, identifier=identifier),
+        referenced_volume_surface=hd.sr.VolumeSurface(
+            graphic_type=hd.sr.GraphicTypeValues3D.POINT, graphic_data=np.asarray([f.coord], dtype=np.float64),
+            frame_of_reference_uid=str(series.datasets[0].FrameOfReferenceUID), source_series=hd.sr.SourceSeriesForSegmentation(series.uid),
+        ),
+        time_point_context=None if time_point is None else time_point.context(),
+        finding_type=code(KIND_CODES[f.kind]), algorithm_id=algorithm, measurements=measurements,
+        qualitative_evaluations=evaluations or None,
+    )
+
+
+def build_sr(series: SeriesInfo, findings: Sequence[Finding], tracking_uids: Sequence[str], comments: Sequence[str] = (),
+             time_point: TimePoint | None = None, prior_groups: Sequence[PriorGroup] = ()) -> hd.sr.Comprehensive3DSR:
     """The TID 1500 measurement report of ``findings`` (centres world LPS mm), one TID 1411 group each, in order,
-    with the measurements and evaluations their record declares; ``comments`` (the scan's warnings) as text items."""
-    frame_of_reference = str(series.datasets[0].FrameOfReferenceUID)
+    with the measurements and evaluations their record declares; ``comments`` (the scan's warnings) as text items.
+    With a ``time_point`` the groups carry it (TID 1502); ``prior_groups`` add an earlier exam's findings, each on
+    its own series and time point, its tracking UID shared with the finding it became (a longitudinal report)."""
     algorithm = hd.sr.AlgorithmIdentification(**_ALGORITHM)
-    groups = []
-    for n, f in enumerate(findings, start=1):
-        measurements, evaluations = _sr_content(f, algorithm)
-        groups.append(hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-            tracking_identifier=hd.sr.TrackingIdentifier(uid=tracking_uids[n - 1], identifier=f"finding {n} (SEG segment {n})"),
-            referenced_volume_surface=hd.sr.VolumeSurface(
-                graphic_type=hd.sr.GraphicTypeValues3D.POINT, graphic_data=np.asarray([f.coord], dtype=np.float64),
-                frame_of_reference_uid=frame_of_reference, source_series=hd.sr.SourceSeriesForSegmentation(series.uid),
-            ),
-            finding_type=code(KIND_CODES[f.kind]), algorithm_id=algorithm, measurements=measurements,
-            qualitative_evaluations=evaluations or None,
-        ))
+    groups = [_group(f, series, tracking_uids[n - 1], f"finding {n} (SEG segment {n})", algorithm, time_point)
+              for n, f in enumerate(findings, start=1)]
+    groups += [_group(g.finding, g.series, g.tracking_uid, f"prior finding {n}", algorithm, g.time_point)
+               for n, g in enumerate(prior_groups, start=1)]
     if not groups:  # TID 1500 needs a measurement group: one that says the study has no nodule finding
         groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
             tracking_identifier=hd.sr.TrackingIdentifier(uid=_uid(series, "no-findings", findings), identifier="no nodule found"),
             algorithm_id=algorithm, qualitative_evaluations=[hd.sr.QualitativeEvaluation(codes.SCT.Nodule, codes.SCT.Absent)],
         ))
+    evidence = list(series.datasets)
+    for uid in dict.fromkeys(g.series.uid for g in prior_groups if g.series.uid != series.uid):
+        evidence += next(g.series for g in prior_groups if g.series.uid == uid).datasets
     observer = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(uid=generate_uid(entropy_srcs=["monai_lung", __version__]), name=MANUFACTURER),
@@ -182,8 +220,8 @@ def build_sr(series: SeriesInfo, findings: Sequence[Finding], tracking_uids: Seq
             name=codes.DCM.Comment, value=str(text)[:1024], relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
         ))
     return hd.sr.Comprehensive3DSR(
-        evidence=series.datasets, content=report, series_description="monai_lung nodule measurements - RESEARCH USE ONLY",
-        **_common(series, "sr", findings, 9902),
+        evidence=evidence, content=report, series_description="monai_lung nodule measurements - RESEARCH USE ONLY",
+        **_common(series, "sr", [*findings, *(g.finding for g in prior_groups)], 9902),
     )
 
 
@@ -191,18 +229,22 @@ def tracking_uids(series: SeriesInfo, findings: Sequence[Finding]) -> list[str]:
     return [_uid(series, f"track{n}", findings) for n in range(1, len(findings) + 1)]
 
 
-def write_dicom_outputs(series: SeriesInfo, findings: Sequence[Finding], out_dir: str | os.PathLike, comments: Sequence[str] = ()) -> dict:
+def write_dicom_outputs(series: SeriesInfo, findings: Sequence[Finding], out_dir: str | os.PathLike, comments: Sequence[str] = (),
+                        tracking: Sequence[str | None] | None = None, time_point: TimePoint | None = None,
+                        prior_groups: Sequence[PriorGroup] = ()) -> dict:
     """Write ``out_dir/<SeriesInstanceUID>/{sr.dcm, seg.dcm}`` for ``findings`` (their order; each with its ``mask``)
     and return ``{"sr": path, "seg": path or None, "sr_sop_instance_uid", "seg_sop_instance_uid",
-    "series_instance_uid"}``. ``comments``: the scan's warnings, as text in the SR.
+    "series_instance_uid", "tracking_uids"}``. ``comments``: the scan's warnings, as text in the SR. ``tracking``: a
+    tracking UID per finding to keep (an earlier exam's, for the same nodule), None for a new one; ``time_point``
+    and ``prior_groups``: see :func:`build_sr`.
 
     Without findings no SEG is written (a SEG needs a segment); the SR then says "nodule: absent". A finding
     without a mask is refused (its SEG segment would be empty).
     """
     folder = Path(out_dir) / series.uid
     folder.mkdir(parents=True, exist_ok=True)
-    tracks = tracking_uids(series, findings)
-    outputs = {"series_instance_uid": series.uid, "seg": None, "seg_sop_instance_uid": None}
+    tracks = [given or made for given, made in zip(tracking or [None] * len(findings), tracking_uids(series, findings))]
+    outputs = {"series_instance_uid": series.uid, "seg": None, "seg_sop_instance_uid": None, "tracking_uids": tracks}
     if findings:
         on_series = []
         for n, f in enumerate(findings, start=1):
@@ -213,7 +255,7 @@ def write_dicom_outputs(series: SeriesInfo, findings: Sequence[Finding], out_dir
         with atomic_path(folder / SEG_NAME) as tmp:
             seg.save_as(tmp)
         outputs["seg"], outputs["seg_sop_instance_uid"] = str(folder / SEG_NAME), str(seg.SOPInstanceUID)
-    sr = build_sr(series, findings, tracks, comments)
+    sr = build_sr(series, findings, tracks, comments, time_point, prior_groups)
     with atomic_path(folder / SR_NAME) as tmp:
         sr.save_as(tmp)
     outputs["sr"], outputs["sr_sop_instance_uid"] = str(folder / SR_NAME), str(sr.SOPInstanceUID)
@@ -221,17 +263,34 @@ def write_dicom_outputs(series: SeriesInfo, findings: Sequence[Finding], out_dir
 
 
 def read_sr_findings(path: str | os.PathLike) -> list[dict]:
-    """The findings of an SR written by :func:`write_dicom_outputs`: ``[{"coord" (world LPS mm), "tracking_uid", and
-    each measured attribute the finding record declares (``probability``, ``diameter_mm``, ...)}]`` in group order."""
+    """The findings of an SR written by :func:`write_dicom_outputs`: ``[{"coord" (world LPS mm), "tracking_uid",
+    "series_uid" (the series the point is on), "time_point" (its label, "" without), and each measured or coded
+    attribute the finding record declares (``probability``, ``diameter_mm``, ``type``, ...)}]`` in group order."""
     sr = hd.sr.srread(path)
     names = [(code(spec.sr.concept), name) for name, spec in attributes(Finding) if isinstance(spec.sr, SRMeasurement)]
+    coded = [(code(spec.sr.concept), name, {code(c): v for v, c in spec.sr.values.items()})
+             for name, spec in attributes(Finding) if isinstance(spec.sr, SRCode)]
     out = []
     for group in sr.content.get_volumetric_roi_measurement_groups():
-        item = {"coord": [float(v) for v in group.roi.graphic_data[0]], "tracking_uid": str(group.tracking_uid)}
+        item = {"coord": [float(v) for v in group.roi.graphic_data[0]], "tracking_uid": str(group.tracking_uid),
+                "series_uid": "", "time_point": ""}
+        for entry in group[0].ContentSequence:  # TID 1502 items sit in the group itself
+            if entry.ConceptNameCodeSequence[0].CodeValue == _TIME_POINT and entry.ValueType == "TEXT":
+                item["time_point"] = str(entry.TextValue)
+        source = group.roi.source_series_for_segmentation
+        item["series_uid"] = str(source.value) if source is not None else ""
         for m in group.get_measurements():
             for concept, key in names:
                 if m.name == concept:
                     item[key] = float(m.value)
+        for entry in group[0].ContentSequence:  # coded evaluations (finding sites among them)
+            if entry.ValueType != "CODE":
+                continue
+            name = hd.sr.CodedConcept.from_dataset(entry.ConceptNameCodeSequence[0])
+            value = hd.sr.CodedConcept.from_dataset(entry.ConceptCodeSequence[0])
+            for concept, key, values in coded:
+                if name == concept and value in values:
+                    item[key] = values[value]
         out.append(item)
     return out
 

@@ -3,6 +3,7 @@
 
 from monai_lung.findings.record import (
     KIND_CODES,
+    PRIVATE_SCHEME,
     Attribute,
     Finding,
     FindingMask,
@@ -15,3 +16,4 @@ from monai_lung.findings.record import (
     report_items,
     sr_items,
 )
+from monai_lung.findings.steps import register_step, registered_steps, run_steps

@@ -122,6 +122,28 @@ class FindingMask:
 #: the DICOM finding type of each ``Finding.kind`` (SR group finding type, SEG segmented property type)
 KIND_CODES = {"nodule": "SCT.Nodule", "mass": "SCT.Mass"}
 
+# Codes of the clinical attributes (monai_lung.clinical). Standard where DICOM or SNOMED CT has the concept; where
+# neither has one (a part-solid nodule, Lung-RADS categories, Lung-RADS sizes) a private code of this scheme, which
+# DICOM allows for concepts outside the standard ones ("99" prefix, PS3.16 section 8).
+PRIVATE_SCHEME = "99MONAILUNG"
+#: nodule type: density of the finding (DCM, CID 6104); solid (SNOMED CT), ground glass (DCM), part-solid (private)
+TYPE_CODES = {
+    "solid": ("35702001", "SCT", "Solid"),
+    "part-solid": ("PARTSOLID", PRIVATE_SCHEME, "Part-solid"),
+    "non-solid": "DCM.GroundGlassOpacity",
+}
+_DENSITY = ("112118", "DCM", "Density")
+#: calcification: SNOMED CT calcified / non-calcified, evaluated as the DCM calcification descriptor
+CALCIFIED_CODES = {"true": "SCT.Calcified", "false": "SCT.NonCalcified"}
+#: finding site: SNOMED CT right / left lung, and the lung zones (upper, middle, lower zone of lung, CID 6124)
+SIDE_CODES = {"right": ("3341006", "SCT", "Right lung"), "left": ("44029006", "SCT", "Left lung")}
+ZONE_CODES = {"upper": "SCT.UpperZoneOfLung", "middle": "SCT.MiddleZoneOfLung", "lower": "SCT.LowerZoneOfLung"}
+#: Lung-RADS v2022 categories (private codes), evaluated as the DCM assessment category
+LUNGRADS_CODES = {c: (f"LUNGRADS{c}", PRIVATE_SCHEME, f"Lung-RADS v2022 category {c}") for c in ("0", "1", "2", "3", "4A", "4B", "4X")}
+_MEAN_DIAMETER = ("MEANDIAM", PRIVATE_SCHEME, "Mean diameter (Lung-RADS: long and short axis)")
+_SOLID_VOLUME = ("SOLIDVOL", PRIVATE_SCHEME, "Solid component volume")
+_SOLID_DIAMETER = ("SOLIDDIAM", PRIVATE_SCHEME, "Solid component mean diameter (Lung-RADS)")
+
 _MM = "UCUM.Millimeter"
 _BY_VOXELS = "DCM.SumOfSegmentedVoxelMethodForVolume"
 
@@ -147,6 +169,29 @@ class Finding:
     size_band_lungrads_v2022: str = attribute("Lung-RADS v2022 size band", default="")
     #: what was found, one of :data:`KIND_CODES`
     kind: str = attribute("kind", default="nodule")
+    # The clinical attributes (monai_lung.clinical, for findings at the operating point; not determined otherwise)
+    #: "solid", "part-solid" or "non-solid"
+    type: str = attribute("type", default="", csv=True, sr=SRCode(_DENSITY, TYPE_CODES))
+    #: "true" or "false" (text, so that the CSV reads true/false)
+    calcified: str = attribute("calcified", default="", csv=True, sr=SRCode("DCM.CalcificationDescriptor", CALCIFIED_CODES))
+    #: the calcification's pattern: "complete", "central" or "other"
+    calcification: str = attribute("calcification", default="")
+    #: Lung-RADS v2022 mean diameter: mean of the long and perpendicular short axis, one decimal
+    mean_diameter_mm: float | None = attribute("mean diameter", default=None, unit="mm", digits=1, sr=SRMeasurement(_MEAN_DIAMETER, _MM))
+    #: a part-solid nodule's solid component
+    solid_volume_mm3: float | None = attribute("solid component", default=None, unit="mm³", digits=0,
+                                        sr=SRMeasurement(_SOLID_VOLUME, "UCUM.CubicMillimeter", _BY_VOXELS))
+    solid_mean_diameter_mm: float | None = attribute("solid component mean diameter", default=None, unit="mm", digits=1,
+                                              sr=SRMeasurement(_SOLID_DIAMETER, _MM))
+    #: lung side ("right", "left") and zone (third of that lung's height: "upper", "middle", "lower")
+    side: str = attribute("lung", default="", sr=SRCode("SCT.FindingSite", SIDE_CODES))
+    zone: str = attribute("zone", default="", sr=SRCode("SCT.FindingSite", ZONE_CODES))
+    #: "true" when the finding touches the pleura (chest wall, mediastinum, diaphragm)
+    touches_pleura: str = attribute("touches pleura", default="")
+    #: Lung-RADS v2022 category at a baseline exam (a follow-up's: monai-lung followup), "" when no row applies
+    lungrads: str = attribute("Lung-RADS v2022", default="", sr=SRCode("DCM.AssessmentCategory", LUNGRADS_CODES))
+    #: the judgements Lung-RADS leaves to a reader that apply (ids of lungrads_v2022.json's "review" entries)
+    lungrads_review: list = attribute("for review", default_factory=list)
     #: the segmentation the sizes were measured on (not serialised: the DICOM SEG carries it)
     mask: FindingMask | None = field(default=None, repr=False, compare=False)
 
@@ -248,6 +293,8 @@ class ScanResult:
     grid_shape: list = field(default_factory=list)  # (i, j, k) voxels of the preprocessed scan
     #: reasons to read this scan's findings with care (e.g. outside the range the detector was validated on)
     warnings: list = attribute("warnings", default_factory=list)
+    #: the exam's Lung-RADS v2022 category over the findings at the operating point (monai_lung.clinical)
+    lungrads_exam: str = attribute("exam Lung-RADS v2022", default="")
 
     def to_json(self) -> dict:
         """The per-scan JSON: ``seriesuid``, ``image``, ``status``, ``findings``, the scan's other fields, and the

@@ -315,7 +315,7 @@ def render_finding_png(
         axes[3].title.set_color("white")
 
     line1 = f"{title_prefix}{seriesuid or ''}".strip() or "finding"
-    items = [f"{label} {text}" for label, text in report_items(finding, exclude=("stage1_peak", "stage2_prob"))]
+    items = [f"{label} {text}" for label, text in report_items(finding, exclude=("stage1_peak", "stage2_prob"), skip_missing=True)]
     half = (len(items) + 1) // 2  # two lines of attributes, then the position
     line2, line3 = "    ".join(items[:half]), "    ".join(items[half:] + [f"LPS ({coord[0]:.1f}, {coord[1]:.1f}, {coord[2]:.1f}) mm"])
     fig.suptitle(f"{line1}\n{line2}\n{line3}", color="white", fontsize=10)
