@@ -74,9 +74,19 @@ def first_run(models):
 def test_detections_land_within_the_nodule_radius_in_world_mm(models, first_run):
     out, _ = first_run
     preds = pd.read_csv(out, dtype={"seriesuid": str})
-    # LUNA16's five columns first (its tools read them), then each finding's measured size
-    assert list(preds.columns) == ["seriesuid", "coordX", "coordY", "coordZ", "probability", "diameter_mm", "volume_mm3", "longest_axial_mm"]
+    # LUNA16's five columns first (its tools read them), then each finding's measured size, type and calcification
+    assert list(preds.columns) == ["seriesuid", "coordX", "coordY", "coordZ", "probability", "diameter_mm", "volume_mm3", "longest_axial_mm",
+                                   "type", "calcified"]
     assert (preds["volume_mm3"] > 0).all() and (preds["longest_axial_mm"] > 0).all()
+    # the findings at the operating point (the ten most probable per scan at most) are typed; the others are not determined
+    from monai_lung.clinical.findings import DEFAULT_THRESHOLD, MAX_DESCRIBED
+
+    for _, rows in preds.groupby("seriesuid", sort=False):
+        rows = rows.sort_values("probability", ascending=False, kind="stable")
+        typed = (rows["probability"] >= DEFAULT_THRESHOLD) & (np.arange(len(rows)) < MAX_DESCRIBED)
+        assert rows.loc[typed, "type"].isin(["solid", "part-solid", "non-solid"]).all() and rows.loc[~typed, "type"].isna().all()
+        assert rows.loc[typed, "calcified"].astype(str).str.lower().isin(["true", "false"]).all()
+    assert (preds["probability"] >= DEFAULT_THRESHOLD).any()
     ann = models["annotations"]
     found = 0
     for nod in ann.itertuples():
