@@ -158,7 +158,7 @@ def test_detect_step_fills_the_finding_record_to_csv_json_and_sr(tmp_path):
     ct = ScanCT.read(LIDC / "dicom")
     seed = describe_finding(ct, find_lungs(*ct.coarse()), LUNA16_CENTRE, 23.35)
     mask = FindingMask(seed.composition.mask, seed.crop_affine, "LPS")
-    kept = Finding(tuple(LUNA16_CENTRE), probability=0.9, diameter_mm=22.0, volume_mm3=5000.0, longest_axial_mm=25.0, mask=mask)
+    kept = Finding(tuple(LUNA16_CENTRE), probability=0.999, diameter_mm=22.0, volume_mm3=5000.0, longest_axial_mm=25.0, mask=mask)
     low = Finding((-80.0, 50.0, -150.0), probability=DEFAULT_THRESHOLD / 2, diameter_mm=5.0, volume_mm3=60.0, longest_axial_mm=5.0,
                   mask=FindingMask(np.ones((3, 3, 3), bool), np.diag([1.0, 1.0, 1.0, 1.0]) @ np.eye(4), "LPS"))
     scan = ScanResult([kept, low], seriesuid="lidc", image=str(LIDC / "dicom"))

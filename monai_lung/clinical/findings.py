@@ -21,8 +21,9 @@ from monai_lung.clinical.location import Lungs, side_and_zone, touches_pleura
 from monai_lung.findings import FindingMask
 
 #: the operating point: the probability that gives about one false positive per scan on held-out phantoms with the
-#: demo recipe's detector (docs/experiments.md); findings at or above it are described and counted in the exam
-DEFAULT_THRESHOLD = 0.5
+#: demo recipe's detector (its two stages' odds product puts most false positives above 0.9: docs/experiments.md);
+#: findings at or above it are described and counted in the exam
+DEFAULT_THRESHOLD = 0.988
 #: at most this many findings of a scan are described (the report and the DICOM SR show ten by default)
 MAX_DESCRIBED = 10
 #: context (mm) around a finding's reach in its crop: the lung the composition rule compares it with
