@@ -112,10 +112,11 @@ def main() -> None:
     readers = read_lidc_readers(args.real_ct / "LIDC-IDRI-0001" / "lidc_readers.xml")
     textures = sorted(r["characteristics"].get("texture") for r in readers)
     calcification = sorted(r["characteristics"].get("calcification") for r in readers)
-    ours = {t for row in rows for t in row[2:4]}
-    print(f"LIDC texture check: readers' texture {textures} (median {np.median(textures):g}: "
-          f"{ {1: 'non-solid', 3: 'part-solid', 5: 'solid'}.get(int(round(np.median(textures) / 2) * 2 - 1), '?') }), "
-          f"calcification {calcification} (6 absent); ours {sorted(ours)} = texture {sorted(TEXTURE[t] for t in ours)}")
+    ours = sorted({t for row in rows for t in row[2:4]})
+    median = float(np.median(textures))
+    readers_type = "non-solid" if median <= 2 else ("solid" if median >= 4 else "part-solid")
+    print(f"LIDC texture check: readers' texture {textures} (median {median:g}: {readers_type}), calcification {calcification} "
+          f"(6 absent); ours {ours} (texture {[TEXTURE[t] for t in ours]}): {'agrees' if ours == [readers_type] else 'DISAGREES'}")
 
 
 if __name__ == "__main__":

@@ -81,6 +81,10 @@ def test_matching_needs_one_side_above_the_threshold_and_a_close_partner():
     assert pairs == [(0, 1), (1, 0)]  # one side of each pair is below the threshold, the other is not
     assert new == [2] and resolved == [2, 3]  # 14 mm is beyond the 10 + 3 mm gate
     assert match_findings(prior, sizes, current, sizes[:3], [False] * 4, [False] * 3) == ([], [], [])
+    # a partner below the threshold must be probable and at the registered position: 2 mm away it pairs, 6 mm not
+    moved = prior[:2] + [[2.0, 0.0, 0.0], [6.0, 0.0, 0.0]]
+    assert match_findings(prior[:2], sizes[:2], moved, sizes[:2], [True, True], [False, False])[0] == [(0, 0)]
+    assert match_findings(prior[:2], sizes[:2], moved, sizes[:2], [True, True], [False, False], current_partner=[False, True])[0] == []
 
 
 def test_status_rule_and_volume_doubling_time():

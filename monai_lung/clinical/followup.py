@@ -9,8 +9,9 @@ current exam (:mod:`.lungrads`). Outputs: ``followup.csv`` (:data:`CSV_COLUMNS`)
 with each nodule's prior and current crops side by side (:mod:`.followup_report`). Research use only.
 
 Reported findings are those with a probability of at least the threshold in either scan; a finding below it is
-still used as the other side of a match, so that a nodule scored just under the threshold in one scan is compared,
-not called new or resolved.
+still the other side of a match when the detector finds it probable (:data:`PARTNER_PROBABILITY`) and it lies at the
+registered position (:data:`PARTNER_GATE_MM`), so that a nodule scored just under the threshold in one scan is
+compared, not called new or resolved, while the many improbable candidates near any point of the lung are not.
 
 **Status rule** (:func:`status_of`): ``grown`` when the nodule grew as Lung-RADS defines growth (mean diameter,
 a part-solid nodule's solid component, up by more than 1.5 mm within 12 months) or its volume rose by more than
@@ -57,6 +58,10 @@ STATUSES = ("new", "stable", "grown", "shrunk", "resolved")
 VOLUME_REPEATABILITY_PCT = 25.0
 #: two findings are one nodule when their centres, after registration, lie within this plus half the larger diameter
 GATE_MM = 10.0
+#: a finding below the threshold is the other side of a pair only when the detector still finds it this probable ...
+PARTNER_PROBABILITY = 0.5
+#: ... and it lies within this (or half the other finding's diameter) of the registered position
+PARTNER_GATE_MM = 5.0
 
 
 # ---------------------------------------------------------------------------------------------- inputs
@@ -128,13 +133,15 @@ def check_pair(prior: ScanInput, current: ScanInput) -> int:
 
 # ---------------------------------------------------------------------------------------------- matching and status
 def match_findings(prior_in_current: np.ndarray, prior_sizes, current: np.ndarray, current_sizes, prior_keep, current_keep,
-                   gate_mm: float = GATE_MM) -> tuple[list, list, list]:
+                   gate_mm: float = GATE_MM, prior_partner=None, current_partner=None) -> tuple[list, list, list]:
     """Pair the prior's findings with the current's.
 
     Args:
         prior_in_current: (N, 3) the prior's finding centres mapped into the current scan's frame (world mm).
         current: (M, 3) the current's centres; ``*_sizes``: diameters (mm).
         prior_keep, current_keep: (N,), (M,) bool: findings at or above the threshold. A pair needs one of them.
+        prior_partner, current_partner: (N,), (M,) bool: findings below the threshold that may still pair with one
+            above it (None: all), and then only within :data:`PARTNER_GATE_MM` or half the kept finding's diameter.
 
     Returns ``(pairs [(i, j)], new [j], resolved [i])``: one-to-one pairs closer than ``gate_mm`` plus half the
     larger diameter, chosen for the least total distance (Hungarian); unpaired kept findings are new or resolved.
@@ -147,8 +154,15 @@ def match_findings(prior_in_current: np.ndarray, prior_sizes, current: np.ndarra
     pairs = []
     if len(prior_in_current) and len(current):
         dist = np.linalg.norm(prior_in_current[:, None, :] - current[None, :, :], axis=-1)
-        gate = gate_mm + 0.5 * np.maximum(np.asarray(prior_sizes, float)[:, None], np.asarray(current_sizes, float)[None, :])
-        allowed = (dist <= gate) & (prior_keep[:, None] | current_keep[None, :])
+        p_size, c_size = np.asarray(prior_sizes, float)[:, None], np.asarray(current_sizes, float)[None, :]
+        gate = gate_mm + 0.5 * np.maximum(p_size, c_size)
+        both = prior_keep[:, None] & current_keep[None, :]
+        # one side below the threshold: a probable candidate at the registered position, not any candidate nearby
+        p_ok = np.ones(len(prior_keep), bool) if prior_partner is None else np.asarray(prior_partner, bool)
+        c_ok = np.ones(len(current_keep), bool) if current_partner is None else np.asarray(current_partner, bool)
+        near = dist <= np.maximum(PARTNER_GATE_MM, 0.5 * np.where(prior_keep[:, None], p_size, c_size))
+        one = ((prior_keep[:, None] & c_ok[None, :]) | (current_keep[None, :] & p_ok[:, None])) & near
+        allowed = (dist <= gate) & (both | one)
         rows = np.flatnonzero(allowed.any(axis=1))
         cols = np.flatnonzero(allowed.any(axis=0))
         if len(rows) and len(cols):
@@ -219,7 +233,9 @@ def compare(prior: Side, current: Side, registration: Registration, days: int, t
     p_keep = np.array([f.probability >= threshold for f in pf], dtype=bool)
     c_keep = np.array([f.probability >= threshold for f in cf], dtype=bool)
     mapped = registration.prior_to_current(p_xyz) if len(p_xyz) else p_xyz
-    pairs, new, resolved = match_findings(mapped, [f.diameter_mm for f in pf], c_xyz, [f.diameter_mm for f in cf], p_keep, c_keep)
+    pairs, new, resolved = match_findings(mapped, [f.diameter_mm for f in pf], c_xyz, [f.diameter_mm for f in cf], p_keep, c_keep,
+                                          prior_partner=[f.probability >= PARTNER_PROBABILITY for f in pf],
+                                          current_partner=[f.probability >= PARTNER_PROBABILITY for f in cf])
 
     rows = []
     for i, j in pairs:
