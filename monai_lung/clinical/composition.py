@@ -10,7 +10,7 @@ The rule, in this one place (:func:`nodule_composition`):
 
 1. **Nodule**: voxels of the lightly smoothed CT at least :data:`GROUND_GLASS_DELTA_HU` above the lung around the
    finding, connected to the seed, within reach of it (:func:`_reach_mm`), not deep in the chest wall, with thin
-   attachments (vessels) opened off, holes filled.
+   attachments (vessels, also the stubs a detector's mask carries) opened off, holes filled.
 2. **Solid** voxels: smoothed HU >= :data:`SOLID_HU`, anywhere in the crop. **Real ground glass**: the nodule's voxels
    more than :data:`RIM_BLUR_WIDTHS` partial-volume widths (``blur_mm``, per axis) from every solid voxel, less
    threads thinner than twice :data:`OPEN_BLUR_WIDTHS` widths (a small vessel's or a spicule's blurred edge).
@@ -56,7 +56,7 @@ OWN_SHARE = 0.3
 #: blurred edge), not a ground-glass component
 OPEN_BLUR_WIDTHS = 0.5
 #: a nodule with less than this share of real ground glass is solid
-GROUND_GLASS_FRACTION = 0.145
+GROUND_GLASS_FRACTION = 0.17
 #: a solid component smaller than a ball of this diameter (mm) is noise or a vessel's cross-section: non-solid
 MIN_SOLID_DIAMETER_MM = 2.0
 #: smoothed HU at or above which a voxel is calcified
@@ -201,7 +201,10 @@ def nodule_composition(
     candidate &= seed | ~wall | (ndimage.distance_transform_edt(above, sampling=spacing) <= WALL_REACH_MM)
     opening = np.clip(0.2 * seed_d, 0.5, 1.5)  # mm: detaches vessels thinner than twice this
     opened = _dilate(_erode(candidate, opening, spacing), opening, spacing)
-    nodule = _fill_holes(_connected_to(opened | (candidate & seed), seed))
+    # the seed may carry a vessel's stub (a detector's component does): only what survives the opening counts
+    nodule = _fill_holes(_connected_to(opened, seed))
+    if not nodule.any():
+        nodule = _fill_holes(_connected_to(opened | (candidate & seed), seed))
     if not nodule.any():
         nodule = seed.copy()
 
