@@ -171,8 +171,9 @@ def main() -> None:
     if vdt.size:
         print(f"VDT relative error: median {100 * np.median(vdt):.1f} %, mean {100 * vdt.mean():.1f} % (n={vdt.size}, grown and shrunk)")
     if change.size:
-        print(f"stable nodules' measured volume change: mean {change.mean():+.1f} %, SD {change.std(ddof=1) if change.size > 1 else 0:.1f} %, "
-              f"95 % limits {np.percentile(change, 2.5):+.1f} / {np.percentile(change, 97.5):+.1f} % (n={change.size})")
+        print(f"stable nodules' measured volume change: median |change| {np.median(np.abs(change)):.1f} %, mean {change.mean():+.1f} %, "
+              f"SD {change.std(ddof=1) if change.size > 1 else 0:.1f} %, 2.5-97.5th percentiles {np.percentile(change, 2.5):+.1f} / "
+              f"{np.percentile(change, 97.5):+.1f} % (n={change.size})")
     print(f"time per pair: median {np.median(total['times']):.1f} s")
 
 

@@ -1,7 +1,8 @@
 """The real LIDC-IDRI-0001 chest CT against itself re-posed and re-sliced: repeatability, time, and the readers' texture.
 
 The prior is the original DICOM series (2.5 mm slices); the current is the same scan rotated by a few degrees about
-a tilted axis, shifted by centimetres and re-sliced at another slice step (SimpleITK, linear), written as ``.mha``.
+a tilted axis, shifted by centimetres and re-sliced at another slice step (SimpleITK, linear), its slices trimmed to
+the scanned volume, written as ``.mha``.
 Nothing changed, so the LUNA16 nodule must come out ``stable``; its volume difference is the measurement's
 repeatability on real CT. Each pose is one ``monai-lung followup`` run (a subprocess, as users run it), timed with
 its own findings cache first empty (two detections) and then reused (no detection): the comparison itself must
@@ -46,10 +47,13 @@ def repose(image: sitk.Image, degrees: float, axis, shift, slice_mm: float) -> t
     to_patient = sitk.AffineTransform(3)
     to_patient.SetMatrix(tuple(rot.T.ravel()))
     to_patient.SetTranslation(tuple(centre - rot.T @ (centre + t)))
+    # like a second scan of the patient: the slices follow the shifted chest, and none reaches beyond the scanned
+    # volume (air there would join the lungs to the outside)
     extent = (size[2] - 1) * spacing[2]
-    ref = sitk.Image([int(size[0]), int(size[1]), int(extent / slice_mm) + 1], sitk.sitkInt16)
+    trim = np.sin(np.arccos(np.clip(rot[2, 2], -1.0, 1.0))) * size[0] * spacing[0] / 2.0 + 2.0
+    ref = sitk.Image([int(size[0]), int(size[1]), int((extent - 2.0 * trim) / slice_mm) + 1], sitk.sitkInt16)
     ref.SetSpacing((float(spacing[0]), float(spacing[1]), float(slice_mm)))
-    ref.SetOrigin(tuple(float(v) for v in np.asarray(image.GetOrigin()) + [0.0, 0.0, t[2]]))
+    ref.SetOrigin(tuple(float(v) for v in np.asarray(image.GetOrigin()) + [0.0, 0.0, t[2] + trim]))
     out = sitk.Resample(image, ref, to_patient, sitk.sitkLinear, -1024.0, sitk.sitkInt16)
     return out, (lambda p: rot @ (np.asarray(p, float) - centre) + centre + t)
 

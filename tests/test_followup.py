@@ -87,12 +87,24 @@ def test_matching_needs_one_side_above_the_threshold_and_a_close_partner():
     assert match_findings(prior[:2], sizes[:2], moved, sizes[:2], [True, True], [False, False], current_partner=[False, True])[0] == []
 
 
+def test_a_finding_inside_a_more_probable_one_is_the_same_nodule():
+    from monai_lung.clinical.followup import distinct
+    from monai_lung.findings import Finding
+
+    big = Finding((0.0, 0.0, 0.0), probability=1.0, diameter_mm=24.0)
+    inside = Finding((9.0, 0.0, 0.0), probability=0.999, diameter_mm=10.0)
+    apart = Finding((30.0, 0.0, 0.0), probability=0.99, diameter_mm=6.0)
+    small = Finding((34.0, 0.0, 0.0), probability=0.5, diameter_mm=4.0)  # 4 mm from a 6 mm one: within 5 mm
+    assert distinct([big, inside, apart, small]) == [big, apart]
+
+
 def test_status_rule_and_volume_doubling_time():
     def solid(d, v):
         return NoduleFacts("solid", d, v)
 
     assert status_of(solid(6.0, 100.0), solid(6.3, 110.0), 365) == "stable"
-    assert status_of(solid(6.0, 100.0), solid(7.6, 110.0), 365) == "grown"  # Lung-RADS growth: > 1.5 mm in 12 months
+    assert status_of(solid(6.0, 100.0), solid(7.6, 115.0), 365) == "grown"  # Lung-RADS growth, confirmed by the volume
+    assert status_of(solid(30.2, 6239.0), solid(31.8, 6273.0), 365) == "stable"  # calipers moved, the volume did not
     assert status_of(solid(6.0, 100.0), solid(6.4, 130.0), 365) == "grown"  # volume beyond the 25 % repeatability
     assert status_of(solid(6.0, 100.0), solid(5.8, 75.0), 365) == "shrunk"  # below 1 / 1.25 of the prior
     assert status_of(solid(6.0, 100.0), solid(5.8, 85.0), 365) == "stable"

@@ -35,14 +35,12 @@ def crop_spacing_mm(diameter_mm: float) -> float:
 def sample_mask(mask: np.ndarray, mask_affine: np.ndarray, target_affine: np.ndarray, target_shape) -> np.ndarray:
     """A bool (i, j, k) ``mask`` (index -> world affine ``mask_affine``) sampled, nearest voxel, at the voxel centres of
     the grid (``target_affine``, ``target_shape``); both affines map into the same world frame. Outside: False."""
-    mask = np.asarray(mask, dtype=bool)
-    grid = np.stack(np.meshgrid(*[np.arange(n) for n in target_shape], indexing="ij"), axis=-1).reshape(-1, 3)
+    from scipy import ndimage
+
     to_mask = np.linalg.inv(np.asarray(mask_affine, dtype=np.float64)) @ np.asarray(target_affine, dtype=np.float64)
-    idx = np.rint(grid @ to_mask[:3, :3].T + to_mask[:3, 3]).astype(np.int64)
-    ok = np.all((idx >= 0) & (idx < np.asarray(mask.shape)), axis=1)
-    out = np.zeros(len(grid), dtype=bool)
-    out[ok] = mask[idx[ok, 0], idx[ok, 1], idx[ok, 2]]
-    return out.reshape(tuple(int(n) for n in target_shape))
+    out = ndimage.affine_transform(np.asarray(mask, dtype=np.uint8), to_mask[:3, :3], offset=to_mask[:3, 3],
+                                   output_shape=tuple(int(n) for n in target_shape), order=0, mode="constant", cval=0)
+    return out.astype(bool)
 
 
 class ScanCT:

@@ -62,9 +62,11 @@ def point_seed(hu: np.ndarray, affine: np.ndarray, centre_lps, diameter_mm: floa
     return seed if seed.any() else ball
 
 
-def describe_finding(ct: ScanCT, lungs: Lungs, centre_lps, diameter_mm: float, mask: FindingMask | None = None) -> Described:
+def describe_finding(ct: ScanCT, lungs: Lungs, centre_lps, diameter_mm: float, mask: FindingMask | None = None,
+                     blur_mm=None) -> Described:
     """Measure one finding (centre world LPS mm, the detector's diameter estimate in mm, its mask if any: a
-    :class:`~monai_lung.findings.FindingMask`, on any grid)."""
+    :class:`~monai_lung.findings.FindingMask`, on any grid). ``blur_mm``: the partial-volume width to assume (world
+    x, y, z; default the scan's own, :meth:`~.ct.ScanCT.blur_mm`)."""
     diameter = float(np.clip(diameter_mm, 3.0, MAX_DIAMETER_MM))  # a mass beyond 40 mm is measured within that reach
     spacing = crop_spacing_mm(diameter)
     half = 0.5 * diameter + _reach_mm(diameter) + CONTEXT_MM
@@ -79,7 +81,7 @@ def describe_finding(ct: ScanCT, lungs: Lungs, centre_lps, diameter_mm: float, m
     if seed is None:
         seed = point_seed(hu, affine, centre_lps, diameter)
     outside = ~sample_mask(lungs.mask, lungs.affine, affine, hu.shape) if lungs.found() else None
-    comp = nodule_composition(hu, affine, seed, ct.blur_mm(), outside)
+    comp = nodule_composition(hu, affine, seed, ct.blur_mm() if blur_mm is None else blur_mm, outside)
     side, zone = side_and_zone(lungs, centre_lps)
     return Described(comp, side, zone, touches_pleura(hu, affine, comp.mask, lungs), hu, affine)
 

@@ -13,12 +13,14 @@ still the other side of a match when the detector finds it probable (:data:`PART
 registered position (:data:`PARTNER_GATE_MM`), so that a nodule scored just under the threshold in one scan is
 compared, not called new or resolved, while the many improbable candidates near any point of the lung are not.
 
-**Status rule** (:func:`status_of`): ``grown`` when the nodule grew as Lung-RADS defines growth (mean diameter,
-a part-solid nodule's solid component, up by more than 1.5 mm within 12 months) or its volume rose by more than
-the measured repeatability (:data:`VOLUME_REPEATABILITY_PCT`); ``shrunk`` for the same falls; ``stable``
-otherwise. Reason: Lung-RADS growth is what changes a category, while volume is the more sensitive measure but
-only beyond the change that re-measuring an unchanged nodule produces (measured on phantom pairs and on a real
-scan against itself, docs/experiments.md).
+**Status rule** (:func:`status_of`): ``grown`` when the nodule's volume rose by more than the measured repeatability
+(:data:`VOLUME_REPEATABILITY_PCT`), or when it grew as Lung-RADS defines growth (mean diameter, a part-solid
+nodule's solid component, up by more than 1.5 mm within 12 months) and its volume rose by more than half the
+repeatability; ``shrunk`` for the same falls; ``stable`` otherwise. Reason: a status must not report what
+re-measuring an unchanged nodule produces (measured on phantom pairs and on a real scan against itself,
+docs/experiments.md): volume is the more repeatable measure, while a mean diameter, two calipers on one slice,
+moved by 1.6 mm on the real nodule re-sliced; Lung-RADS growth, which changes a category, counts once the volume
+confirms it.
 
 Coordinates: world LPS mm, each scan's own frame (the prior's findings in the prior's frame, the current's in the
 current's); the registration maps between them.
@@ -177,6 +179,16 @@ def match_findings(prior_in_current: np.ndarray, prior_sizes, current: np.ndarra
     return sorted(pairs), new, resolved
 
 
+def distinct(findings: list) -> list:
+    """``findings`` (most probable first) less those whose centre lies inside a more probable one (within half its
+    diameter, 5 mm at least): a large irregular nodule can come out of the detector as two findings."""
+    kept = []
+    for f in findings:
+        if all(np.linalg.norm(np.subtract(f.coord, k.coord)) > max(5.0, 0.5 * float(k.diameter_mm or 0.0)) for k in kept):
+            kept.append(f)
+    return kept
+
+
 def volume_doubling_days(v1: float, v2: float, days: float) -> float | None:
     """Volume doubling time Δt ln 2 / ln(V2/V1) in days (negative: halving); None when undefined (a volume missing or
     not positive, no change, no time)."""
@@ -192,9 +204,13 @@ def status_of(prior: NoduleFacts, current: NoduleFacts, days: float, repeatabili
     change = 100.0 * (current.volume_mm3 / prior.volume_mm3 - 1.0) if prior.volume_mm3 > 0 else 0.0
     reverse = NoduleFacts(**{**prior.__dict__, "timepoint": "existing", "prior": current, "interval_days": days})
     falling, _ = growth(reverse)
-    if growing or change > repeatability_pct:
+    beyond = change > repeatability_pct
+    below = change < -100.0 * (1.0 - 1.0 / (1.0 + repeatability_pct / 100.0))
+    # Lung-RADS growth counts when the volume agrees beyond half the repeatability: a mean diameter is two calipers
+    # on one slice, and on a large irregular nodule re-measuring alone moves it by more than 1.5 mm
+    if beyond or (growing and change > 0.5 * repeatability_pct):
         return "grown"
-    if falling or change < -100.0 * (1.0 - 1.0 / (1.0 + repeatability_pct / 100.0)):
+    if below or (falling and change < -50.0 * (1.0 - 1.0 / (1.0 + repeatability_pct / 100.0))):
         return "shrunk"
     return "stable"
 
@@ -210,11 +226,12 @@ class Side:
     lungs: Lungs
     detections: ScanDetections
     described: dict = field(default_factory=dict)  # finding index -> Described
+    blur_mm: object = None  # the partial-volume width both scans are measured with (compare sets it)
 
     def describe(self, index: int) -> Described:
         if index not in self.described:
             f = self.detections.findings[index]
-            self.described[index] = describe_finding(self.ct, self.lungs, f.coord, f.diameter_mm, f.mask)
+            self.described[index] = describe_finding(self.ct, self.lungs, f.coord, f.diameter_mm, f.mask, self.blur_mm)
         return self.described[index]
 
 
@@ -226,8 +243,12 @@ def prepare_side(scan: ScanInput, detections: ScanDetections) -> Side:
 
 def compare(prior: Side, current: Side, registration: Registration, days: int, threshold: float,
             repeatability_pct: float = VOLUME_REPEATABILITY_PCT) -> list[dict]:
-    """The reported nodules of a pair of scans, one dict each (CSV columns plus details), most suspicious first."""
-    pf, cf = prior.detections.findings, current.detections.findings
+    """The reported nodules of a pair of scans, one dict each (CSV columns plus details), most suspicious first.
+
+    Both scans' nodules are measured with the coarser scan's partial-volume width (per axis): the same nodule in
+    two exams is typed and sized by one rule, at the resolution both of them have."""
+    prior.blur_mm = current.blur_mm = np.maximum(prior.ct.blur_mm(), current.ct.blur_mm())
+    pf, cf = distinct(prior.detections.findings), distinct(current.detections.findings)
     p_xyz = np.array([f.coord for f in pf], dtype=np.float64).reshape(-1, 3)
     c_xyz = np.array([f.coord for f in cf], dtype=np.float64).reshape(-1, 3)
     p_keep = np.array([f.probability >= threshold for f in pf], dtype=bool)
