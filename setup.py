@@ -7,5 +7,6 @@ from setuptools import find_packages, setup
 setup(
     packages=[*find_packages(include=["monai_lung", "monai_lung.*"]), "monai_lung.bundles"],
     package_dir={"monai_lung.bundles": "bundles"},
-    package_data={"monai_lung.bundles": ["*/LICENSE", "*/configs/*.json", "*/configs/*.conf", "*/docs/*.md", "*/models/.gitkeep"]},
+    package_data={"monai_lung.bundles": ["*/LICENSE", "*/configs/*.json", "*/configs/*.conf", "*/docs/*.md", "*/models/.gitkeep"],
+                  "monai_lung.clinical": ["*.json"]},
 )

@@ -150,4 +150,5 @@ def test_the_wheel_installs_and_runs_from_an_empty_folder(tmp_path):
     templates = target / "monai_lung" / "bundles"
     assert f"--config_file {empty / 'work' / 'train_stage1' / 'lung_nodule_ct_segmentation' / 'configs' / 'train.json'}" in plan
     assert (templates / "lung_nodule_ct_two_stage_detection" / "configs" / "inference.json").is_file()
+    assert (target / "monai_lung" / "clinical" / "lungrads_v2022.json").is_file()  # the Lung-RADS table is package data
     assert sorted(p.name for p in empty.iterdir()) == ["data"]  # a dry run writes nothing
