@@ -96,7 +96,8 @@ def main() -> None:
         print(f"pose {n}: {deg} deg, shift {shift} mm, {step} mm slices; residual {result['registration']['residual_mm']} mm; "
               f"{len(table)} rows ({result['counts']}), exam Lung-RADS {result['exam']['category']}")
         print(f"  time: command {cold:.1f} s wall (detections {detect:.1f} s, comparison {rest:.1f} s inside it); with the "
-              f"findings reused {warm:.1f} s wall (comparison {again['timings_s']['total']:.1f} s)")
+              f"findings reused {warm:.1f} s wall (comparison {again['timings_s']['total']:.1f} s, "
+              f"{again['timings_s']['comparison_cpu']:.1f} CPU s)")
         if nodule.empty:
             print("  the LUNA16 nodule is not among the reported nodules")
             continue
@@ -106,13 +107,14 @@ def main() -> None:
         print(f"  LUNA16 nodule: status {r.status}; volume {r.prior_volume_mm3:.0f} -> {r.current_volume_mm3:.0f} mm3 "
               f"({r.volume_change_pct:+.1f} %), mean diameter {r.prior_mean_diameter_mm} -> {r.current_mean_diameter_mm} mm; "
               f"type {detail['prior']['type']} / {detail['current']['type']}; current centre {moved:.1f} mm from the posed truth")
-        rows.append((r.status, r.volume_change_pct, detail["prior"]["type"], detail["current"]["type"], cold, rest))
+        rows.append((r.status, r.volume_change_pct, detail["prior"]["type"], detail["current"]["type"], cold, rest,
+                     again["timings_s"]["comparison_cpu"]))
     if rows:
         changes = np.array([v for _, v, *_ in rows], float)
         print(f"\nrepeatability on real CT: {sum(s == 'stable' for s, *_ in rows)}/{len(rows)} stable; volume difference "
               f"mean {changes.mean():+.1f} %, largest |{np.abs(changes).max():.1f}| %")
         print(f"followup time: median {np.median([r[4] for r in rows]):.1f} s per command (comparison beyond the two detections: "
-              f"median {np.median([r[5] for r in rows]):.1f} s)")
+              f"median {np.median([r[5] for r in rows]):.1f} s wall, {np.median([r[6] for r in rows]):.1f} CPU s)")
     readers = read_lidc_readers(args.real_ct / "LIDC-IDRI-0001" / "lidc_readers.xml")
     textures = sorted(r["characteristics"].get("texture") for r in readers)
     calcification = sorted(r["characteristics"].get("calcification") for r in readers)

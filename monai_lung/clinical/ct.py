@@ -28,8 +28,8 @@ def to_lps_affine(affine: np.ndarray, space: str) -> np.ndarray:
 
 def crop_spacing_mm(diameter_mm: float) -> float:
     """Isotropic voxel size (mm) of a finding's crop: fine enough for a 3 mm nodule (0.5 mm) and for the thin ground
-    glass of a large one (0.6 mm at most, below a CT's pixel), coarse enough that a 30 mm one stays quick."""
-    return float(np.clip(diameter_mm / 20.0, 0.5, 0.6))
+    glass of a large one (0.8 mm at most, about a CT's pixel), coarse enough that a 30 mm one stays quick."""
+    return float(np.clip(diameter_mm / 20.0, 0.5, 0.8))
 
 
 def sample_mask(mask: np.ndarray, mask_affine: np.ndarray, target_affine: np.ndarray, target_shape) -> np.ndarray:

@@ -336,6 +336,7 @@ def run_followup(prior: ScanInput, current: ScanInput, detections: Detections, o
     current_det = detections(current.image, current.identity)
     timings["detect_current"] = time.perf_counter() - t
     t = time.perf_counter()
+    cpu = time.process_time()  # the comparison's CPU seconds: its cost on a machine others share (wall times vary)
     a, b = prepare_side(prior, prior_det), prepare_side(current, current_det)
     timings["read_and_lungs"] = time.perf_counter() - t
     for side in (a, b):
@@ -347,6 +348,7 @@ def run_followup(prior: ScanInput, current: ScanInput, detections: Detections, o
     t = time.perf_counter()
     rows = compare(a, b, registration, days, threshold, repeatability_pct)
     timings["measure_and_match"] = time.perf_counter() - t
+    timings["comparison_cpu"] = time.process_time() - cpu
     exam = exam_category([assess_of(r) for r in rows if r["status"] != "resolved"])
     summary = {
         "research_use": "RESEARCH USE ONLY - not for diagnosis",
