@@ -28,32 +28,18 @@ from pathlib import Path
 
 import numpy as np
 
-from monai_lung.clinical.detections import ScanDetections
-from monai_lung.findings import Finding
 from monai_lung.clinical.followup import ScanInput, run_followup
-from monai_lung.clinical.detections import Detections, scan_identity
+from monai_lung.clinical.detections import Detections, GivenFindings, scan_identity
 from monai_lung.synthetic.followup import generate_pairs
 
 
-class Oracle:
-    """Findings from a pair's truth: each nodule present in the scan, probability 1, no mask."""
+def oracle(truth: dict, prior: ScanInput, current: ScanInput) -> GivenFindings:
+    """Findings from a pair's truth: each nodule present in a scan, probability 1, no mask."""
+    def found(label):
+        return [{"coord": nd[label]["coord"], "probability": 1.0, "diameter_mm": nd[label]["diameter_mm"],
+                 "volume_mm3": nd[label]["volume_mm3"]} for nd in truth["nodules"] if nd[label] is not None]
 
-    def __init__(self, truth: dict, label: str):
-        self.nodules = [nd[label] for nd in truth["nodules"] if nd[label] is not None]
-
-    def __call__(self, image, scan_id) -> ScanDetections:
-        findings = [Finding(nd["coord"], probability=1.0, diameter_mm=nd["diameter_mm"], volume_mm3=nd["volume_mm3"]) for nd in self.nodules]
-        return ScanDetections(str(image), findings)
-
-
-class OracleDetections:
-    def __init__(self, truth):
-        self.by_image = {}
-        self.truth = truth
-
-    def __call__(self, image, scan_id):
-        label = "prior" if Path(image).name.startswith("prior") else "current"
-        return Oracle(self.truth, label)(image, scan_id)
+    return GivenFindings({prior.identity: found("prior"), current.identity: found("current")})
 
 
 def _near(row_xyz, truth_side, tolerance=5.0) -> bool:
@@ -137,7 +123,7 @@ def main() -> None:
                           identity=scan_identity(folder / "prior.mhd"))
         current = ScanInput("current", str(folder / "current.mhd"), str(folder / "current.mhd"), dt.date.fromisoformat(truth["current_date"]),
                             identity=scan_identity(folder / "current.mhd"))
-        dets = OracleDetections(truth) if args.oracle else detector
+        dets = oracle(truth, prior, current) if args.oracle else detector
         t = time.perf_counter()
         result = run_followup(prior, current, dets, out_root / folder.name, threshold=threshold, report=False)
         got = evaluate(result["rows"], truth)

@@ -292,3 +292,46 @@ def test_dicomweb_prior_auto_compares_with_the_latest_earlier_study_and_stores_t
         errors = [ln for ln in proc.stderr.splitlines() if "error" in ln.lower()]  # the study is pulled (logged) before the search
         assert proc.returncode == 2 and len(errors) == 1 and errors[0].startswith("monai-lung followup: error: ")
         assert "no CT study of patient 'LIDC-IDRI-0001' before 2000-01-01" in errors[0]
+
+
+@pytest.mark.slow
+@needs_lidc
+def test_the_dicom_node_compares_a_study_with_the_patients_prior_from_its_own_results(two_exams, tmp_path):
+    """The node's prior hook on two job folders (``input/`` instances, the prior's ``out/<series>/sr.dcm``) and the
+    node's result summaries: nothing is detected again, the real nodule stays stable and keeps its tracking UID."""
+    from monai_lung.dicom.objects import build_sr, read_sr_findings, tracking_uids
+    from monai_lung.dicom.pipeline import local_scan
+    from monai_lung.findings import Finding
+    from monai_lung.node.prior import compare_with_prior
+
+    _, first, second = two_exams
+    prior_dir, current_dir = tmp_path / "jobs" / "1", tmp_path / "jobs" / "2"
+    shutil.copytree(first, prior_dir / "input")
+    shutil.copytree(second, current_dir / "input")
+    centre = [56.20840547, 86.34341278, -115.8675792]  # the LUNA16 nodule, world LPS mm (both studies: the same slices)
+    found = [{"coord": centre, "diameter_mm": 30.0, "longest_axial_mm": 32.0, "volume_mm3": 6200.0, "probability": 0.999}]
+    scan = local_scan(first, tmp_path / "scan")
+    prior = {"study_instance_uid": scan.study_uid, "series_instance_uid": scan.seriesuid, "findings": found}
+    current = {"study_instance_uid": "1.2.826.0.1.3680043.44.11.1", "series_instance_uid": "1.2.826.0.1.3680043.44.11.2", "findings": found}
+    finding = Finding(**found[0])
+    uids = tracking_uids(scan.series, [finding])
+    (prior_dir / "out" / scan.seriesuid).mkdir(parents=True)
+    build_sr(scan.series, [finding], uids).save_as(prior_dir / "out" / scan.seriesuid / "sr.dcm")
+
+    files = compare_with_prior(current, current_dir, prior, prior_dir)
+    assert sorted(Path(p).name for p in files) == ["seg.dcm", "sr.dcm"]
+    assert all(Path(p).parent.parent == current_dir / "out" / "followup" for p in files)
+    table = pd.read_csv(current_dir / "followup" / "followup.csv")
+    assert list(table["status"]) == ["stable"] and table["type"].tolist() == ["solid"]
+    groups = read_sr_findings(next(p for p in files if p.endswith("sr.dcm")))
+    assert sorted(g["time_point"] for g in groups) == ["follow-up 2001-03-15", "prior 2000-01-01"]
+    assert {g["tracking_uid"] for g in groups} == set(uids)  # the prior SR's identity of the nodule, at both time points
+    summary = json.loads((current_dir / "followup" / "followup.json").read_text())
+    assert summary["prior"]["findings_reused"] and summary["current"]["findings_reused"]
+    sop = {Path(p).name: str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in files}
+    again = compare_with_prior(current, current_dir, prior, prior_dir)  # a retried job sends the same objects
+    assert {Path(p).name: str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in again} == sop
+    # the prior's instances no longer kept, or a "prior" dated after the current study: no comparison, nothing raised
+    assert compare_with_prior(prior, prior_dir, current, current_dir) == []
+    shutil.rmtree(prior_dir / "input")
+    assert compare_with_prior(current, current_dir, prior, prior_dir) == []

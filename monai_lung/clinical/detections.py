@@ -16,7 +16,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -65,6 +65,26 @@ def detector_identity(bundle: str | os.PathLike, overrides: dict) -> str:
             h.update(path.name.encode())
             h.update(path.read_bytes())
     return _digest(h.hexdigest(), overrides)
+
+
+class GivenFindings:
+    """Findings detected before, by the same detector, handed in rather than read from ``findings_dir``: callable as
+    :class:`Detections`. ``by_scan`` maps a scan's identity (:func:`scan_identity`) to its findings, each a
+    :class:`~monai_lung.findings.Finding` or a dict of its fields (``coord`` world LPS mm, ``probability``,
+    ``diameter_mm``, ...); they carry no masks, so each nodule is measured from its centre and size. The DICOM node
+    passes its own results so that a follow-up detects nothing again."""
+
+    def __init__(self, by_scan: dict):
+        from monai_lung.findings import Finding
+
+        names = {f.name for f in fields(Finding)}
+        self.by_scan = {key: [f if isinstance(f, Finding) else Finding(**{k: v for k, v in f.items() if k in names})
+                              for f in found] for key, found in by_scan.items()}
+
+    def __call__(self, image: str | os.PathLike, scan_id: str) -> ScanDetections:
+        if scan_id not in self.by_scan:
+            raise KeyError(f"no findings were given for the scan {image}")
+        return ScanDetections(str(image), sorted(self.by_scan[scan_id], key=lambda f: -f.probability), reused=True, key=scan_id)
 
 
 class Detections:

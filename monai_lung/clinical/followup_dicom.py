@@ -64,6 +64,7 @@ def write_followup_dicom(rows: list[dict], prior, current, out_dir: str | os.Pat
     from monai_lung.clinical.findings import facts_of, fill_finding
     from monai_lung.clinical.lungrads import assess
     from monai_lung.dicom.objects import PriorGroup, TimePoint, write_dicom_outputs
+    from monai_lung.findings import FindingMask
 
     if current.input.series is None:
         raise DataError(current.input.path, "--dicom-out needs the current scan as a DICOM series (its SR references it)")
@@ -82,6 +83,8 @@ def write_followup_dicom(rows: list[dict], prior, current, out_dir: str | os.Pat
         if c_finding is not None:
             record = copy.copy(c_finding)
             fill_finding(record, b, row["_assessment"])
+            if record.mask is None:  # findings handed in without masks (the DICOM node's): the measured nodule
+                record.mask = FindingMask(b.composition.mask, b.crop_affine, "LPS")
             findings.append(record)
             tracking.append(uid)
         if p_finding is not None and prior.input.series is not None:

@@ -99,8 +99,8 @@ class Engine:
         kept = result["findings"][: dicom["num_findings"]]
         files = []
         if dicom["seg"]:
-            files.append(_restamp(dicom["seg"], self.uid(seed, "seg"), self.uid(seed, "seg-series")))
-        files.append(_restamp(dicom["sr"], self.uid(seed, "sr"), self.uid(seed, "sr-series")))
+            files.append(restamp(dicom["seg"], self.uid(seed, "seg"), self.uid(seed, "seg-series")))
+        files.append(restamp(dicom["sr"], self.uid(seed, "sr"), self.uid(seed, "sr-series")))
         key_uids = []
         if kept:
             marks = [KeyFinding(f["coord"], f["diameter_mm"], _caption(n, len(kept), f)) for n, f in enumerate(kept, start=1)]
@@ -139,7 +139,7 @@ def _save(dataset, path: Path) -> str:
     return str(path)
 
 
-def _restamp(path: str, sop_uid: str, series_uid: str) -> str:
+def restamp(path: str, sop_uid: str, series_uid: str) -> str:
     """Give a written object the node's input-derived SOP and Series Instance UIDs (the writer derives them from
     the findings, which another run could compute a hair differently)."""
     ds = pydicom.dcmread(path)
