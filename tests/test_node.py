@@ -256,6 +256,34 @@ def test_studies_in_results_out_faults_failed_resend_idempotent(untrained_models
 
 
 @needs_servers
+def test_a_patients_next_study_is_compared_with_the_prior_and_the_followup_sr_is_sent(untrained_models, tmp_path):  # noqa: F811
+    def dated(day):
+        return lambda n, ds: setattr(ds, "StudyDate", day)
+
+    first = write_study(tmp_path / "studies" / "first", "node-fu-1", patient_id="NODE-FU-1", edit=dated("20200101"), **SMALL)
+    second = write_study(tmp_path / "studies" / "second", "node-fu-2", patient_id="NODE-FU-1", edit=dated("20210115"), **SMALL)
+    with Orthanc(tmp_path / "orthanc", dicom=True) as pacs:
+        node = NodeProcess(tmp_path / "W", untrained_models, ["--send-to", pacs.dicom_destination, "--stable-seconds", "1", *DETECTOR])
+        node.start()
+        try:
+            assert storescu(first.folder, node.port).returncode == 0
+            node.wait_for(lambda: _done(node, 1), 300, "the first study")
+            assert _objects(pacs, first)["SR"] == 1  # no prior: the study's own SR only
+            assert storescu(second.folder, node.port).returncode == 0
+            jobs = node.wait_for(lambda: _done(node, 2), 300, "the second study")
+            job = next(j for j in jobs if j["study_uid"] == second.study_uid)
+            assert job["state"] == "done", job
+            assert f"compared with study {first.study_uid} (2020-01-01 -> 2021-01-15)" in node.log()
+            folder = tmp_path / "W" / "jobs" / str(job["id"])
+            assert (folder / "followup" / "followup.csv").is_file()
+            followup_sr = next((folder / "out" / "followup").glob("*/sr.dcm"))
+            assert _objects(pacs, second)["SR"] == 2  # its own SR and the longitudinal one
+            assert str(pydicom.dcmread(followup_sr, stop_before_pixels=True).SOPInstanceUID) in pacs.series(second.study_uid)["SR"]
+        finally:
+            node.stop()
+
+
+@needs_servers
 def test_a_destination_that_is_down_is_retried_until_it_is_back(untrained_models, tmp_path):  # noqa: F811
     study = write_study(tmp_path / "studies" / "a", "node-down", **SMALL)
     pacs = Orthanc(tmp_path / "orthanc", dicom=True)  # not started yet: its ports refuse connections
