@@ -4,7 +4,7 @@ import importlib
 
 __version__ = "0.10.0"
 
-_SUBPACKAGES = ("bundle_args", "io", "networks", "transforms", "training", "datalist", "synthetic", "evaluation", "findings", "stage1", "stage2", "fpr", "detection", "report", "dicom", "clinical")
+_SUBPACKAGES = ("bundle_args", "io", "networks", "transforms", "training", "datalist", "synthetic", "evaluation", "domain", "findings", "stage1", "stage2", "fpr", "detection", "report", "dicom", "clinical")
 
 
 def __getattr__(name: str):
