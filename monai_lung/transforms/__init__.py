@@ -9,3 +9,4 @@ from monai_lung.transforms.restore import RestoreSourceGridd, resample_to_grid
 from monai_lung.transforms.compose import ComposeRandomWithoutMeta, meta_tracking
 from monai_lung.transforms.nodule_insertion import NoduleAppearance, RandCentreNoduled, RandNoduleInsertiond, paint_nodule
 from monai_lung.transforms.slice_grid import RandCropByPosNegLabelWithStartd, SourceSliceGridd, patch_slice_grid, source_slice_grid
+from monai_lung.transforms.thick_slices import RandThickSlicesd, slab_weights, thick_slice_image, thick_slice_operator
