@@ -85,8 +85,11 @@ def test_a_large_pleural_nodule_whose_centre_is_outside_the_lung_mask_stays_a_ca
     ii, jj, kk = np.ogrid[:120, :100, :80]
     ball = (ii - 22) ** 2 + (jj - 50) ** 2 + (kk - 40) ** 2 <= 12**2
     vol[ball] = 40.0
-    _, tight = lung_masks(vol, (1.0, 1.0, 1.0), (8.0, 4.0), hu_window=None)
+    _, tight = lung_masks(vol, (1.0, 1.0, 1.0), (8.0, 4.0), hu_window=None, keep_lesions=False)
     assert not tight[22, 50, 40] and tight[ball].any()
+    # the mask that keeps lesions lying in the lung (the detector's) has the bite's lung side in it
+    _, kept = lung_masks(vol, (1.0, 1.0, 1.0), (8.0, 4.0), hu_window=None)
+    assert kept[ball & (ii >= 20)].all() and not kept[8:11, 50:53, 38:41].any()
     prob = np.where(ball, 0.99, 0.0).astype(np.float32)
     prob[8:11, 50:53, 38:41] = 0.95  # a blob in the wall at the same height, clear of the lung: still dropped
     cands = stage1_candidates(prob, np.eye(4), DetectorConfig(seg_threshold=0.5, min_voxels=3), tight)

@@ -42,6 +42,11 @@ to ``annotations_excluded.csv``. Finally a separable Gaussian point-spread funct
 0.35–0.5 mm, along z 0.3–0.4 of the slice spacing) and Gaussian noise added before it, so that it is
 correlated like CT noise, of 15–30 HU standard deviation.
 
+Opt-in extras (the defaults write the same scans as without them): lung masses of 3-8 cm, central or peripheral
+(``masses=``, :mod:`.masses`), and scans drawn on a fixed thin slice grid then written as thicker reconstructions
+(``slice_spacing_mm=``, ``slice_thickness_mm=``: slab averages, :mod:`monai_lung.transforms.thick_slices`), e.g. the
+same chests at 1 mm and at 5 mm.
+
 Candidates (``candidates.csv``): every nodule as class 1; class 0 at vessel centrelines (half at
 bifurcations), random lung points and chest-wall points just outside the pleura, about 20–50 per default scan.
 

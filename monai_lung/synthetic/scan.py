@@ -24,6 +24,7 @@ from monai_lung.synthetic.anatomy import (
     Anatomy,
 )
 from monai_lung.synthetic.geometry import ScanGeometry, random_seriesuid, sample_geometry
+from monai_lung.synthetic.masses import MASS_OK_LUT, drawn_mass, place_masses
 from monai_lung.synthetic.nodules import Nodule, Placer, place_nodules
 from monai_lung.synthetic.shapes import Canvas
 from monai_lung.synthetic.vessels import VesselTree, grow_vessels
@@ -46,6 +47,9 @@ class SyntheticScan:
             ``part_solid`` with ``solid_diameter_mm`` and ``calcified`` with ``calcification``); diameters in [3, 30] mm.
         excluded: findings under 3 mm, same keys, kind ``small`` (``annotations_excluded.csv``).
         candidates: ``{"coord_xyz": (x, y, z), "class": 0 or 1, "source": "nodule" | "vessel" | "lung" | "wall"}``.
+        masses: the masses asked for (:mod:`.masses`): ``{"coord_xyz" (centroid), "diameter_mm" (equivalent sphere),
+            "volume_mm3", "kind": "mass", "location": "central" | "peripheral", "drawn_diameter_mm", "box" ((z, y, x)
+            slices), "mask" (bool (z, y, x) within box)}``, the sizes those of what was drawn.
     """
 
     image: sitk.Image
@@ -53,6 +57,7 @@ class SyntheticScan:
     nodules: list = field(default_factory=list)
     excluded: list = field(default_factory=list)
     candidates: list = field(default_factory=list)
+    masses: list = field(default_factory=list)
 
 
 # ---------------------------------------------------------------------------------------------- airways
@@ -296,6 +301,8 @@ def generate_scan(
     slice_spacing_mm: float | None = None,
     num_slices: int | None = None,
     nodule_mix: str = "luna16",
+    masses=(),
+    mass_rng: np.random.Generator | None = None,
 ) -> SyntheticScan:
     """Generate one synthetic chest CT with ``size`` x ``size`` slices; everything random comes from ``rng``.
 
@@ -307,6 +314,8 @@ def generate_scan(
             :func:`~monai_lung.synthetic.geometry.sample_geometry`); the chest fills its z extent.
         nodule_mix: the nodule kinds drawn (:data:`~monai_lung.synthetic.nodules.KIND_MIXES`): ``"luna16"`` (the
             default) or ``"screening"`` (adds part-solid and calcified nodules).
+        masses: kinds of lung masses to add, e.g. ``("central", "peripheral")`` (:mod:`.masses`); drawn with
+            ``mass_rng`` (default: a generator jumped ahead of ``rng``), so the rest of the scan is unchanged.
     """
     if seriesuid is None:
         seriesuid = random_seriesuid(rng)
@@ -319,6 +328,18 @@ def generate_scan(
     canvas = render_chest(rng, anat, geom, vessels, airways)
     vol, labels = canvas.vol, canvas.labels
     draw_nodules(canvas, nodules + excluded)
+    sxy = geom.spacing_xyz[0]
+    drawn_masses = []
+    if masses:
+        mass_rng = np.random.Generator(rng.bit_generator.jumped()) if mass_rng is None else mass_rng
+        taken = [(nd.centre, 0.5 * nd.diameter) for nd in nodules + excluded]
+        for ms in place_masses(mass_rng, anat, masses, taken):
+            drawn = canvas.blob(ms.centre, 0.5 * ms.diameter, ms.hu, MASS_OK_LUT, sxy, ms.lobes, ms.lobe_amp)
+            if drawn is None:
+                continue
+            truth = drawn_mass(*drawn, geom)
+            drawn_masses.append({"coord_xyz": truth["coord_xyz"], "diameter_mm": truth["diameter_mm"], "volume_mm3": truth["volume_mm3"],
+                                 "kind": "mass", "location": ms.kind, "drawn_diameter_mm": ms.diameter, "box": drawn[0], "mask": truth["mask"]})
     del labels, canvas
     arr = finish(rng, vol, geom)
     del vol
@@ -332,4 +353,5 @@ def generate_scan(
         nodules=[nd.as_dict() for nd in nodules],
         excluded=[nd.as_dict() for nd in excluded],
         candidates=candidates,
+        masses=drawn_masses,
     )

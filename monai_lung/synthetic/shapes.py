@@ -119,16 +119,20 @@ class Canvas:
         np.clip(alpha, 0.0, 1.0, out=alpha)
         return box, alpha
 
-    def blob(self, centre, radius: float, hu: float, allowed: np.ndarray, edge_mm: float, lobes=None, lobe_amp=None) -> None:
+    def blob(self, centre, radius: float, hu: float, allowed: np.ndarray, edge_mm: float, lobes=None, lobe_amp=None):
         """Lobulated sphere (a nodule) of mean ``radius`` mm at ``centre`` (world (x, y, z) mm), brightened to ``hu``.
 
         The surface radius in direction ``u`` is ``radius * (1 + sum_j amp_j * P2(u . v_j))`` with unit vectors
         ``lobes`` (k, 3), amplitudes ``lobe_amp`` (k,) and the Legendre polynomial ``P2(c) = 1.5 c^2 - 0.5``;
         ``edge_mm`` is the width of the soft edge (wide for fuzzy ground-glass nodules).
+
+        Returns ``(box, alpha)``: the (z, y, x) slices drawn in and the float32 share of each voxel the blob took
+        (0 where its label is not ``allowed``), or None when the blob misses the volume.
         """
         drawn = self.blob_alpha(centre, radius, edge_mm, lobes, lobe_amp)
         if drawn is None:
-            return
+            return None
         box, alpha = drawn
         alpha *= allowed[self.labels[box]]
         _blend(self.vol[box], alpha, hu, "max")
+        return box, alpha

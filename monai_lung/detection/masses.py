@@ -1,0 +1,156 @@
+"""Lung masses (soft-tissue lesions over 30 mm): their own segmentation, so they are sized and typed as masses.
+
+Stage 1 marks a mass with a nodule-sized component somewhere in it (its networks learnt nodules of 3-30 mm), so the
+nodule sizing, which grows a component by 2 mm at most, reports a 7 cm tumour as a 17 mm nodule. Here a finding's
+lesion is segmented on its own, from the CT around it:
+
+1. on a coarse grid (about ``work_mm``), the lesion tissue: voxels at soft-tissue density (``soft_hu``, which leaves
+   out fat) or, within ``edge_mm`` of aerated lung, above the lung-tissue half-contrast ``edge_hu``, inside the lung
+   region (:func:`~monai_lung.transforms.lung_mask.lung_masks` keeps a mass lying in the lung inside it, so the chest
+   wall and the mediastinum it touches stay out);
+2. its core: where a ball of ``core_mm`` radius fits (vessels, up to twice that across, do not), the core's component
+   nearest the finding's component; the lesion is that core grown back by the same ball (a morphological opening,
+   done with distance transforms);
+3. on the finding's own grid, the lesion tissue (``edge_hu``) within one coarse voxel of that: its partial-volume
+   edge, and no more than that of the vessels that run into it.
+
+A lesion whose longest axial diameter exceeds :data:`MASS_MIN_DIAMETER_MM` is a mass (Lung-RADS: a solid lesion of 3
+cm or more); anything smaller keeps its nodule sizing. Arrays are (i, j, k) voxels of a grid whose ``affine`` maps
+them to world mm; HU arrays may be given as a callable ``slices -> HU crop``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+
+from monai_lung.detection.sizing import measure_mask
+from monai_lung.transforms.lung_mask import fill_convex_2d
+
+#: a lesion whose longest axial diameter is above this (mm) is a mass
+MASS_MIN_DIAMETER_MM = 30.0
+
+
+def _pool(volume: np.ndarray, factor: np.ndarray, mode: str) -> np.ndarray:
+    """(i, j, k) array pooled by ``factor`` per axis (ceil): the mean for HU, any-voxel for masks."""
+    t = torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32))[None, None]
+    k = tuple(int(f) for f in factor)
+    out = F.avg_pool3d(t, k, k, ceil_mode=True) if mode == "mean" else F.max_pool3d(t, k, k, ceil_mode=True)
+    return out[0, 0].numpy()
+
+
+def _slice_hulls(mask: np.ndarray) -> np.ndarray:
+    """(i, j, k) bool: each axial slice (k) of ``mask`` filled to its convex hull."""
+    out = np.zeros_like(mask)
+    for k in np.flatnonzero(mask.any(axis=(0, 1))):
+        out[:, :, k] = fill_convex_2d(np.argwhere(mask[:, :, k]), mask.shape[:2])
+    return out
+
+
+def _touching_lung(aerated: np.ndarray, seed: np.ndarray) -> np.ndarray:
+    """The aerated-lung component nearest the finding: the lung whose outline a mass there dents."""
+    labels, n = ndimage.label(aerated)
+    if n == 0:
+        return np.zeros_like(aerated)
+    _, nearest = ndimage.distance_transform_edt(labels == 0, return_indices=True)
+    hits = labels[tuple(idx[seed] for idx in nearest)]
+    return labels == int(np.bincount(hits[hits > 0], minlength=n + 1).argmax()) if (hits > 0).any() else np.zeros_like(aerated)
+
+
+def _opened_lesion(tissue: np.ndarray, to_seed: np.ndarray, spacing: np.ndarray, core_mm: float, edge_mm: float):
+    """``(lesion, core)``: the lesion tissue around the core nearest the finding (``to_seed``: mm from its component),
+    opened by a ball of ``core_mm``, and that core (the balls' centres);
+    ``(None, None)`` when no core reaches the component."""
+    core = ndimage.distance_transform_edt(tissue, sampling=spacing) > core_mm
+    labels, n = ndimage.label(core)
+    if n == 0:
+        return None, None
+    nearest = ndimage.minimum(to_seed, labels, index=np.arange(1, n + 1))
+    best = int(np.argmin(nearest))
+    if nearest[best] > core_mm + edge_mm:
+        return None, None
+    core = labels == best + 1
+    lesion = (ndimage.distance_transform_edt(~core, sampling=spacing) <= core_mm) & tissue
+    return lesion, core
+
+
+def segment_lesion(
+    hu, lung_region: np.ndarray, seed: np.ndarray, affine: np.ndarray, box_mm: float = 60.0, work_mm: float = 1.5,
+    core_mm: float = 8.0, edge_mm: float = 2.0, soft_hu: float = -60.0, edge_hu: float = -400.0, bone_hu: float = 180.0,
+    max_rounds: int = 4, settle: float = 0.02,
+) -> tuple[np.ndarray | None, tuple[slice, ...] | None]:
+    """The lesion around a finding, segmented on its own (module docstring): ``(mask, box)`` with ``mask`` an (i, j, k)
+    bool crop of the grid at ``box`` (slices), or ``(None, None)`` when no lesion core (nothing at least
+    ``2 * core_mm`` thick) lies at the finding.
+
+    Args:
+        hu: (i, j, k) CT in HU on the grid, or a callable ``slices -> HU crop``.
+        lung_region: (i, j, k) bool lungs with the lesions that lie in them (no margin).
+        seed: (i, j, k) bool, the finding's stage-1 component (the same grid; non-empty).
+        affine: the grid's (i, j, k) -> world mm affine (only voxel sizes are used).
+        box_mm: how far beyond the seed (mm) the lesion may reach.
+    """
+    spacing = np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, :3], axis=0)
+    where = np.argwhere(seed)
+    if where.size == 0:
+        return None, None
+    shape = np.asarray(seed.shape)
+    reach = np.ceil(box_mm / spacing).astype(int)
+    lo, hi = np.maximum(where.min(axis=0) - reach, 0), np.minimum(where.max(axis=0) + reach + 1, shape)
+    box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+    get_hu = hu if callable(hu) else (lambda sl: np.asarray(hu[sl]))
+    ct = np.asarray(get_hu(box), dtype=np.float32)
+    region = np.asarray(lung_region[box], dtype=bool)
+    seed_box = seed[box]
+
+    factor = np.maximum(1, np.round(work_mm / spacing)).astype(int)
+    coarse = spacing * factor
+    ct_c = _pool(ct, factor, "mean")
+    lungs_c = _pool(region, factor, "max") > 0
+    seed_c = _pool(seed_box, factor, "max") > 0
+    aerated = (ct_c < edge_hu) & lungs_c
+    near_air = ndimage.distance_transform_edt(~aerated, sampling=coarse) <= edge_mm
+    tissue_any = (ct_c < bone_hu) & ((ct_c >= soft_hu) | (near_air & (ct_c >= edge_hu)))
+    to_seed = ndimage.distance_transform_edt(~seed_c, sampling=coarse)
+    side = _touching_lung(aerated, seed_c)
+
+    region_c, lesion_c, volume = lungs_c | _slice_hulls(side | seed_c), None, 0
+    for _ in range(max_rounds):
+        lesion, core = _opened_lesion(tissue_any & region_c, to_seed, coarse, core_mm, edge_mm)
+        if lesion is None:
+            return None, None
+        grown = int(lesion.sum())
+        if lesion_c is not None and grown <= volume * (1.0 + settle):
+            lesion_c = lesion
+            break
+        lesion_c, volume = lesion, grown
+        # a mass that replaced much of a lung's slice lies outside what is left of its hull: take the hull of the
+        # lung with the lesion's core found so far (never its edge, which would let the region creep outwards), slice
+        # by slice, and look again
+        region_c = lungs_c | _slice_hulls(side | seed_c | lesion_c)
+
+    # back on the grid: the lesion tissue within a coarse voxel of the coarse lesion, connected to its core
+    near = ndimage.binary_dilation(lesion_c, iterations=1)
+    near = near.repeat(factor[0], 0).repeat(factor[1], 1).repeat(factor[2], 2)[: ct.shape[0], : ct.shape[1], : ct.shape[2]]
+    region_full = region_c.repeat(factor[0], 0).repeat(factor[1], 1).repeat(factor[2], 2)[: ct.shape[0], : ct.shape[1], : ct.shape[2]]
+    mask = near & (region | region_full) & (ct >= edge_hu) & (ct < bone_hu)
+    labels, n = ndimage.label(mask)
+    if n > 1:
+        sizes = np.bincount(labels.ravel())
+        sizes[0] = 0
+        mask = labels == int(np.argmax(sizes))
+    return mask, box
+
+
+def measure_lesion(hu, lung_region: np.ndarray, seed: np.ndarray, affine: np.ndarray, **kwargs) -> dict | None:
+    """``{"mask", "box", "volume_mm3", "diameter_mm", "longest_axial_mm"}`` of the finding's lesion when it is a mass
+    (its longest axial diameter over :data:`MASS_MIN_DIAMETER_MM`), else None. Arguments: :func:`segment_lesion`'s."""
+    mask, box = segment_lesion(hu, lung_region, seed, affine, **kwargs)
+    if mask is None or not mask.any():
+        return None
+    sizes = measure_mask(mask, affine)
+    if sizes["longest_axial_mm"] <= MASS_MIN_DIAMETER_MM:
+        return None
+    return {"mask": mask, "box": box, **sizes}
