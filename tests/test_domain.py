@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
@@ -12,6 +13,7 @@ from pydicom.dataset import Dataset
 from monai_lung.domain import (
     VALIDATED_RANGE, ScanFacts, check_domain, dicom_facts, geometry_facts, image_facts, lung_facts, range_table_markdown,
 )
+from monai_lung.io.errors import DataError
 from monai_lung.transforms import ct_preprocessing, lung_masks
 from tests.conftest import rotation_direction
 
@@ -135,3 +137,41 @@ def test_the_real_lidc_scan_is_in_range_and_the_abdominal_ct_is_flagged():
     assert not abdomen.in_range
     text = " | ".join(abdomen.warnings)
     assert "slice step 3.00 mm" in text and "pixel spacing" in text and "apex" in text and "lung volume" in text
+
+
+def test_every_scan_result_carries_its_domain_check_and_strict_domain_refuses(tmp_path):
+    import json
+
+    import torch
+
+    from monai_lung.detection.batch import items_from_paths, run_batch, scan_steps
+    from monai_lung.detection.detector import TwoStageDetector
+    from monai_lung.networks import bundle_parser
+    from monai_lung.synthetic import generate_dataset
+
+    generate_dataset(tmp_path / "data", num_scans=1, seed=5, size=64, num_subsets=1)  # a miniature chest: little lung
+    items = items_from_paths(sorted((tmp_path / "data").glob("subset0/*.mhd")))
+    parser = bundle_parser(REPO / "bundles" / "lung_nodule_ct_two_stage_detection")
+    torch.manual_seed(0)
+    detector = TwoStageDetector(parser.get_parsed_content("network_def"), {**parser.get_parsed_content("detector_config"), "device": "cpu"})
+    preprocess = ct_preprocessing()
+    known = {"kernel": "H30s"}  # what a DICOM series would add
+    prepare, detect = scan_steps(detector, preprocess, scan_facts=lambda item: known)
+    stats = run_batch(detect, items, tmp_path / "out" / "preds.csv", progress=False, prepare=prepare)
+    assert stats["processed"] == 1
+    result = json.loads(next((tmp_path / "out" / "preds_scans").glob("*.json")).read_text())
+    assert result["validated_range"] == "outside" and result["domain"]["in_range"] is False
+    assert result["domain"]["facts"]["kernel"] == "H30s" and result["domain"]["facts"]["lung_volume_l"] < 1.5
+    assert any("'H30s'" in w for w in result["warnings"]) and any("lung volume" in w for w in result["warnings"])
+    assert all(w.startswith("outside the validated range: ") for w in result["warnings"])
+    assert "domain" in result["timings_s"]
+
+    prepare, detect = scan_steps(detector, preprocess, scan_facts=lambda item: {}, strict_domain=True)
+    stats = run_batch(detect, items, tmp_path / "strict" / "preds.csv", progress=False, prepare=prepare)
+    assert stats["failed"] == 1 and stats["processed"] == 0
+    failures = pd.read_csv(tmp_path / "strict" / "preds_failures.csv")
+    assert "outside the validated range (--strict-domain)" in failures["error"][0] and "lung volume" in failures["error"][0]
+    # a header already outside the range is refused before detection
+    prepare, _ = scan_steps(detector, preprocess, scan_facts=lambda item: {"slice_thickness_mm": 5.0}, strict_domain=True)
+    with pytest.raises(DataError, match="slice thickness 5.00 mm"):
+        prepare(items[0])

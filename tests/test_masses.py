@@ -99,3 +99,35 @@ def test_the_lung_mask_keeps_a_mass_lying_in_the_lung(tmp_path):
         share_kept = kept[tuple(ijk.T)].mean()
         share_cut = cut[tuple(ijk.T)].mean()
         assert share_kept > 0.5 and share_kept > 3 * share_cut, (m["location"], share_kept, share_cut)
+
+
+def test_the_detector_types_a_mass_and_folds_its_pieces_into_it():
+    from monai_lung.detection.masses import type_masses
+    from monai_lung.findings import Finding, FindingMask
+
+    ph = mass_phantom("peripheral", 50.0, rng=np.random.default_rng(2))
+    affine, truth = ph["affine"], ph["truth"] >= 0.5
+
+    def finding(seed: np.ndarray, probability: float) -> Finding:
+        where = np.argwhere(seed)
+        lo, hi = where.min(axis=0), where.max(axis=0) + 1
+        shift = np.eye(4)
+        shift[:3, 3] = lo
+        centre = affine[:3, :3] @ where.mean(axis=0) + affine[:3, 3]
+        crop = seed[tuple(slice(a, b) for a, b in zip(lo, hi))]
+        return Finding(coord=tuple(centre), probability=probability, diameter_mm=16.0, mask=FindingMask(crop, affine @ shift, "LPS"))
+
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    piece = _ball_seed(ph, 8.0)
+    other = _ball_seed({**ph, "centre_ijk": ph["centre_ijk"] + np.array([-12.0, 0.0, 0.0]) / spacing}, 4.0)
+    away = np.zeros_like(truth)
+    away[2:6, 2:6, 2:6] = True  # a vessel piece in a corner of the lung
+    findings = [finding(other, 0.95), finding(away, 0.9), finding(piece, 0.8)]
+    typed = type_masses(findings, ph["hu"], ph["lung"], affine, "LPS", top_k=20)
+    assert [f.kind for f in typed] == ["mass", "nodule"]  # the two pieces are one mass, in the first piece's place
+    mass = typed[0]
+    assert mass.probability == 0.95 and mass.volume_mm3 == pytest.approx(ph["volume_mm3"], rel=0.15)
+    assert mass.longest_axial_mm > 45 and mass.mask.array.sum() * np.prod(spacing) == pytest.approx(mass.volume_mm3)
+    centroid = affine[:3, :3] @ np.argwhere(truth).mean(axis=0) + affine[:3, 3]
+    assert np.linalg.norm(np.array(mass.coord) - centroid) < 3.0  # reported at the lesion's centroid, world mm
+    assert typed[1] is findings[1]

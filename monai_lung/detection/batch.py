@@ -30,6 +30,7 @@ from typing import Any, Callable, Iterator, Sequence
 import pandas as pd
 
 from monai_lung.datalist import entry_seriesuid, load_datalist_entries
+from monai_lung.domain import scan_domain
 from monai_lung.findings import Finding, ScanResult, attributes, csv_columns, run_steps
 from monai_lung.io import DataError, seriesuid_of, write_csv_atomic, write_json_atomic
 
@@ -252,7 +253,8 @@ def run_batch(
 
 def scan_steps(
     detector, preprocess: Callable[[dict], dict], report_dir: str | os.PathLike | None = None, max_report_findings: int = 10,
-    extra_outputs: Callable[[ScanItem, ScanResult], dict] | None = None,
+    extra_outputs: Callable[[ScanItem, ScanResult], dict] | None = None, scan_facts: Callable[[ScanItem], dict] | None = None,
+    strict_domain: bool = False,
 ):
     """The two steps of one scan for :func:`run_batch`: ``prepare(item) -> (image, seconds)`` (read, resample,
     window: CPU only, so it can run ahead in a background thread) and ``detect(item, prepared) -> result dict``
@@ -263,17 +265,26 @@ def scan_steps(
     detector's :class:`~monai_lung.findings.record.ScanResult` as JSON (findings world LPS mm) with the outputs
     written from it. ``extra_outputs(item, scan result) -> dict`` (e.g. DICOM objects) adds its entries to the
     result; raising fails the scan, so that a rerun does it again.
+
+    ``scan_facts(item) -> dict``: what is known of a scan beyond its image for the domain check (a DICOM series'
+    slice thickness, kernel, contrast: :func:`monai_lung.domain.dicom_facts`). ``strict_domain``: a scan outside the
+    validated range fails (a failure row naming the reasons) instead of getting findings with warnings; what its
+    header and DICOM series say is checked before detection, its lungs after stage 1.
     """
 
     def prepare(item: ScanItem):
         t = time.perf_counter()
         image = preprocess({"image": item.image})["image"]
+        if strict_domain:
+            _refuse_outside(item, scan_domain(image, known=scan_facts(item) if scan_facts else None))
         return image, time.perf_counter() - t
 
     def detect(item: ScanItem, prepared) -> dict:
         image, total_prep = prepared
         read_s, resample_s = float(image.meta.get("read_s", 0.0)), float(image.meta.get("resample_s", 0.0))
-        scan = detector.detect(image)
+        scan = detector.detect(image, scan_facts(item) if scan_facts else None)
+        if strict_domain:
+            _refuse_outside(item, scan.domain)
         scan.seriesuid, scan.image = item.seriesuid, item.image
         step_timings = run_steps(scan, item.image)  # attributes computed above detection (monai_lung.findings.steps)
         scan.timings_s = {"load": read_s, "resample": resample_s, "preprocess_other": max(total_prep - read_s - resample_s, 0.0),
@@ -299,6 +310,13 @@ def scan_steps(
         return result
 
     return prepare, detect
+
+
+def _refuse_outside(item: ScanItem, check) -> None:
+    """Raise :class:`DataError` naming the reasons when a domain check (a DomainCheck or its dict) is out of range."""
+    check = check if isinstance(check, dict) else check.as_dict()
+    if check and not check.get("in_range", True):
+        raise DataError(item.image, "outside the validated range (--strict-domain): " + "; ".join(check.get("warnings", [])))
 
 
 def write_scan_markups(report_dir: str | os.PathLike, seriesuid: str, findings: Sequence[Finding], max_findings: int) -> str:
@@ -348,11 +366,13 @@ def detect_items(
     prefetch: int = 1,
     extra_outputs: Callable[[ScanItem, ScanResult], dict] | None = None,
     prior_failures: Sequence[dict] = (),
+    scan_facts: Callable[[ScanItem], dict] | None = None,
+    strict_domain: bool = False,
 ) -> dict:
     """Detect over ``items`` and write every output (the CLI's ``detect`` and the detection bundle's ``run``);
-    ``prefetch`` scans are read and resampled ahead in a background thread (:func:`run_batch`); ``extra_outputs``
-    as in :func:`scan_steps`."""
-    prepare, detect = scan_steps(detector, preprocess, report_dir, max_report_findings, extra_outputs)
+    ``prefetch`` scans are read and resampled ahead in a background thread (:func:`run_batch`); ``extra_outputs``,
+    ``scan_facts`` and ``strict_domain`` as in :func:`scan_steps`."""
+    prepare, detect = scan_steps(detector, preprocess, report_dir, max_report_findings, extra_outputs, scan_facts, strict_domain)
     stats = run_batch(
         detect, items, output_csv, rank=rank, world_size=world_size, progress=progress, barrier=barrier,
         prepare=prepare, prefetch=prefetch, prior_failures=prior_failures,

@@ -37,6 +37,9 @@ def add_detect_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--report-dir", type=Path, help="write one PNG per finding and an index.html here")
     p.add_argument("--max-report-findings", type=int, default=10, help="PNGs per scan in the report")
     p.add_argument("--no-lung-mask", action="store_true", help="run the sliding window over the whole scan")
+    p.add_argument("--strict-domain", action="store_true",
+                   help="a scan outside the validated range (docs/outputs.md) becomes a failure row naming the reasons, "
+                        "instead of findings with warnings")
     p.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE",
         help="detector parameter override, e.g. --set seg_threshold=0.3 --set roi_size=[128,128,128] (JSON values)",
@@ -97,9 +100,9 @@ def detect_main(args: argparse.Namespace) -> int:
     if args.no_lung_mask:
         overrides["use_lung_mask"] = False
     detector, prep = load_detector(args.det_bundle, args.seg_bundle, args.stage2_bundle, device=device, config_overrides=overrides)
-    items, extra_outputs, pre_failures = (
+    items, extra_outputs, pre_failures, facts = (
         dicom_items(args) if (args.dicomweb or args.dicom_out or any(Path(p).is_dir() for p in args.images))
-        else (items_from_datalist(args.datalist, args.data_dir, args.key) if args.datalist else items_from_paths(args.images), None, [])
+        else (items_from_datalist(args.datalist, args.data_dir, args.key) if args.datalist else items_from_paths(args.images), None, [], {})
     )
     preprocess = prep["transform"]
     if rank == 0:
@@ -114,7 +117,8 @@ def detect_main(args: argparse.Namespace) -> int:
     stats = detect_items(
         detector, preprocess, items, args.output, report_dir=args.report_dir, max_report_findings=args.max_report_findings,
         rank=rank, world_size=world, progress=not args.no_progress, barrier=barrier, prefetch=args.prefetch,
-        extra_outputs=extra_outputs, prior_failures=pre_failures,
+        extra_outputs=extra_outputs, prior_failures=pre_failures, scan_facts=lambda item: facts.get(item.seriesuid, {}),
+        strict_domain=args.strict_domain,
     )
     if rank == 0:
         print(
@@ -129,13 +133,15 @@ def detect_main(args: argparse.Namespace) -> int:
     return 0
 
 
-def dicom_items(args: argparse.Namespace) -> tuple[list, object, list[dict]]:
-    """DICOM inputs: ``(items, extra_outputs hook or None, failures)``. Each IMAGES folder or --study becomes the
-    series chosen in it (logged with the reason); one that cannot be used or pulled becomes a failure row. An image
-    file stays an item as it is; with --dicom-reference its SR and SEG reference that series, if it lies on it."""
+def dicom_items(args: argparse.Namespace) -> tuple[list, object, list[dict], dict]:
+    """DICOM inputs: ``(items, extra_outputs hook or None, failures, facts)``. Each IMAGES folder or --study becomes
+    the series chosen in it (logged with the reason); one that cannot be used or pulled becomes a failure row. An
+    image file stays an item as it is; with --dicom-reference its SR and SEG reference that series, if it lies on it.
+    ``facts``: by seriesuid, what each DICOM series tells the domain check (slice thickness, kernel, contrast)."""
     from monai_lung.detection.batch import ScanItem, items_from_paths, short_error
     from monai_lung.dicom.pipeline import DicomOutputs, local_scan, pacs_scan
     from monai_lung.dicom.series import check_image_on_series
+    from monai_lung.domain import dicom_facts
 
     if args.datalist:
         raise SystemExit("monai-lung detect: --dicom-out needs DICOM inputs (IMAGES folders or --dicomweb), not --datalist")
@@ -168,7 +174,7 @@ def dicom_items(args: argparse.Namespace) -> tuple[list, object, list[dict]]:
     hook = None
     if args.dicom_out is not None and scans:
         hook = DicomOutputs(scans, args.dicom_out, args.dicom_max_findings, store_url=args.dicomweb if args.store else None)
-    return items, hook, failures
+    return items, hook, failures, {uid: dicom_facts(scan.series.datasets) for uid, scan in scans.items()}
 
 
 def add_assemble_arguments(p: argparse.ArgumentParser) -> None:

@@ -21,7 +21,9 @@ import numpy as np
 import torch
 
 from monai_lung.stage2.scoring import score_points
+from monai_lung.detection.masses import type_masses
 from monai_lung.detection.sizing import measure_findings, size_band_lungrads_2022
+from monai_lung.domain import scan_domain
 from monai_lung.findings import Finding, FindingMask, ScanResult
 from monai_lung.io.errors import DataError
 from monai_lung.networks import inference_network, resolve_device
@@ -160,29 +162,38 @@ class TwoStageDetector:
         return self
 
     @torch.no_grad()
-    def detect(self, image: torch.Tensor) -> ScanResult:
+    def detect(self, image: torch.Tensor, known_facts: dict | None = None) -> ScanResult:
         """Detect nodules in one preprocessed scan.
 
         Args:
             image: (1, i, j, k) MetaTensor: CT on the training grid (1 mm, RAS), window-scaled to [0, 1]
                 (what ``ct_preprocessing`` or the bundle's ``preprocessing`` returns); its ``affine`` maps to
                 world mm.
+            known_facts: what else is known of the scan for the domain check, e.g. its DICOM series'
+                (:func:`monai_lung.domain.dicom_facts`).
 
         Returns:
             A :class:`~monai_lung.findings.record.ScanResult`: its findings sorted by probability (centres world LPS
             mm), ``num_candidates``, ``grid_shape`` (the input's) and ``timings_s`` (``stage1_grid``, ``lung_mask``,
-            ``sliding_window``, ``candidates``, ``stage2_grid``, ``stage2``, ``sizing``). Sizes are the
-            measured segmentation's (:mod:`monai_lung.detection.sizing`: equivalent-sphere diameter, volume, longest
-            axial diameter, mm), refined on the CT for the ``size_refine_top_k`` most probable findings and the
-            stage-1 component's for the others; each finding's ``mask`` is that segmentation on a crop of the
-            stage-1 grid.
+            ``sliding_window``, ``candidates``, ``domain``, ``stage2_grid``, ``stage2``, ``sizing``, ``masses``), the
+            domain check (``validated_range``, ``domain``, a warning per reason the scan lies outside the validated
+            range: :mod:`monai_lung.domain`). Sizes are the measured segmentation's (:mod:`monai_lung.detection.sizing`:
+            equivalent-sphere diameter, volume, longest axial diameter, mm), refined on the CT for the
+            ``size_refine_top_k`` most probable findings and the stage-1 component's for the others; among those, a
+            lesion over 30 mm is a ``kind="mass"`` sized from its own segmentation (:mod:`monai_lung.detection.masses`,
+            the other findings on it folded in); each finding's ``mask`` is its segmentation on a crop of the stage-1
+            grid.
         """
         cfg = self.config
         source = image.meta.get("filename_or_obj") if hasattr(image, "meta") else None
         check_scan(image, source, cfg.crop_size)
-        stage1 = run_stage1(self.network.segmenter, image, cfg, self.device)
+        stage1 = run_stage1(self.network.segmenter, image, cfg, self.device, lungs=True)
         cands, prob, seg_image, affine, space = stage1.candidates, stage1.prob, stage1.image, stage1.affine, stage1.space
+        lungs = stage1.lungs
         timings = dict(stage1.timings)
+        t = time.perf_counter()
+        domain = scan_domain(image, lungs, affine, known_facts)
+        timings["domain"] = time.perf_counter() - t
 
         del stage1
 
@@ -217,11 +228,14 @@ class TwoStageDetector:
         # sizes of the reported findings (HU from the windowed stage-1 image); masks stay on the stage-1 grid
         lo_hu, hi_hu = cfg.hu_window
         window = seg_image[0]
+
+        def hu(sl):
+            return lo_hu + (hi_hu - lo_hu) * np.asarray(window[sl], dtype=np.float32)
+
         sizes, masks = measure_findings(
-            prob, lambda sl: lo_hu + (hi_hu - lo_hu) * np.asarray(window[sl], dtype=np.float32), affine, findings,
+            prob, hu, affine, findings,
             cfg.seg_threshold, cfg.size_reach_mm, refine=np.arange(len(findings)) < cfg.size_refine_top_k,
         )
-        timings["sizing"] = time.perf_counter() - t
         records = [
             Finding(
                 coord=(r.coordX, r.coordY, r.coordZ), probability=float(r.probability), stage1_peak=float(r.stage1_peak),
@@ -232,7 +246,15 @@ class TwoStageDetector:
             )
             for n, (r, (lo, mask)) in enumerate(zip(findings.itertuples(), masks))
         ]
-        return ScanResult(records, num_candidates=int(len(cands)), timings_s=timings, grid_shape=list(image.shape[1:]))
+        timings["sizing"] = time.perf_counter() - t
+        t = time.perf_counter()
+        records = type_masses(records, hu, lungs, affine, space, cfg.size_refine_top_k)
+        timings["masses"] = time.perf_counter() - t
+        return ScanResult(
+            records, num_candidates=int(len(cands)), timings_s=timings, grid_shape=list(image.shape[1:]),
+            warnings=[f"outside the validated range: {reason}" for reason in domain.warnings],
+            validated_range="inside" if domain.in_range else "outside", domain=domain.as_dict(),
+        )
 
     def __call__(self, inputs, use_inferer: bool = True) -> list[dict]:
         """MONAI Label's detection interface: ``inputs`` a (B, 1, i, j, k) batch or a list of (1, i, j, k)

@@ -77,9 +77,9 @@ def _opened_lesion(tissue: np.ndarray, to_seed: np.ndarray, spacing: np.ndarray,
 
 
 def segment_lesion(
-    hu, lung_region: np.ndarray, seed: np.ndarray, affine: np.ndarray, box_mm: float = 60.0, work_mm: float = 1.5,
-    core_mm: float = 8.0, edge_mm: float = 2.0, soft_hu: float = -60.0, edge_hu: float = -400.0, bone_hu: float = 180.0,
-    max_rounds: int = 4, settle: float = 0.02,
+    hu, lung_region: np.ndarray, seed: np.ndarray, affine: np.ndarray, seed_lo=(0, 0, 0), box_mm: float = 60.0,
+    work_mm: float = 1.5, core_mm: float = 8.0, edge_mm: float = 2.0, soft_hu: float = -60.0, edge_hu: float = -400.0,
+    bone_hu: float = 180.0, max_rounds: int = 4, settle: float = 0.02,
 ) -> tuple[np.ndarray | None, tuple[slice, ...] | None]:
     """The lesion around a finding, segmented on its own (module docstring): ``(mask, box)`` with ``mask`` an (i, j, k)
     bool crop of the grid at ``box`` (slices), or ``(None, None)`` when no lesion core (nothing at least
@@ -87,23 +87,27 @@ def segment_lesion(
 
     Args:
         hu: (i, j, k) CT in HU on the grid, or a callable ``slices -> HU crop``.
-        lung_region: (i, j, k) bool lungs with the lesions that lie in them (no margin).
-        seed: (i, j, k) bool, the finding's stage-1 component (the same grid; non-empty).
+        lung_region: (i, j, k) bool lungs with the lesions that lie in them (no margin); its shape is the grid's.
+        seed: (i, j, k) bool, the finding's stage-1 component: the grid's shape, or a crop of it whose first voxel
+            is ``seed_lo``.
         affine: the grid's (i, j, k) -> world mm affine (only voxel sizes are used).
         box_mm: how far beyond the seed (mm) the lesion may reach.
     """
     spacing = np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, :3], axis=0)
-    where = np.argwhere(seed)
+    seed, seed_lo = np.asarray(seed, dtype=bool), np.asarray(seed_lo, dtype=int)
+    where = np.argwhere(seed) + seed_lo
     if where.size == 0:
         return None, None
-    shape = np.asarray(seed.shape)
+    shape = np.asarray(lung_region.shape)
     reach = np.ceil(box_mm / spacing).astype(int)
     lo, hi = np.maximum(where.min(axis=0) - reach, 0), np.minimum(where.max(axis=0) + reach + 1, shape)
     box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
     get_hu = hu if callable(hu) else (lambda sl: np.asarray(hu[sl]))
     ct = np.asarray(get_hu(box), dtype=np.float32)
     region = np.asarray(lung_region[box], dtype=bool)
-    seed_box = seed[box]
+    seed_box = np.zeros(ct.shape, dtype=bool)
+    a, b = np.maximum(seed_lo, lo), np.minimum(seed_lo + seed.shape, hi)
+    seed_box[tuple(slice(int(x - l), int(y - l)) for x, y, l in zip(a, b, lo))] = seed[tuple(slice(int(x - s), int(y - s)) for x, y, s in zip(a, b, seed_lo))]
 
     factor = np.maximum(1, np.round(work_mm / spacing)).astype(int)
     coarse = spacing * factor
@@ -127,8 +131,7 @@ def segment_lesion(
             break
         lesion_c, volume = lesion, grown
         # a mass that replaced much of a lung's slice lies outside what is left of its hull: take the hull of the
-        # lung with the lesion's core found so far (never its edge, which would let the region creep outwards), slice
-        # by slice, and look again
+        # lung with the lesion found so far, slice by slice, and look again
         region_c = lungs_c | _slice_hulls(side | seed_c | lesion_c)
 
     # back on the grid: the lesion tissue within a coarse voxel of the coarse lesion, connected to its core
@@ -144,13 +147,77 @@ def segment_lesion(
     return mask, box
 
 
-def measure_lesion(hu, lung_region: np.ndarray, seed: np.ndarray, affine: np.ndarray, **kwargs) -> dict | None:
+def measure_lesion(
+    hu, lung_region: np.ndarray, seed: np.ndarray, affine: np.ndarray, seed_lo=(0, 0, 0), quick_box_mm: float = 25.0, **kwargs
+) -> dict | None:
     """``{"mask", "box", "volume_mm3", "diameter_mm", "longest_axial_mm"}`` of the finding's lesion when it is a mass
-    (its longest axial diameter over :data:`MASS_MIN_DIAMETER_MM`), else None. Arguments: :func:`segment_lesion`'s."""
-    mask, box = segment_lesion(hu, lung_region, seed, affine, **kwargs)
+    (its longest axial diameter over :data:`MASS_MIN_DIAMETER_MM`), else None. Arguments: :func:`segment_lesion`'s.
+
+    A nodule is turned down on a small crop first (``quick_box_mm`` around it, one round), which costs tens of
+    milliseconds; only a finding in or beside a lesion core is segmented in full."""
+    quick, _ = segment_lesion(hu, lung_region, seed, affine, seed_lo, **{**kwargs, "box_mm": quick_box_mm, "max_rounds": 1})
+    if quick is None:
+        return None
+    mask, box = segment_lesion(hu, lung_region, seed, affine, seed_lo, **kwargs)
     if mask is None or not mask.any():
         return None
     sizes = measure_mask(mask, affine)
     if sizes["longest_axial_mm"] <= MASS_MIN_DIAMETER_MM:
         return None
     return {"mask": mask, "box": box, **sizes}
+
+
+def _flip(points: np.ndarray, space: str) -> np.ndarray:
+    """World points between LPS and ``space`` (RAS flips x and y both ways; LPS stays)."""
+    return points * np.array([-1.0, -1.0, 1.0]) if space.upper() == "RAS" else points
+
+
+def type_masses(findings: list, hu, lungs: np.ndarray, affine: np.ndarray, space: str = "RAS", top_k: int = 20) -> list:
+    """The findings with every mass among the ``top_k`` most probable found, sized and typed (:func:`measure_lesion`,
+    seeded by each finding's own mask): such a finding becomes ``kind="mass"`` with the lesion's sizes, mask and
+    centroid (world LPS mm), and the other findings lying in the same lesion are folded into it, since they are
+    pieces of one tumour (it keeps the most probable one's scores and place in the order).
+
+    ``findings``: :class:`~monai_lung.findings.Finding` records sorted by probability, their masks on the grid of
+    ``affine`` (``space`` its world frame); ``hu``: that grid's CT in HU (array or ``slices -> HU crop``); ``lungs``:
+    the grid's lungs with the lesions in them (no margin)."""
+    from dataclasses import replace
+
+    from monai_lung.findings import FindingMask
+
+    affine = np.asarray(affine, dtype=np.float64)
+    inverse = np.linalg.inv(affine)
+    out = list(findings)
+    n = 0
+    while n < min(len(out), top_k):
+        finding = out[n]
+        if finding.kind == "mass" or finding.mask is None or not finding.mask.array.any():
+            n += 1
+            continue
+        seed_lo = np.rint(inverse[:3, :3] @ np.asarray(finding.mask.affine)[:3, 3] + inverse[:3, 3]).astype(int)
+        lesion = measure_lesion(hu, lungs, finding.mask.array, affine, seed_lo=seed_lo)
+        if lesion is None:
+            n += 1
+            continue
+        lo = np.array([sl.start for sl in lesion["box"]])
+        # the findings whose centre lies in the lesion: this one and its other pieces
+        centres = np.array([_flip(np.array(f.coord), space) for f in out])
+        index = np.rint((centres @ inverse[:3, :3].T + inverse[:3, 3]) - lo).astype(int)
+        inside = np.all((index >= 0) & (index < lesion["mask"].shape), axis=1)
+        inside[inside] = lesion["mask"][tuple(index[inside].T)]
+        inside[n] = True
+        members = np.flatnonzero(inside)
+        first = int(members[0])  # the most probable piece (the list is sorted)
+        centroid = affine[:3, :3] @ (np.argwhere(lesion["mask"]).mean(axis=0) + lo) + affine[:3, 3]
+        shift = np.eye(4)
+        shift[:3, 3] = lo
+        mass = replace(
+            out[first], coord=tuple(_flip(centroid, space)), kind="mass", diameter_mm=lesion["diameter_mm"],
+            volume_mm3=lesion["volume_mm3"], longest_axial_mm=lesion["longest_axial_mm"],
+            mask=FindingMask(lesion["mask"], affine @ shift, space),
+        )
+        folded = set(members.tolist())
+        out = [f for m, f in enumerate(out) if m not in folded]
+        out.insert(first, mass)
+        n = n + 2 - int(np.count_nonzero(members <= n))  # the first finding after this one not yet looked at
+    return out

@@ -3,6 +3,7 @@ series and its lung mask say.
 
     facts = ScanFacts.from_parts(geometry_facts(original_affine), dicom_facts(datasets), lung_facts(mask, affine))
     check = check_domain(facts)       # check.in_range, check.warnings (one sentence per reason)
+    check = scan_domain(image, lungs, lungs_affine, dicom_facts(datasets))   # the same from a preprocessed image
 
 Facts a source does not record (a NIfTI file has no kernel) are None and checked only where they can be: a
 missing slice thickness is taken as the slice step (contiguous slices), a missing kernel or contrast agent is not
@@ -169,6 +170,17 @@ def lung_facts(lung: np.ndarray, affine, cut_fraction: float = VALIDATED_RANGE.l
 
 def _outside(value: float, bounds: tuple[float, float]) -> bool:
     return not (bounds[0] - 1e-6 <= value <= bounds[1] + 1e-6)
+
+
+def scan_domain(image, lungs: np.ndarray | None = None, lungs_affine=None, known: dict | None = None,
+               validated: ValidatedRange = VALIDATED_RANGE) -> DomainCheck:
+    """:func:`check_domain` of a preprocessed MONAI image (its source grid, :func:`image_facts`), its lungs mask
+    (:func:`lung_facts`; (i, j, k) bool on the grid of ``lungs_affine``) and what else is ``known`` of the scan
+    (:func:`dicom_facts`' keys)."""
+    parts = [image_facts(image), known or {}]
+    if lungs is not None:
+        parts.append(lung_facts(lungs, lungs_affine, validated.lung_cut_fraction))
+    return check_domain(ScanFacts.from_parts(*parts), validated)
 
 
 def check_domain(facts: ScanFacts, validated: ValidatedRange = VALIDATED_RANGE) -> DomainCheck:

@@ -295,6 +295,10 @@ class ScanResult:
     warnings: list = attribute("warnings", default_factory=list)
     #: the exam's Lung-RADS v2022 category over the findings at the operating point (monai_lung.clinical)
     lungrads_exam: str = attribute("exam Lung-RADS v2022", default="")
+    #: "inside" or "outside" the range the detector was validated on (:mod:`monai_lung.domain`); "" when not checked
+    validated_range: str = attribute("validated range", default="")
+    #: the domain check in full: ``{"in_range", "warnings", "facts", "validated_range"}`` (the JSON only)
+    domain: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
         """The per-scan JSON: ``seriesuid``, ``image``, ``status``, ``findings``, the scan's other fields, and the

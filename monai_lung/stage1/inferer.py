@@ -53,18 +53,24 @@ def window_slices(size: Sequence[int], roi_size: Sequence[int], overlap: float) 
     return [tuple(s) for s in dense_patch_slices(tuple(int(n) for n in size), tuple(int(r) for r in roi_size), tuple(interval))]
 
 
-def stage1_lung_masks(image: torch.Tensor, spacing: Sequence[float], config: Stage1Config, candidates: bool = True):
+def stage1_lung_masks(image: torch.Tensor, spacing: Sequence[float], config: Stage1Config, candidates: bool = True, lungs: bool = False):
     """``(window mask, candidate mask)``: (i, j, k) bool lung masks of a preprocessed (1, i, j, k) scan of ``spacing``
     mm voxels, for where sliding windows run (the lungs grown by ``window_lung_margin_mm``) and where a candidate's
     component must reach (grown by ``candidate_lung_margin_mm``; None when that is None or ``candidates`` is False);
-    ``(None, None)`` when ``use_lung_mask`` is off. Both come from one segmentation."""
-    if not config.use_lung_mask:
-        return None, None
-    margins = [config.window_lung_margin_mm]
-    if candidates and config.candidate_lung_margin_mm is not None:
-        margins.append(config.candidate_lung_margin_mm)
-    masks = lung_masks(image, spacing, margins, hu_window=config.hu_window)
-    return masks[0], (masks[1] if len(masks) > 1 else None)
+    ``(None, None)`` when ``use_lung_mask`` is off. All come from one segmentation. With ``lungs``, a third mask: the
+    lungs themselves (no margin, lesions lying in them kept; made even when ``use_lung_mask`` is off), what the domain
+    check measures and masses are sized in."""
+    margins = []
+    if config.use_lung_mask:
+        margins.append(config.window_lung_margin_mm)
+        if candidates and config.candidate_lung_margin_mm is not None:
+            margins.append(config.candidate_lung_margin_mm)
+    if lungs:
+        margins.append(0.0)
+    masks = lung_masks(image, spacing, margins, hu_window=config.hu_window) if margins else []
+    window = masks[0] if config.use_lung_mask else None
+    core = masks[1] if config.use_lung_mask and len(masks) > 1 + lungs else None
+    return (window, core, masks[-1]) if lungs else (window, core)
 
 
 def _unwrapped(network: torch.nn.Module) -> torch.nn.Module:

@@ -45,6 +45,7 @@ class Stage1Result:
         lung_core: (i, j, k) bool, where candidate components must reach (None: anywhere), to re-threshold ``prob``
             with :func:`stage1_candidates`.
         timings: seconds of ``stage1_grid``, ``lung_mask``, ``sliding_window``, ``candidates``.
+        lungs: (i, j, k) bool, the lungs themselves with the lesions lying in them (no margin), when asked for.
     """
 
     candidates: pd.DataFrame
@@ -54,9 +55,12 @@ class Stage1Result:
     space: str
     lung_core: np.ndarray | None
     timings: dict
+    lungs: np.ndarray | None = None
 
 
-def run_stage1(segmenter: torch.nn.Module, image: torch.Tensor, cfg: Stage1Config, device: torch.device | str = "cpu") -> Stage1Result:
+def run_stage1(
+    segmenter: torch.nn.Module, image: torch.Tensor, cfg: Stage1Config, device: torch.device | str = "cpu", lungs: bool = False
+) -> Stage1Result:
     """Stage 1 on one preprocessed scan: zoom to ``cfg.seg_spacing``, lung masks, the sliding window over the lungs
     (:class:`~monai_lung.stage1.inferer.LungSlidingWindowInferer`), then :func:`stage1_candidates`.
 
@@ -65,6 +69,7 @@ def run_stage1(segmenter: torch.nn.Module, image: torch.Tensor, cfg: Stage1Confi
         image: (1, i, j, k) MetaTensor on the training grid (1 mm, RAS), window-scaled to [0, 1].
         cfg: stage 1's settings (the detector's :class:`~monai_lung.detection.detector.DetectorConfig` is one).
         device: where the network runs.
+        lungs: also keep the lungs mask without margin (:attr:`Stage1Result.lungs`).
     """
     timings = {}
     space = str(image.meta.get("space", "RAS")) if hasattr(image, "meta") else "RAS"
@@ -75,7 +80,7 @@ def run_stage1(segmenter: torch.nn.Module, image: torch.Tensor, cfg: Stage1Confi
     timings["stage1_grid"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    lung, lung_core = stage1_lung_masks(seg_image, voxel_spacing(seg_image), cfg)
+    lung, lung_core, *rest = stage1_lung_masks(seg_image, voxel_spacing(seg_image), cfg, lungs=lungs)
     timings["lung_mask"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -85,4 +90,4 @@ def run_stage1(segmenter: torch.nn.Module, image: torch.Tensor, cfg: Stage1Confi
     t = time.perf_counter()
     cands = stage1_candidates(prob, affine, cfg, lung_core, space)
     timings["candidates"] = time.perf_counter() - t
-    return Stage1Result(cands, prob, seg_image, affine, space, lung_core, timings)
+    return Stage1Result(cands, prob, seg_image, affine, space, lung_core, timings, rest[0] if lungs else None)
