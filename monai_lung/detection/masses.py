@@ -11,8 +11,14 @@ lesion is segmented on its own, from the CT around it:
 2. its core: where a ball of ``core_mm`` radius fits (vessels, up to twice that across, do not), the core's component
    nearest the finding's component; the lesion is that core grown back by the same ball (a morphological opening,
    done with distance transforms);
-3. on the finding's own grid, the lesion tissue (``edge_hu``) within one coarse voxel of that: its partial-volume
+3. a mass that replaced most of a lung's cross-section against the wall lies outside what is left of that lung's
+   hull, so the lung region is re-made from the per-slice hull of the lung with the lesion found so far, and steps
+   1-2 repeat until the lesion grows by less than ``settle``;
+4. on the finding's own grid, the lesion tissue (``edge_hu``) within one coarse voxel of that: its partial-volume
    edge, and no more than that of the vessels that run into it.
+
+A finding with lung around it is turned down first on a small crop (:func:`has_core_near`), since segmenting costs
+a few hundred milliseconds.
 
 A lesion whose longest axial diameter exceeds :data:`MASS_MIN_DIAMETER_MM` is a mass (Lung-RADS: a solid lesion of 3
 cm or more); anything smaller keeps its nodule sizing. Arrays are (i, j, k) voxels of a grid whose ``affine`` maps
@@ -59,21 +65,18 @@ def _touching_lung(aerated: np.ndarray, seed: np.ndarray) -> np.ndarray:
     return labels == int(np.bincount(hits[hits > 0], minlength=n + 1).argmax()) if (hits > 0).any() else np.zeros_like(aerated)
 
 
-def _opened_lesion(tissue: np.ndarray, to_seed: np.ndarray, spacing: np.ndarray, core_mm: float, edge_mm: float):
-    """``(lesion, core)``: the lesion tissue around the core nearest the finding (``to_seed``: mm from its component),
-    opened by a ball of ``core_mm``, and that core (the balls' centres);
-    ``(None, None)`` when no core reaches the component."""
+def _opened_lesion(tissue: np.ndarray, to_seed: np.ndarray, spacing: np.ndarray, core_mm: float, edge_mm: float) -> np.ndarray | None:
+    """The lesion tissue around the core nearest the finding (``to_seed``: mm from its component), opened by a ball
+    of ``core_mm``; None when no core reaches the component."""
     core = ndimage.distance_transform_edt(tissue, sampling=spacing) > core_mm
     labels, n = ndimage.label(core)
     if n == 0:
-        return None, None
+        return None
     nearest = ndimage.minimum(to_seed, labels, index=np.arange(1, n + 1))
     best = int(np.argmin(nearest))
     if nearest[best] > core_mm + edge_mm:
-        return None, None
-    core = labels == best + 1
-    lesion = (ndimage.distance_transform_edt(~core, sampling=spacing) <= core_mm) & tissue
-    return lesion, core
+        return None
+    return (ndimage.distance_transform_edt(labels != best + 1, sampling=spacing) <= core_mm) & tissue
 
 
 def segment_lesion(
@@ -122,7 +125,7 @@ def segment_lesion(
 
     region_c, lesion_c, volume = lungs_c | _slice_hulls(side | seed_c), None, 0
     for _ in range(max_rounds):
-        lesion, core = _opened_lesion(tissue_any & region_c, to_seed, coarse, core_mm, edge_mm)
+        lesion = _opened_lesion(tissue_any & region_c, to_seed, coarse, core_mm, edge_mm)
         if lesion is None:
             return None, None
         grown = int(lesion.sum())
