@@ -13,12 +13,16 @@ lesion is segmented on its own, from the CT around it:
    done with distance transforms);
 3. a mass that replaced most of a lung's cross-section against the wall lies outside what is left of that lung's
    hull, so the lung region is re-made from the per-slice hull of the lung with the lesion found so far, and steps
-   1-2 repeat until the lesion grows by less than ``settle``;
+   1-2 repeat until the lesion grows by less than ``settle``; where the wall curves, a slice's hull cuts the mass
+   along a chord, so the region also holds what has this lung both above and below it within ``enclose_mm`` in its
+   column (the pleura runs on past the mass; the liver dome and the heart have no lung below them);
 4. on the finding's own grid, the lesion tissue (``edge_hu``) within one coarse voxel of that: its partial-volume
    edge, and no more than that of the vessels that run into it.
 
 A finding with lung around it is turned down first on a small crop (:func:`has_core_near`), since segmenting costs
-a few hundred milliseconds.
+a few hundred milliseconds. A lesion that still reaches the edge of its largest crop (``box_mm`` beyond the finding)
+is not measured: a mass of up to 8 cm fits in it, while a finding on an organ the lung lies on (the liver dome, the
+spleen, the heart) grows into that organ.
 
 A lesion whose longest axial diameter exceeds :data:`MASS_MIN_DIAMETER_MM` is a mass (Lung-RADS: a solid lesion of 3
 cm or more); anything smaller keeps its nodule sizing. Arrays are (i, j, k) voxels of a grid whose ``affine`` maps
@@ -33,7 +37,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from monai_lung.detection.sizing import measure_mask
-from monai_lung.transforms.lung_mask import fill_convex_2d
+from monai_lung.transforms.lung_mask import enclosed_along_k, fill_convex_2d
 
 #: a lesion whose longest axial diameter is above this (mm) is a mass
 MASS_MIN_DIAMETER_MM = 30.0
@@ -82,7 +86,7 @@ def _opened_lesion(tissue: np.ndarray, to_seed: np.ndarray, spacing: np.ndarray,
 def segment_lesion(
     hu, lung_region: np.ndarray, seed: np.ndarray, affine: np.ndarray, seed_lo=(0, 0, 0), box_mm: float = 60.0,
     work_mm: float = 1.5, core_mm: float = 8.0, edge_mm: float = 2.0, soft_hu: float = -60.0, edge_hu: float = -400.0,
-    bone_hu: float = 180.0, max_rounds: int = 4, settle: float = 0.02,
+    bone_hu: float = 180.0, max_rounds: int = 4, settle: float = 0.02, enclose_mm: float = 60.0,
 ) -> tuple[np.ndarray | None, tuple[slice, ...] | None]:
     """The lesion around a finding, segmented on its own (module docstring): ``(mask, box)`` with ``mask`` an (i, j, k)
     bool crop of the grid at ``box`` (slices), or ``(None, None)`` when no lesion core (nothing at least
@@ -95,6 +99,8 @@ def segment_lesion(
             is ``seed_lo``.
         affine: the grid's (i, j, k) -> world mm affine (only voxel sizes are used).
         box_mm: how far beyond the seed (mm) the lesion may reach.
+        enclose_mm: how far above and below a voxel (mm, along k: the patient's z on the detector's grid) lung must lie
+            for it to join the lung region.
     """
     spacing = np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, :3], axis=0)
     seed, seed_lo = np.asarray(seed, dtype=bool), np.asarray(seed_lo, dtype=int)
@@ -123,7 +129,8 @@ def segment_lesion(
     to_seed = ndimage.distance_transform_edt(~seed_c, sampling=coarse)
     side = _touching_lung(aerated, seed_c)
 
-    region_c, lesion_c, volume = lungs_c | _slice_hulls(side | seed_c), None, 0
+    base = lungs_c | enclosed_along_k(side, max(1, int(round(enclose_mm / coarse[2]))))
+    region_c, lesion_c, volume = base | _slice_hulls(side | seed_c), None, 0
     for _ in range(max_rounds):
         lesion = _opened_lesion(tissue_any & region_c, to_seed, coarse, core_mm, edge_mm)
         if lesion is None:
@@ -135,7 +142,7 @@ def segment_lesion(
         lesion_c, volume = lesion, grown
         # a mass that replaced much of a lung's slice lies outside what is left of its hull: take the hull of the
         # lung with the lesion found so far, slice by slice, and look again
-        region_c = lungs_c | _slice_hulls(side | seed_c | lesion_c)
+        region_c = base | _slice_hulls(side | seed_c | lesion_c)
 
     # back on the grid: the lesion tissue within a coarse voxel of the coarse lesion, connected to its core
     near = ndimage.binary_dilation(lesion_c, iterations=1)
@@ -200,6 +207,8 @@ def measure_lesion(hu, lung_region: np.ndarray, seed: np.ndarray, affine: np.nda
     mask, box = segment_lesion(hu, lung_region, seed, affine, seed_lo, **small)
     if mask is not None and _reaches_edge(mask, box, lung_region.shape) and small["box_mm"] < kwargs.get("box_mm", 60.0):
         mask, box = segment_lesion(hu, lung_region, seed, affine, seed_lo, **kwargs)
+        if mask is not None and _reaches_edge(mask, box, lung_region.shape):
+            return None  # no lesion of a size to measure: an organ the lung lies on (liver dome, spleen, heart)
     if mask is None or not mask.any():
         return None
     sizes = measure_mask(mask, affine)

@@ -181,10 +181,17 @@ def lesion_pockets(
         small[index] = all((sl.stop - sl.start) * sp <= max_pocket_mm for sl, sp in zip(box, spacing))
     small[0] = False
     whole = ndimage.binary_dilation(small[pockets], structure=ball) & added
-    reach = max(1, int(round(enclose_mm / spacing[2])))
-    count = np.concatenate([np.zeros(lungs.shape[:2] + (1,), np.int32), np.cumsum(lungs, axis=2, dtype=np.int32)], axis=2)
-    k = np.arange(lungs.shape[2])
-    above = count[:, :, np.minimum(k + reach, lungs.shape[2])] - count[:, :, k + 1]  # lung in (k, k + reach]
-    below = count[:, :, k] - count[:, :, np.maximum(k - reach, 0)]  # lung in [k - reach, k)
-    return whole | (added & (above > 0) & (below > 0))
+    return whole | (added & enclosed_along_k(lungs, max(1, int(round(enclose_mm / spacing[2])))))
+
+
+def enclosed_along_k(mask: np.ndarray, reach: int) -> np.ndarray:
+    """(i, j, k) bool: the voxels with ``mask`` both within ``reach`` voxels above them, in (k, k + reach], and within
+    ``reach`` below them, in [k - reach, k), along k (the patient's z on a RAS grid): what lies between lung above and
+    lung below in its column."""
+    n = mask.shape[2]
+    count = np.concatenate([np.zeros(mask.shape[:2] + (1,), np.int32), np.cumsum(mask, axis=2, dtype=np.int32)], axis=2)
+    k = np.arange(n)
+    above = count[:, :, np.minimum(k + reach, n)] - count[:, :, k + 1]
+    below = count[:, :, k] - count[:, :, np.maximum(k - reach, 0)]
+    return (above > 0) & (below > 0)
 
