@@ -86,11 +86,14 @@ def thick_slice_operator(num_slices: int, spacing_mm: float, thickness_mm: float
     return interpolation_weights(num_slices, centres) @ slab_weights(centres, num_slices, thickness_mm / spacing_mm)
 
 
-def apply_along_axis(volume: torch.Tensor, matrix: np.ndarray, axis: int) -> torch.Tensor:
-    """``matrix`` (n_out, n_in) applied along spatial ``axis`` (0, 1, 2) of a (C, i, j, k) tensor, in its dtype."""
+def apply_along_axis(volume: torch.Tensor, matrix: np.ndarray, axis: int, exact: bool = False) -> torch.Tensor:
+    """``matrix`` (n_out, n_in) applied along spatial ``axis`` (0, 1, 2) of a (C, i, j, k) tensor, in its dtype.
+    ``exact``: sum in float64, so that the result does not depend on how the matrix product orders its sums (which
+    varies with the axis length)."""
     dim = axis + 1
-    m = torch.as_tensor(matrix, dtype=torch.float32, device=volume.device)
-    moved = volume.float().movedim(dim, -1)
+    dtype = torch.float64 if exact else torch.float32
+    m = torch.as_tensor(matrix, dtype=dtype, device=volume.device)
+    moved = volume.to(dtype).movedim(dim, -1)
     out = torch.matmul(moved, m.T).movedim(-1, dim)
     return out.to(volume.dtype)
 
@@ -180,6 +183,15 @@ class RandThickSlicesd(RandomizableTransform, MapTransform):
         self._step = self._thickness * float(self.R.uniform(*self.step_ratio_range))
         self._phase = float(self.R.uniform(0.0, self._step))
 
+    def _operator(self, n: int, spacing: float) -> np.ndarray:
+        """The drawn slices on an ``n``-voxel axis, their phase counted from the axis's centre, so that a patch and a
+        larger one around the same centre (a stage-2 bank crop and its view) get the same slices; positions are
+        rounded to 1/64 voxel, which makes them exact binary fractions and the weights of a voxel the same bits
+        whatever ``n`` is."""
+        q = 64.0
+        thickness, step, phase = (round(v / spacing * q) / q for v in (self._thickness, self._step, self._phase))
+        return thick_slice_operator(n, 1.0, max(thickness, 1.0 / q), max(step, 1.0 / q), 0.5 * (n - 1) + phase)
+
     def _axis_spacing(self, img) -> float:
         if self.spacing is not None:
             values = np.atleast_1d(np.asarray(self.spacing, dtype=np.float64))
@@ -200,6 +212,7 @@ class RandThickSlicesd(RandomizableTransform, MapTransform):
                 continue  # the source is already this thick
             n = int(img.shape[self.axis + 1])
             if (n, spacing) not in operators:
-                operators[(n, spacing)] = thick_slice_operator(n, spacing, self._thickness, self._step, self._phase)
-            d[key] = apply_along_axis(img if isinstance(img, torch.Tensor) else torch.as_tensor(img), operators[(n, spacing)], self.axis)
+                operators[(n, spacing)] = self._operator(n, spacing)
+            d[key] = apply_along_axis(img if isinstance(img, torch.Tensor) else torch.as_tensor(img), operators[(n, spacing)], self.axis,
+                                      exact=True)
         return d
