@@ -97,11 +97,92 @@ def _fold_batch_norm(conv: torch.nn.Module, norm: torch.nn.Module) -> bool:
     return True
 
 
+class SubPixelConvTranspose3d(torch.nn.Module):
+    """A ``ConvTranspose3d`` of stride 2, kernel 3, padding 1 and output padding 1 computed as a kernel-2 convolution
+    with 8x its output channels, one group per output phase (even or odd voxel along each axis), then a
+    depth-to-space shuffle: the same sums over the same taps, so the same function up to float rounding.
+
+    Per axis, output ``2m`` is ``x[m] w[1]`` and output ``2m + 1`` is ``x[m] w[2] + x[m + 1] w[0]`` (``x[n] = 0``),
+    so each phase is a 2-tap convolution of the input padded by one voxel at the end of each axis. Made from a trained
+    layer by :meth:`from_transposed`; takes and gives (B, C, i, j, k) tensors like the layer it replaces.
+    """
+
+    #: (kernel index for input offset 0, for offset +1) of the even and the odd output phase; None: no tap
+    PHASE_TAPS = ((1, None), (2, 0))
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, out_channels: int):
+        super().__init__()
+        self.out_channels = int(out_channels)
+        self.weight = torch.nn.Parameter(weight, requires_grad=False)
+        self.bias = None if bias is None else torch.nn.Parameter(bias, requires_grad=False)
+
+    @classmethod
+    def fits(cls, layer: torch.nn.Module) -> bool:
+        """Whether ``layer`` is a transposed convolution this class computes."""
+        return (
+            type(layer) is torch.nn.ConvTranspose3d and layer.groups == 1 and tuple(layer.stride) == (2, 2, 2)
+            and tuple(layer.kernel_size) == (3, 3, 3) and tuple(layer.padding) == (1, 1, 1)
+            and tuple(layer.output_padding) == (1, 1, 1) and tuple(layer.dilation) == (1, 1, 1)
+            and layer.padding_mode == "zeros"
+        )
+
+    @classmethod
+    def from_transposed(cls, layer: torch.nn.ConvTranspose3d) -> "SubPixelConvTranspose3d":
+        w = layer.weight.detach()  # (in, out, 3, 3, 3)
+        cin, cout = w.shape[:2]
+        phased = w.new_zeros((cout, 2, 2, 2, cin, 2, 2, 2))  # (out, phase i, j, k, in, tap i, j, k)
+        for pi, taps_i in enumerate(cls.PHASE_TAPS):
+            for pj, taps_j in enumerate(cls.PHASE_TAPS):
+                for pk, taps_k in enumerate(cls.PHASE_TAPS):
+                    for ti, ki in enumerate(taps_i):
+                        for tj, kj in enumerate(taps_j):
+                            for tk, kk in enumerate(taps_k):
+                                if None not in (ki, kj, kk):
+                                    phased[:, pi, pj, pk, :, ti, tj, tk] = w[:, :, ki, kj, kk].T
+        bias = None if layer.bias is None else layer.bias.detach().repeat_interleave(8)
+        return cls(phased.reshape(cout * 8, cin, 2, 2, 2), bias, cout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.nn.functional.conv3d(torch.nn.functional.pad(x, (0, 1, 0, 1, 0, 1)), self.weight, self.bias)
+        b, _, i, j, k = y.shape
+        y = y.view(b, self.out_channels, 2, 2, 2, i, j, k).permute(0, 1, 5, 2, 6, 3, 7, 4)
+        return y.reshape(b, self.out_channels, 2 * i, 2 * j, 2 * k)
+
+
+def keep_freed_memory(block_bytes: int = 256 << 20, keep_bytes: int = 1 << 30) -> bool:
+    """Let glibc's malloc serve blocks up to ``block_bytes`` from its heap and keep up to ``keep_bytes`` of freed heap
+    for reuse, instead of mapping each block anew and unmapping it when freed (Linux with glibc only; elsewhere
+    nothing happens and False is returned).
+
+    A network's activations are tens of MB each and freed after every window or batch; mapped anew, each costs the
+    kernel's zeroing of its pages on first touch, a fifth of the stage-1 UNet's CPU time. Larger blocks (whole
+    scans) are still mapped and returned when freed. Process-wide; the first call decides."""
+    global _MEMORY_KEPT
+    if _MEMORY_KEPT is None:
+        _MEMORY_KEPT = False
+        try:
+            import ctypes
+
+            mallopt = ctypes.CDLL(None).mallopt
+        except (OSError, AttributeError):  # not glibc
+            return False
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        limit = 2**31 - 1  # mallopt takes a C int
+        _MEMORY_KEPT = bool(mallopt(m_mmap_threshold, ctypes.c_int(min(int(block_bytes), limit)))) and bool(
+            mallopt(m_trim_threshold, ctypes.c_int(min(int(keep_bytes), limit)))
+        )
+    return _MEMORY_KEPT
+
+
+_MEMORY_KEPT: bool | None = None
+
+
 def inference_network(network: torch.nn.Module, device: torch.device | str = "cpu") -> torch.nn.Module:
     """A copy of ``network`` for inference on ``device``: eval mode, every BatchNorm that directly follows a
     convolution folded into it (the same function up to float rounding, one pass over the activations less), on a
-    CPU in channels-last memory layout (oneDNN's fast 3D kernels). On this project's networks on 2 CPU cores: the
-    stage-1 UNet ~2x, the stage-2 ResNet ~1.9x. The given network is not changed, so weights loaded into it later
+    CPU in channels-last memory layout (oneDNN's fast 3D kernels), with each stride-2 transposed convolution of fewer
+    than 8 outputs computed as a :class:`SubPixelConvTranspose3d`, and freed memory kept for reuse
+    (:func:`keep_freed_memory`). The given network is not changed, so weights loaded into it later
     are never shadowed. Folded: MONAI ``Convolution`` blocks (conv, then ``adn`` starting with its norm), MONAI
     ResNet blocks (``convN`` then ``bnN``) and conv-norm pairs in a ``Sequential``."""
     from monai.networks.nets import resnet
@@ -125,5 +206,12 @@ def inference_network(network: torch.nn.Module, device: torch.device | str = "cp
                 if _fold_batch_norm(module[i], module[i + 1]):
                     module[i + 1] = torch.nn.Identity()
     if device.type == "cpu":
+        # oneDNN vectorises a channels-last transposed convolution over its output channels: with fewer than 8 (a
+        # segmentation network's last layer) most vector lanes idle, and the sub-pixel form with 8x the outputs is faster
+        for module in list(net.modules()):
+            for name, child in list(module.named_children()):
+                if SubPixelConvTranspose3d.fits(child) and child.out_channels < 8:
+                    setattr(module, name, SubPixelConvTranspose3d.from_transposed(child))
         net = net.to(memory_format=torch.channels_last_3d)
+        keep_freed_memory()
     return net

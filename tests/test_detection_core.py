@@ -247,6 +247,47 @@ def test_inference_network_folds_batch_norm_without_touching_the_original():
         np.testing.assert_allclose(fast_cls(crops).numpy(), cls(crops).numpy(), atol=1e-5)
 
 
+def test_a_transposed_convolution_with_few_outputs_runs_as_a_sub_pixel_convolution():
+    """On a CPU, ``inference_network`` computes each stride-2 ConvTranspose3d with fewer than 8 outputs (a UNet's
+    last layers) as a kernel-2 convolution and a depth-to-space shuffle: the same output, odd and even sizes, with
+    and without bias, channels-last or not."""
+    from monai_lung.networks import SubPixelConvTranspose3d, inference_network
+
+    torch.manual_seed(0)
+    for bias, shape in ((True, (5, 7, 6)), (False, (4, 4, 9))):
+        layer = torch.nn.ConvTranspose3d(6, 3, 3, stride=2, padding=1, output_padding=1, bias=bias).eval()
+        assert SubPixelConvTranspose3d.fits(layer)
+        sub = SubPixelConvTranspose3d.from_transposed(layer)
+        x = torch.randn(2, 6, *shape)
+        with torch.no_grad():
+            expected = layer(x).numpy()
+            assert sub(x).shape == layer(x).shape == (2, 3, *(2 * n for n in shape))
+            np.testing.assert_allclose(sub(x).numpy(), expected, atol=1e-5)
+            np.testing.assert_allclose(sub(x.contiguous(memory_format=torch.channels_last_3d)).numpy(), expected, atol=1e-5)
+    assert not SubPixelConvTranspose3d.fits(torch.nn.ConvTranspose3d(6, 3, 2, stride=2))
+    assert not SubPixelConvTranspose3d.fits(torch.nn.ConvTranspose3d(6, 3, 3, stride=2, padding=1))
+
+    net = _unet_with_batch_norm_statistics()
+    fast = inference_network(net)
+    assert sum(isinstance(m, SubPixelConvTranspose3d) for m in fast.modules()) == 2  # 4 and 2 outputs
+    assert not any(isinstance(m, torch.nn.ConvTranspose3d) and m.out_channels < 8 for m in fast.modules())
+    assert sum(isinstance(m, torch.nn.ConvTranspose3d) for m in net.modules()) == 2  # the original keeps its layers
+    x = torch.rand((2, 1, 32, 32, 32))
+    with torch.no_grad():
+        np.testing.assert_allclose(fast(x.contiguous(memory_format=torch.channels_last_3d)).numpy(), net(x).numpy(), atol=1e-5)
+
+
+def test_freed_memory_is_kept_for_reuse_where_glibc_allows():
+    import platform
+
+    from monai_lung.networks import keep_freed_memory
+
+    kept = keep_freed_memory()
+    assert keep_freed_memory() is kept  # once per process
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        assert kept
+
+
 def test_flip_tta_maps_each_pass_back_onto_the_scan():
     """Each flipped pass is flipped back before averaging: a per-voxel network (flip-equivariant) gives the
     plain map, and for the UNet, flipping the scan flips the averaged map."""
