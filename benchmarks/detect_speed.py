@@ -13,7 +13,8 @@ The scans run as ``monai-lung detect`` runs them (:func:`monai_lung.detection.ba
 :func:`~monai_lung.detection.batch.scan_steps`): the next scan is read and resampled in a background thread
 (``--prefetch``) while the current one is detected.
 
-Per scan: load (SimpleITK read), resample (to 1 mm), preprocess_other (orientation, intensity window), then the
+Per pass: wall seconds and CPU seconds (user + system, all threads of the process, the background reader's too:
+steadier than wall seconds on a shared machine) per scan, and page faults. Per scan: load (SimpleITK read), resample (to 1 mm), preprocess_other (orientation, intensity window), then the
 detector's stages: stage1_grid (zoom to 0.75 mm), lung_mask, sliding_window, candidates, stage2_grid,
 classification; ``total`` is the wall time from the previous scan's result file to this one's (the first scan's
 includes its preparing; later ones were prepared in the background thread meanwhile, unless ``--prefetch 0``). Windows: how many of stage 1's sliding windows over the lungs' box hold no lung voxel
@@ -140,7 +141,7 @@ def main() -> None:
           f"prefetch {args.prefetch}; after imports and model load RSS {rss_before:.2f} GB")
 
     items = [ScanItem(f"scan{n}", str(path)) for n, path in enumerate(scans)]
-    report = []
+    report, passes = [], []
     for rep in range(max(args.repeat, 1)):
         out_dir = work / f"pass{rep}"
         started = {}
@@ -159,9 +160,15 @@ def main() -> None:
 
         started["t"] = time.perf_counter()
         t0 = started["t"]
+        usage0 = resource.getrusage(resource.RUSAGE_SELF)
         run_scans(detector, preprocess, items, out_dir / "preds.csv", args.prefetch, on_done)
         wall = time.perf_counter() - t0
-        print(f"pass {rep}: {len(items)} scans in {wall:.1f} s ({wall / len(items):.2f} s per scan)")
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        cpu = usage.ru_utime + usage.ru_stime - usage0.ru_utime - usage0.ru_stime
+        passes.append({"wall_s": wall, "cpu_s": cpu})
+        print(f"pass {rep}: {len(items)} scans in {wall:.1f} s ({wall / len(items):.2f} s per scan); CPU (all threads, "
+              f"user + system) {cpu / len(items):.2f} s per scan, of it system {(usage.ru_stime - usage0.ru_stime) / len(items):.2f} s, "
+              f"{(usage.ru_minflt - usage0.ru_minflt) / len(items):.0f} page faults per scan")
 
     if not args.no_windows:
         for row in report:
@@ -186,7 +193,8 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps(report, indent=1, default=str))
     print(json.dumps({"peak_rss_gb": max(r["peak_rss_gb"] for r in report),
-                      "mean_total_s": float(np.mean([r["total_s"] for r in report if r["pass"] == report[-1]["pass"]]))}))
+                      "mean_total_s": float(np.mean([r["total_s"] for r in report if r["pass"] == report[-1]["pass"]])),
+                      "cpu_s_per_scan": passes[-1]["cpu_s"] / len(items)}))
 
 
 def run_scans(detector, preprocess, items, output_csv, prefetch: int, on_done) -> dict:
