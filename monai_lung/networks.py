@@ -149,7 +149,7 @@ class SubPixelConvTranspose3d(torch.nn.Module):
         return y.reshape(b, self.out_channels, 2 * i, 2 * j, 2 * k)
 
 
-def keep_freed_memory(block_bytes: int = 256 << 20, keep_bytes: int = 1 << 30) -> bool:
+def keep_freed_memory(block_bytes: int = 64 << 20, keep_bytes: int = 256 << 20) -> bool:
     """Let glibc's malloc serve blocks up to ``block_bytes`` from its heap and keep up to ``keep_bytes`` of freed heap
     for reuse, instead of mapping each block anew and unmapping it when freed (Linux with glibc only; elsewhere
     nothing happens and False is returned).
