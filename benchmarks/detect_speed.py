@@ -189,7 +189,7 @@ def main() -> None:
             print(f"  {stage:<18} {seconds:7.2f} s")
         prep_s = sum(t.get(k, 0.0) for k in ("load", "resample", "preprocess_other"))
         detect_s = sum(v for k, v in t.items() if k not in ("load", "resample", "preprocess_other", "report"))
-        print(f"  {'preparing':<18} {prep_s:7.2f} s   detecting {detect_s:.2f} s   scan total (wall, result written) {row['total_s']:.2f} s")
+        print(f"  {'preparing':<18} {prep_s:7.2f} s   detecting {detect_s:.2f} s   scan total ({'CPU' if args.cpu_clock else 'wall'}, result written) {row['total_s']:.2f} s")
         print(f"  {row['candidates']} candidates classified, {row['findings']} findings; peak RSS so far {row['peak_rss_gb']:.2f} GB"
               + (f"; peak GPU memory {row['peak_gpu_gb']:.2f} GB" if row["peak_gpu_gb"] is not None else ""))
         if "windows" in row:
