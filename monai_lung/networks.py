@@ -155,7 +155,7 @@ def keep_freed_memory(block_bytes: int = 64 << 20, keep_bytes: int = 256 << 20) 
     nothing happens and False is returned).
 
     A network's activations are tens of MB each and freed after every window or batch; mapped anew, each costs the
-    kernel's zeroing of its pages on first touch, a fifth of the stage-1 UNet's CPU time. Larger blocks (whole
+    kernel's zeroing of its pages on first touch, a large share of the stage-1 UNet's CPU time. Larger blocks (whole
     scans) are still mapped and returned when freed. Process-wide; the first call decides."""
     global _MEMORY_KEPT
     if _MEMORY_KEPT is None:
@@ -164,7 +164,7 @@ def keep_freed_memory(block_bytes: int = 64 << 20, keep_bytes: int = 256 << 20) 
             import ctypes
 
             mallopt = ctypes.CDLL(None).mallopt
-        except (OSError, AttributeError):  # not glibc
+        except (OSError, AttributeError, TypeError):  # not glibc (Windows has no process handle here)
             return False
         m_trim_threshold, m_mmap_threshold = -1, -3
         limit = 2**31 - 1  # mallopt takes a C int
