@@ -316,7 +316,7 @@ def test_an_image_made_from_a_series_can_reference_it(tmp_path):
     add_detect_arguments(parser)
     args = parser.parse_args([str(mha), str(abdomen), "--dicom-reference", str(LIDC / "dicom"), "--dicom-out", str(tmp_path / "dicom"),
                               "--output", str(tmp_path / "preds.csv")])
-    items, hook, failed = dicom_items(args)
+    items, hook, failed, _facts = dicom_items(args)
     assert [i.seriesuid for i in items] == ["lidc0001"] and hook.scans["lidc0001"].series.uid == SERIES_UID
     assert [f["seriesuid"] for f in failed] == ["abdomen_ct_3mm"] and "does not lie on reference series" in failed[0]["error"]
 
@@ -392,8 +392,8 @@ def test_pacs_round_trip_with_a_failed_store_and_a_rerun(untrained_models, tmp_p
     down = Orthanc(storage)
     parser = argparse.ArgumentParser()
     add_detect_arguments(parser)
-    items, hook, failed = dicom_items(parser.parse_args(["--dicomweb", down.dicomweb, *args, "--output", str(out)]))
-    assert items == [] and hook is None
+    items, hook, failed, facts = dicom_items(parser.parse_args(["--dicomweb", down.dicomweb, *args, "--output", str(out)]))
+    assert items == [] and hook is None and facts == {}
     run_batch(lambda item: {}, items, out, progress=False, prior_failures=failed)
     failures = pd.read_csv(out.with_name(out.stem + "_failures.csv"), dtype=str)
     assert list(failures.seriesuid) == [study_uid] and "DICOMweb search (QIDO-RS)" in failures.error[0]
