@@ -39,8 +39,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
-from monai_lung.clinical.measures import equivalent_diameter, mean_diameter, volume_mm3
-from monai_lung.detection.sizing import refine_mask
+from monai_lung.clinical.measures import mean_diameter
+from monai_lung.detection.sizing import equivalent_diameter, refine_mask, volume_mm3
 
 #: nodule types, as the outputs spell them
 TYPES = ("solid", "part-solid", "non-solid")

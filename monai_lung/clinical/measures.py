@@ -3,7 +3,7 @@
 Arrays are (i, j, k) voxel grids; ``affine`` (4x4) maps an (i, j, k) index to world mm (LPS or RAS: only lengths and
 the direction of world z are used). Lung-RADS v2022 measures a nodule on the image where it is largest: its long axis
 and the short axis perpendicular to it in the same plane, each to one decimal, and reports their mean to one decimal
-(:func:`mean_diameter`); volumes may be used instead (:func:`volume_mm3`). The plane here is the axial slice (constant
+(:func:`mean_diameter`); volumes may be used instead (:func:`monai_lung.detection.sizing.volume_mm3`). The plane here is the axial slice (constant
 world z) with the longest long axis, the one radiologists measure on in screening.
 """
 
@@ -15,26 +15,12 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
 
+from monai_lung.io.coords import slice_axis
+
 
 def one_decimal(value: float) -> float:
     """``value`` rounded to one decimal, halves up (Lung-RADS reports sizes to one decimal)."""
     return math.floor(float(value) * 10.0 + 0.5) / 10.0
-
-
-def volume_mm3(mask: np.ndarray, affine: np.ndarray) -> float:
-    """Voxel count x voxel volume (mm^3) of a bool (i, j, k) ``mask``."""
-    return float(np.count_nonzero(mask)) * abs(float(np.linalg.det(np.asarray(affine, dtype=np.float64)[:3, :3])))
-
-
-def equivalent_diameter(volume: float) -> float:
-    """Diameter (mm) of the ball of ``volume`` mm^3."""
-    return float(np.cbrt(6.0 * max(volume, 0.0) / np.pi))
-
-
-def slice_axis(affine: np.ndarray) -> int:
-    """The index axis (0, 1 or 2) of a grid closest to world z: its slices are the axial planes."""
-    linear = np.asarray(affine, dtype=np.float64)[:3, :3]
-    return int(np.argmax(np.abs(linear[2, :]) / np.linalg.norm(linear, axis=0)))
 
 
 def axial_axes(mask: np.ndarray, affine: np.ndarray) -> tuple[float, float]:

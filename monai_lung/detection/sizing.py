@@ -27,6 +27,8 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
 
+from monai_lung.io.coords import slice_axis
+
 #: columns a measured finding carries (world mm)
 SIZE_FIELDS = ("diameter_mm", "volume_mm3", "longest_axial_mm")
 
@@ -45,10 +47,14 @@ def size_band_lungrads_2022(volume_mm3: float) -> str:
     return LUNGRADS_2022_SOLID_BANDS[-1][1]
 
 
-def _axial_axes(linear: np.ndarray) -> tuple[int, tuple[int, int]]:
-    """(slice axis, in-plane axes) of a grid: the slice axis is the index axis closest to world z."""
-    axis = int(np.argmax(np.abs(linear[2, :]) / np.linalg.norm(linear, axis=0)))
-    return axis, tuple(a for a in range(3) if a != axis)
+def volume_mm3(mask: np.ndarray, affine: np.ndarray) -> float:
+    """Voxel count x voxel volume (mm^3) of a bool (i, j, k) ``mask`` on ``affine``."""
+    return float(np.count_nonzero(mask)) * abs(float(np.linalg.det(np.asarray(affine, dtype=np.float64)[:3, :3])))
+
+
+def equivalent_diameter(volume: float) -> float:
+    """Diameter (mm) of the ball of ``volume`` mm^3."""
+    return float(np.cbrt(6.0 * max(volume, 0.0) / np.pi))
 
 
 def longest_axial_diameter(mask: np.ndarray, affine: np.ndarray) -> float:
@@ -56,7 +62,8 @@ def longest_axial_diameter(mask: np.ndarray, affine: np.ndarray) -> float:
     to world mm (RAS or LPS: only lengths are used). 0 for an empty mask."""
     mask = np.asarray(mask, dtype=bool)
     linear = np.asarray(affine, dtype=np.float64)[:3, :3]
-    axis, plane = _axial_axes(linear)
+    axis = slice_axis(linear)
+    plane = tuple(a for a in range(3) if a != axis)
     step = float(np.mean(np.linalg.norm(linear[:, list(plane)], axis=0)))
     best = 0.0
     for s in np.flatnonzero(mask.any(axis=plane)):
@@ -86,11 +93,10 @@ def _project(pts: np.ndarray) -> np.ndarray:
 
 def measure_mask(mask: np.ndarray, affine: np.ndarray) -> dict:
     """``{"volume_mm3", "diameter_mm" (equivalent sphere), "longest_axial_mm"}`` of a bool (i, j, k) mask on ``affine``."""
-    voxel = abs(float(np.linalg.det(np.asarray(affine, dtype=np.float64)[:3, :3])))
-    volume = float(np.count_nonzero(mask)) * voxel
+    volume = volume_mm3(mask, affine)
     return {
         "volume_mm3": volume,
-        "diameter_mm": float(np.cbrt(6.0 * volume / np.pi)),
+        "diameter_mm": equivalent_diameter(volume),
         "longest_axial_mm": longest_axial_diameter(mask, affine),
     }
 

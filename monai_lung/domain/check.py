@@ -18,6 +18,7 @@ from typing import Sequence
 import numpy as np
 
 from monai_lung.domain.range import VALIDATED_RANGE, ValidatedRange
+from monai_lung.io.coords import slice_axis
 
 # ContrastBolusAgent values that say "no contrast" rather than naming an agent
 _NO_CONTRAST = {"", "NONE", "NO", "N", "NO CONTRAST", "NON CONTRAST", "NONCONTRAST", "WITHOUT", "N/A", "NA", "-"}
@@ -86,18 +87,13 @@ class DomainCheck:
                 "validated_range": dict(self.validated_range)}
 
 
-def _slice_axis(linear: np.ndarray) -> int:
-    """The index axis of a 3x3 (world per index step) matrix that runs closest to world z."""
-    return int(np.argmax(np.abs(linear[2, :]) / np.linalg.norm(linear, axis=0)))
-
-
 def geometry_facts(source_affine) -> dict:
     """``slice_step_mm`` and ``pixel_spacing_mm`` of a source grid from its 4x4 (i, j, k) -> world mm affine (RAS or
     LPS: only lengths and the z row are used), e.g. a MONAI image's ``meta["original_affine"]``: the file's own
     voxels, not the resampled grid's."""
     linear = np.asarray(source_affine, dtype=np.float64)[:3, :3]
     steps = np.linalg.norm(linear, axis=0)
-    axis = _slice_axis(linear)
+    axis = slice_axis(linear)
     return {"slice_step_mm": float(steps[axis]), "pixel_spacing_mm": tuple(float(steps[a]) for a in range(3) if a != axis)}
 
 
@@ -152,7 +148,7 @@ def lung_facts(lung: np.ndarray, affine, cut_fraction: float = VALIDATED_RANGE.l
     count = int(np.count_nonzero(lung))
     if count == 0:
         return {"lung_volume_l": 0.0, "lung_extent_mm": 0.0, "lung_cut": ("apex", "base"), "lung_border_fraction": (1.0, 1.0)}
-    axis = _slice_axis(linear)
+    axis = slice_axis(linear)
     area = np.count_nonzero(lung, axis=tuple(a for a in range(3) if a != axis)).astype(np.float64)
     occupied = np.flatnonzero(area)
     step = float(np.linalg.norm(linear[:, axis]))

@@ -93,6 +93,13 @@ def sitk_index_to_world(image, indices_xyz: np.ndarray) -> np.ndarray:
     return out[0] if np.ndim(indices_xyz) == 1 else out
 
 
+def slice_axis(affine) -> int:
+    """The index axis (0, 1 or 2) of a grid that runs closest to world z, so its slices are the axial planes;
+    ``affine``: 4x4 (i, j, k) -> world mm, or its 3x3 linear part (RAS or LPS alike: only |z| is used)."""
+    linear = np.asarray(affine, dtype=np.float64)[:3, :3]
+    return int(np.argmax(np.abs(linear[2, :]) / np.linalg.norm(linear, axis=0)))
+
+
 def inside(indices: np.ndarray, shape) -> np.ndarray:
     """Whether continuous indices (N, 3) round to voxels inside an array of spatial ``shape`` (3,)."""
     idx = np.rint(np.atleast_2d(indices))
